@@ -1,0 +1,1 @@
+"""Ray clusters on Cloudera AI (CML) applications, and the CML jobs pipeline."""

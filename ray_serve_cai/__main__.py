@@ -1,0 +1,5 @@
+import sys
+
+from ray_serve_cai.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommand groups of the ``ray-serve-cai`` CLI, one module each."""
