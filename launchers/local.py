@@ -1,0 +1,151 @@
+"""A Ray cluster on this machine, bound to 127.0.0.1, owned by one process tree.
+
+Why not ``ray start`` + ``ray stop``: ``ray stop`` kills every Ray process of the user on the
+machine. ``ray start --block`` in its own process group stops exactly its own cluster on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Serve's fastest measured mode (platform notes); read at import, so it must be in the cluster's env.
+FAST_PATH_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _bin(name: str) -> str:
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+@dataclass
+class LocalCluster:
+    """One head node on loopback. ``start()``, ``deploy(config)``, ``wait_ready(url)``, ``stop()``."""
+
+    num_cpus: int | None = None
+    gcs_port: int = field(default_factory=free_port)
+    dashboard_port: int = field(default_factory=free_port)
+    temp_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="rsc-ray-"))
+    fast_path: bool = True
+    log_path: Path | None = None
+    process: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def env(self) -> dict[str, str]:
+        env = {**os.environ, **LOOPBACK_ENV, "RAY_ADDRESS": self.address}
+        if self.fast_path:
+            env.update({k: os.environ.get(k, v) for k, v in FAST_PATH_ENV.items()})
+        return env
+
+    def start(self, timeout_s: float = 120) -> "LocalCluster":
+        cmd = [_bin("ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+               "--port", str(self.gcs_port), "--dashboard-host", "127.0.0.1",
+               "--dashboard-port", str(self.dashboard_port), "--temp-dir", self.temp_dir,
+               "--disable-usage-stats"]
+        if self.num_cpus is not None:
+            cmd += ["--num-cpus", str(self.num_cpus)]
+        self.log_path = self.log_path or Path(self.temp_dir) / "ray-start.log"
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ClusterError(f"ray start exited with {self.process.returncode}; see {self.log_path}")
+            if _get_json(f"{self.dashboard_url}/api/version") is not None:
+                return self
+            time.sleep(0.5)
+        self.stop()
+        raise ClusterError(f"Ray head did not come up within {timeout_s:.0f}s; see {self.log_path}")
+
+    def deploy(self, config_path: str | Path) -> None:
+        """``serve deploy`` a config file onto this cluster (the way users do it)."""
+        result = subprocess.run([_bin("serve"), "deploy", str(config_path), "-a", self.dashboard_url],
+                                env=self.env(), capture_output=True, text=True)
+        if result.returncode != 0:
+            lines = (result.stderr or result.stdout).strip().splitlines()
+            raise ClusterError(f"serve deploy failed: {lines[-1] if lines else result.returncode}")
+
+    def serve_status(self) -> dict | None:
+        return _get_json(f"{self.dashboard_url}/api/serve/applications/")
+
+    def wait_ready(self, health_url: str, timeout_s: float = 600, progress=None) -> None:
+        """Wait until ``health_url`` answers 200; fail early if a Serve app reports a failure."""
+        deadline = time.monotonic() + timeout_s
+        last_note = 0.0
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise ClusterError("the Ray cluster exited while waiting for the app")
+            try:
+                with urllib.request.urlopen(health_url, timeout=5) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError, TimeoutError):
+                pass
+            status = self.serve_status() or {}
+            for name, app in (status.get("applications") or {}).items():
+                if app.get("status") == "DEPLOY_FAILED":
+                    raise ClusterError(f"app {name!r} failed to deploy: {app.get('message', '')[-500:]}")
+            if progress and time.monotonic() - last_note > 10:
+                last_note = time.monotonic()
+                progress(_describe(status))
+            time.sleep(1)
+        raise ClusterError(f"{health_url} was not ready within {timeout_s:.0f}s")
+
+    def stop(self, timeout_s: float = 60) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+
+def _get_json(url: str) -> dict | None:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError, TimeoutError):
+        return None
+
+
+def _describe(status: dict) -> str:
+    apps = status.get("applications") or {}
+    if not apps:
+        return "waiting for Serve to start"
+    parts = []
+    for name, app in apps.items():
+        deployments = app.get("deployments") or {}
+        states = ", ".join(f"{d}: {info.get('status')}" for d, info in deployments.items())
+        parts.append(f"{name}: {app.get('status')} ({states})")
+    return "; ".join(parts)

@@ -1,0 +1,118 @@
+"""``EngineReplica``: one engine in a Serve replica, speaking the OpenAI API over HTTP and handles.
+
+The replica's constructor returns at once and the engine loads in the background: until it can
+generate, every request gets 503 with Retry-After and ``/health`` says so. A failed start makes the
+Serve health check fail, so Serve replaces the replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ray import serve
+
+from serve_apps.asgi import call_asgi
+from serve_apps.config import EngineConfig
+from serve_apps.engines.registry import get_registry
+from serve_apps.guard import EngineGuard, EngineState
+from serve_apps.openai_api import build_openai_app
+
+logger = logging.getLogger("ray.serve")
+
+
+@serve.deployment(max_ongoing_requests=256, health_check_period_s=10, health_check_timeout_s=30)
+@serve.ingress()
+class EngineReplica:
+    async def __init__(self, config: dict[str, Any]) -> None:
+        self.config = EngineConfig.model_validate(config)
+        self.engine = get_registry().get(self.config.engine)(self.config)
+        self.state = EngineState()
+        self.guard = EngineGuard(self.state, max_body_bytes=self.config.max_request_bytes,
+                                 healthy=self.engine.health)
+        self._start_task = asyncio.get_running_loop().create_task(self._start())
+
+    async def _start(self) -> None:
+        try:
+            await self.engine.start()
+            self.state.app = self.engine.asgi_app() or build_openai_app(self.engine)
+            self.state.phase = "ready"
+            logger.info("engine %s ready (model %s)", self.config.engine, self.config.name)
+        except Exception as exc:
+            self.state.error = f"{type(exc).__name__}: {exc}"
+            self.state.phase = "failed"
+            logger.exception("engine %s failed to start", self.config.engine)
+
+    async def __serve_build_asgi_app__(self):
+        return self.guard
+
+    async def check_health(self) -> None:
+        if self.state.phase == "failed":
+            raise RuntimeError(f"engine failed to start: {self.state.error}")
+        if self.state.ready and not await self.engine.health():
+            raise RuntimeError("engine is unhealthy")
+
+    async def forward(self, method: str, path: str, headers: list[tuple[str, str]],
+                      body: bytes) -> AsyncIterator[Any]:
+        """Handle entry point: yields ``{"status", "headers"}`` then body bytes.
+
+        Chunks already waiting are joined before each yield, so a fast stream costs fewer Ray
+        objects without a timer delaying the first byte.
+        """
+        response = await call_asgi(self.guard, method, path, headers, body)
+        yield {"status": response.status, "headers": response.headers}
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+        async def pump() -> None:
+            try:
+                async for chunk in response.body:
+                    queue.put_nowait(chunk)
+            finally:
+                queue.put_nowait(None)
+
+        pump_task = asyncio.ensure_future(pump())
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    break
+                parts = [item]
+                while not queue.empty():
+                    extra = queue.get_nowait()
+                    if extra is None:
+                        yield b"".join(parts)
+                        return
+                    parts.append(extra)
+                yield b"".join(parts)
+        finally:
+            if not pump_task.done():
+                pump_task.cancel()
+            await response.aclose()
+
+    async def __del__(self) -> None:
+        self._start_task.cancel()
+        await self.engine.shutdown()
+
+
+def deployment_options(config: EngineConfig) -> dict[str, Any]:
+    """Serve deployment options derived from an ``EngineConfig``."""
+    actor: dict[str, Any] = {"num_cpus": config.num_cpus}
+    if config.device == "gpu":
+        actor["num_gpus"] = config.tensor_parallel_size
+    options: dict[str, Any] = {
+        "name": f"engine-{config.name}",
+        "max_ongoing_requests": config.max_ongoing_requests,
+        "ray_actor_options": actor,
+    }
+    if config.autoscaling is not None:
+        options["autoscaling_config"] = config.autoscaling.model_dump()
+    else:
+        options["num_replicas"] = config.num_replicas
+    return options
+
+
+def engine_deployment(config: EngineConfig) -> serve.Application:
+    """A bound ``EngineReplica`` for ``config``: deploy it alone or pass it to another ``bind``."""
+    return EngineReplica.options(**deployment_options(config)).bind(config.model_dump(mode="json"))
