@@ -1,0 +1,164 @@
+"""A typed client for the subset of the CML API v2 that the launchers use.
+
+Every list call pages through ``next_page_token`` (the server's default page is 10), and every
+``search_filter`` result is filtered again exactly here, because the server matches substrings.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+from launchers.cai.errors import CMLNotFoundError
+from launchers.cai.http import CMLHTTP, RetryPolicy
+from launchers.cai.models import Application, FileInfo, Job, JobRun, Project, Runtime
+
+M = TypeVar("M")
+API = "/api/v2"
+
+
+class CMLClient:
+    """One CML workspace. ``CMLClient(host, api_key)``; use as a context manager to close it."""
+
+    def __init__(self, host: str, api_key: str, *, timeout: float = 30.0,
+                 retry: RetryPolicy | None = None, page_size: int | None = None, transport: Any = None) -> None:
+        self.http = CMLHTTP(host, api_key, timeout=timeout, retry=retry, transport=transport)
+        self.host = self.http.host
+        self.page_size = page_size
+
+    def __repr__(self) -> str:
+        return f"CMLClient(host={self.host!r})"
+
+    def __enter__(self) -> CMLClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    # -- paging -----------------------------------------------------------------------------------
+    def _pages(self, path: str, key: str, model: type[M], search: Mapping[str, str] | None = None,
+               **params: Any) -> Iterator[M]:
+        params["page_size"] = self.page_size
+        if search:
+            params["search_filter"] = json.dumps(dict(search))
+        token = None
+        while True:
+            body = self.http.request("GET", path, params={**params, "page_token": token})
+            for item in body.get(key) or []:
+                yield model.model_validate(item)  # type: ignore[attr-defined]
+            token = body.get("next_page_token")
+            if not token:
+                return
+
+    # -- projects ---------------------------------------------------------------------------------
+    def find_projects(self, name: str) -> list[Project]:
+        """Projects named exactly ``name`` (the server's filter is a substring match)."""
+        found = self._pages(f"{API}/projects", "projects", Project, {"name": name})
+        return [p for p in found if p.name == name]
+
+    def create_project(self, name: str, *, git_url: str | None = None, template: str | None = None,
+                       description: str = "", environment: Mapping[str, str] | None = None) -> Project:
+        body: dict[str, Any] = {"name": name, "description": description}
+        if git_url:
+            body |= {"template": "git", "git_url": git_url}
+        elif template:
+            body["template"] = template
+        if environment:
+            body["environment"] = dict(environment)
+        return Project.model_validate(self.http.request("POST", f"{API}/projects", json=body))
+
+    def get_project(self, project_id: str) -> Project:
+        return Project.model_validate(self.http.request("GET", f"{API}/projects/{project_id}"))
+
+    # -- jobs -------------------------------------------------------------------------------------
+    def list_jobs(self, project_id: str, name: str | None = None) -> list[Job]:
+        jobs = self._pages(f"{API}/projects/{project_id}/jobs", "jobs", Job, {"name": name} if name else None)
+        return [j for j in jobs if name is None or j.name == name]
+
+    def create_job(self, project_id: str, **fields: Any) -> Job:
+        body = {"project_id": project_id, **_clean(fields)}
+        return Job.model_validate(self.http.request("POST", f"{API}/projects/{project_id}/jobs", json=body))
+
+    def update_job(self, project_id: str, job_id: str, **fields: Any) -> Job:
+        """PATCH a job. The update body is a ``Job``: its parent is ``parent_id`` here."""
+        body = _clean(fields)
+        return Job.model_validate(self.http.request("PATCH", f"{API}/projects/{project_id}/jobs/{job_id}", json=body))
+
+    def create_job_run(self, project_id: str, job_id: str, environment: Mapping[str, str] | None = None) -> JobRun:
+        body: dict[str, Any] = {"project_id": project_id, "job_id": job_id}
+        if environment:
+            body["environment"] = dict(environment)
+        path = f"{API}/projects/{project_id}/jobs/{job_id}/runs"
+        return JobRun.model_validate(self.http.request("POST", path, json=body))
+
+    def list_job_runs(self, project_id: str, job_id: str) -> list[JobRun]:
+        """All runs of a job, newest first."""
+        path = f"{API}/projects/{project_id}/jobs/{job_id}/runs"
+        runs = list(self._pages(path, "job_runs", JobRun, sort="-created_at"))
+        return sorted(runs, key=lambda r: r.created_at, reverse=True)
+
+    def get_job_run(self, project_id: str, job_id: str, run_id: str) -> JobRun:
+        path = f"{API}/projects/{project_id}/jobs/{job_id}/runs/{run_id}"
+        return JobRun.model_validate(self.http.request("GET", path))
+
+    # -- applications -----------------------------------------------------------------------------
+    def list_applications(self, project_id: str, name: str | None = None) -> list[Application]:
+        search = {"name": name} if name else None
+        apps = self._pages(f"{API}/projects/{project_id}/applications", "applications", Application, search)
+        return [a for a in apps if name is None or a.name == name]
+
+    def create_application(self, project_id: str, **fields: Any) -> Application:
+        body = {"project_id": project_id, **_clean(fields)}
+        path = f"{API}/projects/{project_id}/applications"
+        return Application.model_validate(self.http.request("POST", path, json=body))
+
+    def get_application(self, project_id: str, app_id: str) -> Application:
+        path = f"{API}/projects/{project_id}/applications/{app_id}"
+        return Application.model_validate(self.http.request("GET", path))
+
+    def stop_application(self, project_id: str, app_id: str) -> Application:
+        path = f"{API}/projects/{project_id}/applications/{app_id}:stop"
+        return Application.model_validate(self.http.request("POST", path))
+
+    def restart_application(self, project_id: str, app_id: str) -> Application:
+        path = f"{API}/projects/{project_id}/applications/{app_id}:restart"
+        return Application.model_validate(self.http.request("POST", path))
+
+    def delete_application(self, project_id: str, app_id: str) -> None:
+        self.http.request("DELETE", f"{API}/projects/{project_id}/applications/{app_id}")
+
+    # -- files ------------------------------------------------------------------------------------
+    def upload_file(self, project_id: str, path: str, content: bytes) -> None:
+        """Upload to ``path`` (relative to /home/cdsw). CML never overwrites: an existing name
+        becomes ``name(1).ext``, so callers upload to content-addressed paths."""
+        files = {path: (path.rsplit("/", 1)[-1], content, "application/octet-stream")}
+        self.http.request("POST", f"{API}/projects/{project_id}/files", files=files)
+
+    def list_files(self, project_id: str, path: str) -> list[FileInfo]:
+        body = self.http.request("GET", f"{API}/projects/{project_id}/files/{quote(path, safe='')}")
+        return [FileInfo.model_validate(f) for f in body.get("files") or []]
+
+    def file_exists(self, project_id: str, path: str) -> bool:
+        parent, _, name = path.rpartition("/")
+        try:
+            return any(f.path.rsplit("/", 1)[-1] == name for f in self.list_files(project_id, parent or "."))
+        except CMLNotFoundError:
+            return False
+
+    def download_file(self, project_id: str, path: str) -> bytes:
+        return self.http.request("POST", f"{API}/projects/{project_id}/files/{quote(path, safe='')}:download", raw=True)
+
+    # -- runtimes ---------------------------------------------------------------------------------
+    def list_runtimes(self, **search: str) -> list[Runtime]:
+        runtimes = self._pages(f"{API}/runtimes", "runtimes", Runtime, search or None)
+        return [r for r in runtimes if all(getattr(r, k, None) == v for k, v in search.items())]
+
+
+def _clean(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Drop unset fields: the API treats a present empty value as "set to empty"."""
+    return {k: v for k, v in fields.items() if v is not None}

@@ -1,0 +1,166 @@
+"""Configuration of a Ray cluster on CML applications (seed 003's table), validated at load.
+
+The API key is a ``SecretStr``: it comes from ``cai.api_key`` or, better, the environment
+(``CML_API_KEY``, or ``CDSW_APIV2_KEY`` which CML sets inside its own workloads) and never shows
+in a repr, a log line or an error.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from launchers.cai.errors import CAIError
+
+NAME_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")  # CML's subdomain rule; names derive subdomains
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NodeResources(Strict):
+    cpu: float = Field(16, gt=0, description="vCPUs of the application")
+    memory: float = Field(64, gt=0, description="memory of the application in GiB")
+    num_gpus: int = Field(0, ge=0, description="GPUs (workers only: the head always gets 0)")
+
+
+class HeadResources(Strict):
+    cpu: float | None = Field(None, gt=0)
+    memory: float | None = Field(None, gt=0)
+
+
+class CAISection(Strict):
+    host: str
+    api_key: SecretStr | None = None
+    project_id: str
+    cluster_name: str = "ray-cluster"
+    num_workers: int = Field(1, ge=0)
+    resources: NodeResources = Field(default_factory=NodeResources)
+    head_resources: HeadResources = Field(default_factory=HeadResources)
+    runtime_identifier: str | None = None
+    kernel: str | None = None
+    start_timeout_s: float = Field(900, gt=0)
+    poll_interval_s: float = Field(5, gt=0)
+    request_timeout_s: float = Field(30, gt=0)
+
+    @field_validator("host")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be a URL like https://ml.example.cloudera.site")
+        return value.rstrip("/")
+
+    @field_validator("cluster_name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME_RE.match(value) or len(value) > 40:
+            raise ValueError("lowercase letters, digits and single dashes, at most 40 characters")
+        return value
+
+
+class RaySection(Strict):
+    port: int = Field(6379, ge=1024, le=65535)
+    dashboard_port: int = Field(8265, ge=1024, le=65535)
+    include_dashboard: bool = True
+    object_store_memory_mb: int | None = Field(None, gt=0)
+    # "free": every node picks free node-local ports; needed when several nodes share a host
+    # (the emulator in tests), harmless on CML where each application is its own pod.
+    local_ports: Literal["default", "free"] = "default"
+    temp_dir: str | None = None
+    num_cpus: int | None = Field(None, gt=0, description="CPUs Ray advertises per node (default: the app's)")
+
+
+class ServeSection(Strict):
+    config: str | None = Field(None, description="serve config (serve build output) to `serve deploy` after start")
+
+
+class ClusterConfig(Strict):
+    cai: CAISection
+    ray: RaySection = Field(default_factory=RaySection)
+    serve: ServeSection = Field(default_factory=ServeSection)
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> ClusterConfig:
+        if self.ray.port == self.ray.dashboard_port:
+            raise ValueError("ray.port and ray.dashboard_port must differ")
+        return self
+
+    @property
+    def head_cpu(self) -> float:
+        return self.cai.head_resources.cpu or self.cai.resources.cpu
+
+    @property
+    def head_memory(self) -> float:
+        return self.cai.head_resources.memory or self.cai.resources.memory
+
+    def api_key(self) -> str:
+        if self.cai.api_key is None:
+            raise CAIError(f"no CML API key for {self.cai.host}: set CML_API_KEY or cai.api_key")
+        return self.cai.api_key.get_secret_value()
+
+
+ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "RAY_NUM_WORKERS": ("cai", "num_workers"),
+    "RAY_WORKER_GPUS": ("cai", "resources", "num_gpus"),
+    "RUNTIME_IDENTIFIER": ("cai", "runtime_identifier"),
+    "CML_HOST": ("cai", "host"),
+    "CML_PROJECT_ID": ("cai", "project_id"),
+}
+
+
+def apply_env(raw: dict, env: Mapping[str, str]) -> dict:
+    """Environment beats the file for the seed's override variables; secrets fill only gaps."""
+    for var, keys in ENV_OVERRIDES.items():
+        if env.get(var):
+            node = raw
+            for key in keys[:-1]:
+                node = node.setdefault(key, {})
+                if not isinstance(node, dict):
+                    break  # a malformed section: validation will name it
+            else:
+                node[keys[-1]] = env[var]
+    cai = raw.setdefault("cai", {})
+    if isinstance(cai, dict):
+        if not cai.get("api_key"):
+            key = env.get("CML_API_KEY") or env.get("CDSW_APIV2_KEY")
+            if key:
+                cai["api_key"] = key
+        if not cai.get("project_id") and env.get("CDSW_PROJECT_ID"):
+            cai["project_id"] = env["CDSW_PROJECT_ID"]
+        if not cai.get("host") and env.get("CDSW_API_URL"):  # inside CML: https://host/api/v1
+            cai["host"] = env["CDSW_API_URL"].split("/api/")[0]
+    return raw
+
+
+def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> ClusterConfig:
+    """Read YAML, apply env overrides, validate; errors name the bad key (``cai.num_workers``)."""
+    env = os.environ if env is None else env
+    raw: object = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as exc:
+            raise CAIError(f"cannot read config {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise CAIError(f"config {path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise CAIError(f"config {path}: top level must be a mapping with a 'cai' section")
+    try:
+        return ClusterConfig.model_validate(apply_env(raw, env))
+    except ValidationError as exc:
+        raise CAIError(f"config {path or '(environment)'}: {_first_error(exc)}") from None
+
+
+def _first_error(exc: ValidationError) -> str:
+    problems = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top)"
+        problems.append(f"{where}: {err['msg']}")  # err['input'] is never echoed (may be the key)
+    return "; ".join(problems)
