@@ -1,0 +1,68 @@
+"""The ``MultiBackendRouter`` Serve deployment and ``build_router_app``, the builder ``serve build``
+points at (``serve_apps.router.app:build_router_app``).
+
+The deployment is an ingress with a bare ASGI app (``__serve_build_asgi_app__``): no FastAPI on the hot
+path, and it runs unchanged under Serve's throughput-optimized mode and HAProxy direct ingress.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+from ray import serve
+from ray.serve import Application
+
+from serve_apps.config import format_validation_error
+from serve_apps.router.asgi import RouterASGI
+from serve_apps.router.backends import create_backend
+from serve_apps.router.config import BackendModel, RouterAppArgs, RouterConfig
+from serve_apps.router.router import Router
+
+
+@serve.deployment(name="MultiBackendRouter", max_ongoing_requests=1024)
+@serve.ingress()
+class MultiBackendRouter:
+    async def __init__(self, config: dict[str, Any], engines: dict[str, Any] | None = None) -> None:
+        parsed = RouterConfig.model_validate(config)
+        handles = engines or {}
+        backends = [create_backend(b, handles.get(b.engine or "")) for b in parsed.backends]
+        self.router = Router(parsed, backends)
+        self.router.start()
+
+    async def __serve_build_asgi_app__(self) -> RouterASGI:
+        return RouterASGI(self.router)
+
+    async def __del__(self) -> None:
+        await self.router.aclose()
+
+
+def parse_router_args(args: dict[str, Any]) -> RouterAppArgs:
+    try:
+        return RouterAppArgs.model_validate(args)
+    except ValidationError as exc:
+        raise ValueError("invalid router args: " + format_validation_error(exc)) from None
+
+
+def build_router_app(args: dict[str, Any]) -> Application:
+    """Router ingress + one engine replica deployment per entry of ``engines``."""
+    parsed = parse_router_args(args)
+    engine_apps: dict[str, Application] = {}
+    if parsed.engines:
+        from serve_apps.replica import engine_deployment  # the lead's module; imported only when used
+
+        engine_apps = {engine.name: engine_deployment(engine) for engine in parsed.engines}
+    by_name = {engine.name: engine for engine in parsed.engines}
+    for backend in parsed.backends:
+        if backend.kind == "serve" and not backend.models and backend.engine in by_name:
+            engine = by_name[backend.engine]
+            backend.models = [BackendModel(name=engine.name, aliases=list(engine.aliases))]
+    config = RouterConfig.model_validate(
+        parsed.model_dump(mode="json", exclude={"engines", "router"})
+    ).model_dump(mode="json")
+    options = parsed.router
+    return MultiBackendRouter.options(
+        num_replicas=options.num_replicas,
+        max_ongoing_requests=options.max_ongoing_requests,
+        ray_actor_options={"num_cpus": options.num_cpus},
+    ).bind(config, engines=engine_apps)

@@ -1,0 +1,178 @@
+"""Pydantic models for the router's arguments: backends, breaker, health, auth.
+
+Why pydantic: the router is configured from a serve YAML that users edit by hand; a typo must fail at
+deploy time naming the key (``backends.2.timeouts.conect: extra field``), not at the first request.
+Secrets are never values here, only references (an env var name or a file path), so configs and their
+reprs can be logged and committed safely.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from serve_apps.config import EngineConfig, StrictModel
+
+BackendKind = Literal["serve", "openai", "ollama", "anthropic"]
+
+
+class SecretRef(StrictModel):
+    """Where a secret lives: an environment variable or a file (first non-empty wins)."""
+
+    env: str | None = None
+    file: Path | None = None
+
+    def resolve(self) -> str | None:
+        if self.env and os.environ.get(self.env, "").strip():
+            return os.environ[self.env].strip()
+        if self.file is not None:
+            path = self.file.expanduser()
+            if path.is_file():
+                return path.read_text().strip() or None
+        return None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "SecretRef":
+        if not self.env and self.file is None:
+            raise ValueError("give env or file")
+        return self
+
+
+class Timeouts(StrictModel):
+    """Seconds. ``first_byte`` bounds the wait for the response head and the first body bytes: a hung
+    backend is abandoned (and the request falls back) after this, while a healthy long generation is
+    bounded only by ``idle`` between chunks and ``total``."""
+
+    connect: float = Field(2.0, gt=0)
+    first_byte: float = Field(30.0, gt=0)
+    idle: float = Field(30.0, gt=0)
+    total: float = Field(600.0, gt=0)
+
+
+class BreakerConfig(StrictModel):
+    """Per-backend circuit breaker: ``failure_threshold`` consecutive failures open it; after
+    ``open_seconds`` one probe request (half-open) decides between closing and re-opening."""
+
+    failure_threshold: int = Field(3, ge=1)
+    open_seconds: float = Field(5.0, gt=0)
+    half_open_max_requests: int = Field(1, ge=1)
+
+
+class HealthConfig(StrictModel):
+    """Background health checks; ``path`` defaults per kind (``/health``, ``/api/tags``, ...)."""
+
+    interval: float = Field(5.0, gt=0)
+    timeout: float = Field(2.0, gt=0)
+    path: str | None = None
+    unhealthy_after: int = Field(1, ge=1, description="consecutive failed checks before marked down")
+
+
+class BackendModel(StrictModel):
+    """A model a backend serves: ``name`` is what the backend calls it; ``aliases`` are extra public
+    names clients may use (the router rewrites them to ``name`` on the way out)."""
+
+    name: str = Field(min_length=1)
+    aliases: list[str] = Field(default_factory=list)
+
+
+class BackendConfig(StrictModel):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    kind: BackendKind
+    url: str | None = Field(None, description="base URL for HTTP kinds, e.g. http://host:8000")
+    engine: str | None = Field(None, description="kind serve: name of an engine in `engines`")
+    models: list[BackendModel | str] = Field(
+        default_factory=list, description="served models; empty = whatever the request asks"
+    )
+    tier: int = Field(0, ge=0, description="lower tiers are preferred; fallback walks up the tiers")
+    weight: float = Field(1.0, gt=0, description="load share within a tier")
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    api_key: SecretRef | None = Field(None, description="credential reference (env var or file)")
+    resume_on_failure: bool | None = Field(
+        None, description="continue a broken stream here; default: True where the kind supports it"
+    )
+    max_connections: int = Field(1024, ge=1)
+    default_max_tokens: int = Field(1024, ge=1, description="anthropic: max_tokens is mandatory")
+    anthropic_version: str = "2023-06-01"
+
+    @model_validator(mode="after")
+    def _target(self) -> "BackendConfig":
+        if self.kind == "serve":
+            if not self.engine and not self.url:
+                raise ValueError("kind serve needs `engine` (an entry of engines) or `url`")
+        elif not self.url:
+            raise ValueError(f"kind {self.kind} needs `url`")
+        if self.url:
+            self.url = self.url.rstrip("/")
+        return self
+
+    @property
+    def model_entries(self) -> list[BackendModel]:
+        return [BackendModel(name=m) if isinstance(m, str) else m for m in self.models]
+
+
+class AuthConfig(StrictModel):
+    """Client API keys. Keys come from an env var and/or a file, one key per line (or comma separated
+    in the env var). No keys configured = no auth."""
+
+    api_keys: SecretRef | None = None
+
+    def load_keys(self) -> frozenset[str]:
+        if self.api_keys is None:
+            return frozenset()
+        keys: set[str] = set()
+        if self.api_keys.env:
+            keys.update(k.strip() for k in os.environ.get(self.api_keys.env, "").split(","))
+        if self.api_keys.file is not None and self.api_keys.file.expanduser().is_file():
+            keys.update(line.strip() for line in self.api_keys.file.expanduser().read_text().splitlines())
+        keys.discard("")
+        if not keys:
+            raise ValueError("auth.api_keys is configured but no key was found in its env/file")
+        return frozenset(keys)
+
+
+class RouterConfig(StrictModel):
+    backends: list[BackendConfig] = Field(min_length=1)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    max_attempts: int = Field(4, ge=1, description="backends tried per request (first + fallbacks)")
+    max_request_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    max_retry_after: float = Field(60.0, ge=0, description="cap on a backend's Retry-After cool-down")
+
+    @model_validator(mode="after")
+    def _unique(self) -> "RouterConfig":
+        names = [b.name for b in self.backends]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate backend names: {', '.join(dupes)}")
+        return self
+
+
+class RouterDeploymentOptions(StrictModel):
+    """Serve options of the router deployment itself."""
+
+    num_replicas: int = Field(1, ge=1)
+    max_ongoing_requests: int = Field(1024, ge=1)
+    num_cpus: float = Field(0.0, ge=0)
+
+
+class RouterAppArgs(RouterConfig):
+    """Arguments of ``build_router_app``: the router config plus in-cluster engine replicas that
+    ``kind: serve`` backends refer to by ``engine`` name."""
+
+    engines: list[EngineConfig] = Field(default_factory=list)
+    router: RouterDeploymentOptions = Field(default_factory=RouterDeploymentOptions)
+
+    @model_validator(mode="after")
+    def _engines_exist(self) -> "RouterAppArgs":
+        known = {e.name for e in self.engines}
+        for backend in self.backends:
+            if backend.kind == "serve" and backend.engine and backend.engine not in known:
+                raise ValueError(
+                    f"backend {backend.name!r}: engine {backend.engine!r} is not in engines "
+                    f"(known: {', '.join(sorted(known)) or 'none'})"
+                )
+        return self

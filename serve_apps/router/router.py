@@ -1,0 +1,324 @@
+"""The routing core: pick a backend, fall back on failure, relay (and resume) streams.
+
+Kept free of Serve and ASGI so its logic reads in one sitting; ``app.py`` wraps it in a deployment and
+``asgi.py`` speaks HTTP. Fallback rules: connect errors, timeouts, dead streams, 5xx and 429 move the
+request to the next candidate (a 429's Retry-After keeps that backend out for that long); any other
+4xx is the client's own mistake and goes back to it untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from serve_apps.router import streaming
+from serve_apps.router.backends.base import Backend, BackendRequest, BackendResponse, BackendUnavailable, error_body
+from serve_apps.router.config import RouterConfig
+from serve_apps.router.health import CircuitBreaker, HealthMonitor
+from serve_apps.router.metrics import RouterMetrics
+from serve_apps.router.pool import BackendPool, BackendState, Route, UnknownBackend
+
+logger = logging.getLogger("ray.serve")
+JSON_HEADERS = [(b"content-type", b"application/json")]
+SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
+
+
+@dataclass(slots=True)
+class Reply:
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes | AsyncIterator[bytes] = b""
+
+
+def error_reply(status: int, message: str, type_: str, code: Any = None, headers: list[tuple[bytes, bytes]] | None = None) -> Reply:
+    return Reply(status, JSON_HEADERS + (headers or []), error_body(message, type_, code if code is not None else status))
+
+
+@dataclass(slots=True)
+class Attempt:
+    """Bookkeeping of one request across its fallbacks."""
+
+    failed: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    retry_after: float | None = None
+
+
+class Router:
+    def __init__(self, config: RouterConfig, backends: list[Backend], metrics: RouterMetrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or RouterMetrics()
+        states = []
+        for backend in backends:
+            breaker = CircuitBreaker(backend.config.breaker)
+            breaker.on_change = lambda s, name=backend.name: self.metrics.set_breaker(name, s)
+            states.append(BackendState(backend, breaker))
+        self.pool = BackendPool(states)
+        self.api_keys = config.auth.load_keys()
+        self._monitor = HealthMonitor(backends, self._on_health)
+
+    def start(self) -> None:
+        for state in self.pool.states.values():
+            self.metrics.set_breaker(state.name, state.breaker.state)
+        self._monitor.start()
+
+    async def aclose(self) -> None:
+        await self._monitor.stop()
+        for state in self.pool.states.values():
+            await state.backend.aclose()
+
+    def _on_health(self, backend: Backend, healthy: bool) -> None:
+        state = self.pool.states[backend.name]
+        if state.healthy != healthy:
+            logger.info("backend %s is now %s", backend.name, "healthy" if healthy else "unhealthy")
+        state.healthy = healthy
+        self.metrics.set_health(backend.name, healthy)
+
+    # ------------------------------------------------------------------ generation
+
+    async def generate(self, path: str, raw: bytes, header_backend: str | None) -> Reply:
+        try:
+            payload = json.loads(raw)
+        except ValueError as exc:
+            return error_reply(400, f"request body is not valid JSON: {exc}", "invalid_request_error")
+        if not isinstance(payload, dict):
+            return error_reply(400, "request body must be a JSON object", "invalid_request_error")
+        body_backend = payload.pop("backend", None)
+        explicit = body_backend or header_backend
+        model = payload.get("model")
+        if model is not None and not isinstance(model, str):
+            return error_reply(400, "`model` must be a string", "invalid_request_error")
+        if explicit is not None and not isinstance(explicit, str):
+            return error_reply(400, "`backend` must be a string", "invalid_request_error")
+        if not self.pool.knows_model(model):
+            return error_reply(404, f"The model `{model}` does not exist.", "invalid_request_error", "model_not_found")
+        try:
+            routes = self.pool.plan(model, path, explicit)
+        except UnknownBackend:
+            known = ", ".join(self.pool.states)
+            return error_reply(400, f"unknown backend {explicit!r}; known: {known}", "invalid_request_error")
+        if not routes:
+            return error_reply(404, f"no backend serves {path} for model `{model}`", "invalid_request_error")
+        stream = bool(payload.get("stream"))
+        attempt = Attempt()
+        for route in routes[: self.config.max_attempts]:
+            reply = await self._try(route, path, raw, payload, model, body_backend is not None, stream, attempt)
+            if reply is not None:
+                return reply
+        return self._exhausted(attempt)
+
+    def _body_for(self, route: Route, raw: bytes, payload: dict[str, Any], model: str | None, modified: bool) -> tuple[bytes, dict[str, Any]]:
+        if route.model == model and not modified:
+            return raw, payload  # the common case: the client's bytes go out untouched
+        if route.model != model:
+            payload = {**payload, "model": route.model}
+        return json.dumps(payload).encode(), payload
+
+    async def _try(self, route: Route, path: str, raw: bytes, payload: dict[str, Any], model: str | None,
+                   modified: bool, stream: bool, attempt: Attempt) -> Reply | None:
+        state = route.state
+        state.breaker.acquire()
+        body, routed = self._body_for(route, raw, payload, model, modified)
+        request = BackendRequest("POST", path, body, routed, stream)
+        started = time.perf_counter()
+        state.outstanding += 1
+        handed_over = recorded = False
+        response: BackendResponse | None = None
+        try:
+            response = await state.backend.send(request)
+            if response.status == 429 or response.status >= 500:
+                await response.aclose()
+                recorded = True
+                self._failed(state, attempt, str(response.status), response)
+                return None
+            if stream and response.status == 200:
+                first = await _first_chunk(response)
+                self.metrics.first_byte(state.name, time.perf_counter() - started)
+                handed_over = True
+                relay = self._relay(route, response, first, path, routed, started, attempt)
+                return Reply(200, SSE_HEADERS + self._meta(state, attempt), relay)
+            data = await response.aread()
+            recorded = True
+        except BackendUnavailable as exc:
+            recorded = True
+            if response is not None:
+                await response.aclose()
+            self._failed(state, attempt, exc.reason)
+            return None
+        finally:
+            if not handed_over:
+                state.outstanding -= 1
+                if not recorded:
+                    state.breaker.release()
+                    if response is not None:
+                        await response.aclose()
+        latency = time.perf_counter() - started
+        state.record(True, latency)
+        self.metrics.request(state.name, response.status, latency)
+        headers = [(k.encode(), v.encode()) for k, v in response.headers if k == "content-type"] or JSON_HEADERS
+        if response.status == 200 and data[:1] == b"{":
+            data = _tag_backend(data, state.name)
+        return Reply(response.status, headers + self._meta(state, attempt), data)
+
+    def _failed(self, state: BackendState, attempt: Attempt, reason: str, response: BackendResponse | None = None) -> None:
+        state.record(False, error=reason)
+        self.metrics.error(state.name, reason)
+        if response is not None:
+            self.metrics.request(state.name, response.status, None)
+            if response.status == 429:
+                retry = _retry_after(response.headers)
+                seconds = min(retry if retry is not None else state.backend.config.breaker.open_seconds,
+                              self.config.max_retry_after)
+                state.breaker.trip(seconds)
+                attempt.retry_after = seconds if attempt.retry_after is None else min(attempt.retry_after, seconds)
+        attempt.failed.append(state.name)
+        attempt.reasons.append(f"{state.name}: {reason}")
+        logger.warning("backend %s failed (%s); falling back", state.name, reason)
+
+    def _meta(self, state: BackendState, attempt: Attempt) -> list[tuple[bytes, bytes]]:
+        meta = [(b"x-backend", state.name.encode())]
+        if attempt.failed:
+            meta.append((b"x-fallback-from", ",".join(attempt.failed).encode()))
+            self.metrics.fallback(attempt.failed[0], state.name)
+        return meta
+
+    def _exhausted(self, attempt: Attempt) -> Reply:
+        message = "all backends failed: " + "; ".join(attempt.reasons)
+        if attempt.reasons and all(r.endswith(": 429") for r in attempt.reasons):
+            retry = str(max(1, round(attempt.retry_after or 1))).encode()
+            return error_reply(429, message, "rate_limit_error", headers=[(b"retry-after", retry)])
+        return error_reply(503, message, "backend_unavailable")
+
+    # ------------------------------------------------------------------ streaming
+
+    async def _relay(self, route: Route, response: BackendResponse, first: bytes, path: str,
+                     payload: dict[str, Any], started: float, attempt: Attempt) -> AsyncIterator[bytes]:
+        state = route.state
+        sent_blocks: list[bytes] | None = [] if streaming.resumable(payload, path) else None
+        resumed: streaming.Sent | None = None
+        rewrite_state: dict[str, bool] = {}
+        outcome: bool | None = None
+        try:
+            while True:
+                try:
+                    async for block in streaming.event_blocks(first, response):
+                        if resumed is not None:
+                            block = streaming.rewrite_continuation(block, resumed, rewrite_state)
+                        if sent_blocks is not None:
+                            sent_blocks.append(block)
+                        yield block
+                    outcome = True
+                    latency = time.perf_counter() - started
+                    state.record(True, latency)
+                    self.metrics.request(state.name, 200, latency)
+                    return
+                except BackendUnavailable as exc:
+                    await response.aclose()
+                    self._failed(state, attempt, exc.reason)
+                    outcome = False
+                if sent_blocks is None:
+                    yield streaming.error_event(f"backend {state.name} failed mid-stream and the request cannot be resumed")
+                    return
+                sent = streaming.summarise(sent_blocks, path)
+                if sent.done:
+                    return
+                if sent.finished:
+                    yield streaming.SSE_DONE
+                    return
+                new_payload = streaming.resume_payload(payload, path, sent)
+                if new_payload is None:
+                    yield streaming.error_event("backend failed after the token budget was spent", 502)
+                    return
+                opened = await self._open_resume(new_payload, path, set(attempt.failed), state.name)
+                if opened is None:
+                    yield streaming.error_event(f"backend {state.name} failed mid-stream and no backend could resume it")
+                    return
+                state.outstanding -= 1
+                route, response, first = opened
+                state = route.state
+                state.outstanding += 1
+                outcome = None
+                started = time.perf_counter()
+                payload, resumed, rewrite_state = new_payload, sent, {}
+                yield f": resumed on {state.name} after {len(sent.text)} chars\n\n".encode()
+        finally:
+            state.outstanding -= 1
+            if outcome is None:
+                state.breaker.release()
+                await response.aclose()
+
+    async def _open_resume(self, payload: dict[str, Any], path: str, failed: set[str], source: str) -> tuple[Route, BackendResponse, bytes] | None:
+        """Find a backend that can continue the message and has produced its first bytes."""
+        model = payload.get("model")
+        for route in self.pool.plan(model if isinstance(model, str) else None, path):
+            state = route.state
+            if route.state.name in failed or not state.backend.can_resume:
+                continue
+            body = dict(payload)
+            if route.model is not None:
+                body["model"] = route.model
+            request = BackendRequest("POST", path, json.dumps(body).encode(), body, True)
+            state.breaker.acquire()
+            try:
+                response = await state.backend.send(request)
+                if response.status != 200:
+                    await response.aclose()
+                    self._failed(state, Attempt(), str(response.status), response)
+                    failed.add(state.name)
+                    continue
+                first = await _first_chunk(response)
+            except BackendUnavailable as exc:
+                self._failed(state, Attempt(), exc.reason)
+                failed.add(state.name)
+                continue
+            self.metrics.resume(source, state.name)
+            return route, response, first
+        return None
+
+    # ------------------------------------------------------------------ read-only endpoints
+
+    def models(self) -> dict[str, Any]:
+        seen: dict[str, dict[str, Any]] = {}
+        for state in self.pool.states.values():
+            for entry in state.backend.config.model_entries:
+                for public in (entry.name, *entry.aliases):
+                    card = seen.setdefault(public, {
+                        "id": public, "object": "model", "created": self.pool.created,
+                        "owned_by": "ray-serve-cai", "backends": [],
+                    })
+                    if public != entry.name:
+                        card["alias_of"] = entry.name
+                    card["backends"].append(state.name)
+        return {"object": "list", "data": list(seen.values())}
+
+    def backends(self) -> dict[str, Any]:
+        return {"object": "list", "data": self.pool.status()}
+
+
+async def _first_chunk(response: BackendResponse) -> bytes:
+    """Wait for the first non-empty body bytes: until then a failure is still invisible to the client."""
+    iterator = response.stream.__aiter__()
+    async for chunk in iterator:
+        if chunk:
+            return chunk
+    raise BackendUnavailable("disconnect", "empty stream")
+
+
+def _tag_backend(data: bytes, name: str) -> bytes:
+    """Insert ``"_backend": name`` into a JSON object without parsing it."""
+    rest = data[1:]
+    separator = b"" if rest.lstrip()[:1] == b"}" else b","
+    return b'{"_backend":' + json.dumps(name).encode() + separator + rest
+
+
+def _retry_after(headers: list[tuple[str, str]]) -> float | None:
+    for key, value in headers:
+        if key == "retry-after":
+            try:
+                return max(0.0, float(value))
+            except ValueError:
+                return None
+    return None
