@@ -1,0 +1,79 @@
+"""``jobs_config.yaml``: the CML jobs and their parent chain, validated at load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from launchers.cai.errors import CAIError
+
+DEFAULT_JOBS_CONFIG = Path(__file__).resolve().parents[1] / "jobs_config.yaml"
+
+
+class JobSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    script: str = Field(min_length=1, description="path relative to the project root")
+    cpu: float = Field(4, gt=0)
+    memory: float = Field(16, gt=0, description="GiB")
+    nvidia_gpu: int = Field(0, ge=0)
+    timeout: int = Field(600, ge=0, description="seconds; 0 = none")
+    parent_job_key: str | None = None
+    arguments: str | None = None
+    environment: dict[str, str] = Field(default_factory=dict)
+    runtime_identifier: str | None = None
+    kernel: str | None = None
+
+
+class JobsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    jobs: dict[str, JobSpec]
+
+    @model_validator(mode="after")
+    def _chain(self) -> JobsConfig:
+        if not self.jobs:
+            raise ValueError("jobs: at least one job is required")
+        names = [j.name for j in self.jobs.values()]
+        if len(set(names)) != len(names):
+            raise ValueError("jobs: job names must be unique (jobs are found by name)")
+        for key, job in self.jobs.items():
+            if job.parent_job_key is not None and job.parent_job_key not in self.jobs:
+                raise ValueError(f"jobs.{key}.parent_job_key: unknown job {job.parent_job_key!r}")
+        self.ordered()  # raises on a cycle
+        return self
+
+    def ordered(self) -> list[str]:
+        """Job keys parents-first (the order runs happen in)."""
+        done: list[str] = []
+        pending = dict(self.jobs)
+        while pending:
+            ready = [k for k, j in pending.items() if j.parent_job_key is None or j.parent_job_key in done]
+            if not ready:
+                raise ValueError(f"jobs: parent_job_key cycle among {sorted(pending)}")
+            for key in ready:
+                done.append(key)
+                del pending[key]
+        return done
+
+    def children(self, key: str) -> list[str]:
+        return [k for k, j in self.jobs.items() if j.parent_job_key == key]
+
+
+def load_jobs_config(path: str | Path | None = None) -> JobsConfig:
+    path = Path(path) if path else DEFAULT_JOBS_CONFIG
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise CAIError(f"cannot read jobs config {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise CAIError(f"jobs config {path} is not valid YAML: {exc}") from None
+    try:
+        return JobsConfig.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top)"
+        raise CAIError(f"jobs config {path}: {where}: {first['msg']}") from None

@@ -1,0 +1,130 @@
+"""The CML client against the emulator: paging, exact names, retries, errors, secrets, quirks."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import httpx
+import pytest
+from cml_emulator import CMLEmulator
+
+from launchers.cai.client import CMLClient
+from launchers.cai.errors import CMLAPIError, CMLAuthError, CMLNotFoundError
+from launchers.cai.http import RetryPolicy
+
+
+def _calls(cml: CMLEmulator, fragment: str) -> list[str]:
+    return [c for c in cml.app.calls if fragment in c]
+
+
+def test_lists_page_through_more_than_ten(emulator: CMLEmulator, client: CMLClient) -> None:
+    for i in range(23):
+        emulator.add_project(f"proj-{i}")
+    emulator.add_project("proj-1-extra")
+    found = client.find_projects("proj-1")
+    assert [p.name for p in found] == ["proj-1"]  # server matched proj-1, proj-10..19, proj-1-extra
+    assert len(_calls(emulator, "GET /api/v2/projects ->")) == 2  # 12 substring hits: two pages of 10
+
+    project = emulator.add_project("apps")
+    for i in range(12):
+        client.create_application(project, name=f"app-{i}", subdomain=f"app-{i}", script="missing.py",
+                                  cpu=1, memory=1)
+    apps = client.list_applications(project)
+    assert sorted(a.name for a in apps) == sorted(f"app-{i}" for i in range(12))
+    assert len(_calls(emulator, f"GET /api/v2/projects/{project}/applications ->")) == 2
+
+
+def test_wire_quirks_are_absorbed(emulator: CMLEmulator, client: CMLClient) -> None:
+    project = emulator.add_project("quirks")
+    parent = client.create_job(project, name="parent", script="a.py", cpu=1, memory=1, timeout=300,
+                               environment={"A": "1"})
+    child = client.create_job(project, name="child", script="b.py", cpu=1, memory=1, parent_job_id=parent.id)
+    assert parent.timeout == 300 and parent.environment == {"A": "1"}  # int64 string, JSON string
+    assert child.parent_id == parent.id  # sent as parent_job_id, returned as parent_id
+    updated = client.update_job(project, child.id, timeout="600", environment=json.dumps({"B": "2"}))
+    assert updated.timeout == 600 and updated.environment == {"B": "2"}
+
+
+def test_retries_429_and_500(emulator: CMLEmulator, client: CMLClient) -> None:
+    project = emulator.add_project("retry")
+    emulator.inject("GET /api/v2/projects", status=429, count=2)
+    emulator.inject(f"POST /api/v2/projects/{project}/jobs", status=503, count=1)
+    assert client.find_projects("retry")[0].id == project
+    client.create_job(project, name="j", script="j.py", cpu=1, memory=1)
+    assert len(_calls(emulator, "-> 429")) == 2 and len(_calls(emulator, "-> 503")) == 1
+    assert len(client.list_jobs(project)) == 1  # the retried create made one job, not two
+
+
+def test_gives_up_after_attempts_with_readable_error(emulator: CMLEmulator, client: CMLClient) -> None:
+    emulator.inject("GET /api/v2/projects", status=500, count=10)
+    with pytest.raises(CMLAPIError, match=r"GET /api/v2/projects on http://127\.0\.0\.1:\d+ returned HTTP 500"):
+        client.find_projects("x")
+    assert len(_calls(emulator, "-> 500")) == 4
+
+
+def test_read_timeout_retried_for_get_not_for_post(emulator: CMLEmulator) -> None:
+    project = emulator.add_project("slow")
+    with CMLClient(emulator.url, emulator.api_key, timeout=0.5, retry=RetryPolicy(3, 0.01, 0.05)) as client:
+        emulator.inject(f"GET /api/v2/projects/{project}", status=200, delay=1.5)
+        assert client.get_project(project).name == "slow"
+        emulator.inject(f"POST /api/v2/projects/{project}/jobs", status=200, delay=1.5)
+        with pytest.raises(CMLAPIError, match="ReadTimeout"):
+            client.create_job(project, name="j", script="j.py", cpu=1, memory=1)
+    assert len(_calls(emulator, f"POST /api/v2/projects/{project}/jobs")) <= 1  # never sent twice
+
+
+def test_bad_key_and_missing_objects(emulator: CMLEmulator, client: CMLClient) -> None:
+    with CMLClient(emulator.url, "wrong-key-123") as bad:
+        with pytest.raises(CMLAuthError, match=f"^CML API key rejected for {emulator.url}$"):
+            bad.find_projects("x")
+    with pytest.raises(CMLNotFoundError):
+        client.get_project("nope-nope-nope-nope")
+    project = emulator.add_project("p")
+    assert client.file_exists(project, "no/such/file.txt") is False
+
+
+def test_api_key_never_shown(emulator: CMLEmulator, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    client = CMLClient(emulator.url, emulator.api_key, retry=RetryPolicy(2, 0.01, 0.01))
+    emulator.inject("GET /api/v2/projects", status=500, count=5)
+    with pytest.raises(CMLAPIError) as info:
+        client.find_projects("x")
+    shown = " ".join([repr(client), repr(client.http), str(info.value), repr(info.value), caplog.text])
+    assert emulator.api_key not in shown
+    assert "retrying" in caplog.text  # the retry was logged, without the key
+
+
+def test_upload_never_overwrites(emulator: CMLEmulator, client: CMLClient) -> None:
+    project = emulator.add_project("files")
+    client.upload_file(project, "dir/run.py", b"one")
+    client.upload_file(project, "dir/run.py", b"two")
+    names = sorted(f.path for f in client.list_files(project, "dir"))
+    assert names == ["dir/run(1).py", "dir/run.py"]
+    assert client.download_file(project, "dir/run.py") == b"one"
+
+
+@pytest.mark.parametrize("body, problem", [
+    ({"name": "a", "subdomain": "a", "script": "s.py", "cpu": 1, "memory": 1, "gpus": 1}, "'gpus' was unexpected"),
+    ({"name": "a", "subdomain": "a", "script": "s.py", "cpu": "lots", "memory": 1}, "'lots' is not of type"),
+    ({"name": "a", "subdomain": "a", "script": "s.py", "cpu": 1, "memory": 1, "nvidia_gpu": 2**40}, "greater than"),
+    ({"name": "a", "subdomain": "Bad_Sub", "script": "s.py", "cpu": 1, "memory": 1}, "invalid subdomain"),
+])
+def test_emulator_rejects_what_the_api_rejects(emulator: CMLEmulator, body: dict, problem: str) -> None:
+    project = emulator.add_project("strict")
+    response = httpx.post(f"{emulator.url}/api/v2/projects/{project}/applications", json=body,
+                          headers={"Authorization": f"Bearer {emulator.api_key}"})
+    assert response.status_code == 400
+    error = response.json()
+    assert set(error) == {"error", "code", "message", "details"} and error["code"] == 3
+    assert problem in error["message"]
+
+
+def test_emulator_rejects_unknown_query_and_body_on_colon_verbs(emulator: CMLEmulator) -> None:
+    project = emulator.add_project("strict2")
+    auth = {"Authorization": f"Bearer {emulator.api_key}"}
+    listed = httpx.get(f"{emulator.url}/api/v2/projects", params={"pagesize": 5}, headers=auth)
+    assert listed.status_code == 400 and "unknown query parameter 'pagesize'" in listed.json()["message"]
+    stop = httpx.post(f"{emulator.url}/api/v2/projects/{project}/applications/x:stop", json={"force": True},
+                      headers=auth)
+    assert stop.status_code == 400 and "takes no request body" in stop.json()["message"]
