@@ -165,20 +165,19 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_cluster_commands(actions: Any, *, names: dict[str, str] | None = None) -> None:
-    """start/status/stop subcommands (also used by the seeds' ``launch_cluster`` alias)."""
-    names = names or {}
-    start = actions.add_parser(names.get("start", "start"), help="start (or find) the Ray cluster; wait until ready")
+def add_cluster_commands(actions: Any) -> None:
+    """start/status/stop (the seeds' ``launch_cluster ... start-cai`` alias maps onto these)."""
+    start = actions.add_parser("start", help="start (or find) the Ray cluster; wait until ready")
     start.add_argument("--serve-config", default=None, help="serve config to `serve deploy` once the cluster is up")
     start.add_argument("--info-file", default="ray_cluster_info.json", help="where to write the cluster info")
     start.set_defaults(func=cmd_start)
-    status = actions.add_parser(names.get("status", "status"), help="show the cluster's applications and address")
+    status = actions.add_parser("status", help="show the cluster's applications and address")
     status.add_argument("--check", action="store_true", help="exit 3 unless every node is up")
     status.set_defaults(func=cmd_status)
-    stop = actions.add_parser(names.get("stop", "stop"), help="stop and delete every application of the cluster")
+    stop = actions.add_parser("stop", help="stop and delete every application of the cluster")
     stop.set_defaults(func=cmd_stop)
     for parser in (start, status, stop):
-        parser.add_argument("--config", default=argparse.SUPPRESS if names else None,
+        parser.add_argument("--config", default=None,
                             help="cluster config YAML (default: $RAY_CLUSTER_CONFIG; env-only config if unset)")
 
 

@@ -128,3 +128,16 @@ def test_emulator_rejects_unknown_query_and_body_on_colon_verbs(emulator: CMLEmu
     stop = httpx.post(f"{emulator.url}/api/v2/projects/{project}/applications/x:stop", json={"force": True},
                       headers=auth)
     assert stop.status_code == 400 and "takes no request body" in stop.json()["message"]
+
+
+def test_emulator_checks_its_own_responses(emulator: CMLEmulator, client: CMLClient,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fake that answers outside the contract would make every other test meaningless."""
+    from cml_emulator import handlers
+
+    project = emulator.add_project("selfcheck")
+    monkeypatch.setitem(handlers.HANDLERS, "GetProject", lambda store, project_id: {"id": project_id, "size": 3})
+    with pytest.raises(CMLAPIError, match="HTTP 500: emulator response violates the spec"):
+        client.get_project(project)
+    assert emulator.app.violations and "'size' was unexpected" in emulator.app.violations[0]
+    emulator.app.violations.clear()
