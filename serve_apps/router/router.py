@@ -16,13 +16,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from serve_apps.router import streaming
-from serve_apps.router.backends.base import Backend, BackendRequest, BackendResponse, BackendUnavailable, error_body
+from serve_apps.router.backends.base import (
+    UNSUPPORTED,
+    Backend,
+    BackendRequest,
+    BackendResponse,
+    BackendUnavailable,
+    error_body,
+)
 from serve_apps.router.config import RouterConfig
 from serve_apps.router.health import CircuitBreaker, HealthMonitor
 from serve_apps.router.metrics import RouterMetrics
 from serve_apps.router.pool import BackendPool, BackendState, Route, UnknownBackend
 
 logger = logging.getLogger("ray.serve")
+# 429: overloaded. 401/403: the backend refused the router's own credentials (client credentials are
+# never forwarded), which no client can fix. Every other 4xx is the client's and goes back to it.
+BACKEND_FAULT_4XX = frozenset({401, 403, 429})
 JSON_HEADERS = [(b"content-type", b"application/json")]
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
 
@@ -44,6 +54,7 @@ class Attempt:
 
     failed: list[str] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
+    unsupported: list[str] = field(default_factory=list)
     retry_after: float | None = None
 
 
@@ -129,7 +140,7 @@ class Router:
         response: BackendResponse | None = None
         try:
             response = await state.backend.send(request)
-            if response.status == 429 or response.status >= 500:
+            if response.status in BACKEND_FAULT_4XX or response.status >= 500:
                 await response.aclose()
                 recorded = True
                 self._failed(state, attempt, str(response.status), response)
@@ -146,6 +157,8 @@ class Router:
             recorded = True
             if response is not None:
                 await response.aclose()
+            if exc.reason == UNSUPPORTED:
+                attempt.unsupported.append(f"{state.name}: {exc}")
             self._failed(state, attempt, exc.reason)
             return None
         finally:
@@ -164,6 +177,10 @@ class Router:
         return Reply(response.status, headers + self._meta(state, attempt), data)
 
     def _failed(self, state: BackendState, attempt: Attempt, reason: str, response: BackendResponse | None = None) -> None:
+        attempt.reasons.append(f"{state.name}: {reason}")
+        if reason == UNSUPPORTED:  # the request, not the backend: no breaker charge, no fallback note
+            state.breaker.release()
+            return
         state.record(False, error=reason)
         self.metrics.error(state.name, reason)
         if response is not None:
@@ -175,7 +192,6 @@ class Router:
                 state.breaker.trip(seconds)
                 attempt.retry_after = seconds if attempt.retry_after is None else min(attempt.retry_after, seconds)
         attempt.failed.append(state.name)
-        attempt.reasons.append(f"{state.name}: {reason}")
         logger.warning("backend %s failed (%s); falling back", state.name, reason)
 
     def _meta(self, state: BackendState, attempt: Attempt) -> list[tuple[bytes, bytes]]:
@@ -187,6 +203,9 @@ class Router:
 
     def _exhausted(self, attempt: Attempt) -> Reply:
         message = "all backends failed: " + "; ".join(attempt.reasons)
+        if attempt.reasons and all(r.endswith(f": {UNSUPPORTED}") for r in attempt.reasons):
+            return error_reply(400, "no backend for this model supports this request: " + "; ".join(attempt.unsupported),
+                               "invalid_request_error")
         if attempt.reasons and all(r.endswith(": 429") for r in attempt.reasons):
             retry = str(max(1, round(attempt.retry_after or 1))).encode()
             return error_reply(429, message, "rate_limit_error", headers=[(b"retry-after", retry)])

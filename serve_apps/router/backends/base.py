@@ -28,6 +28,7 @@ import aiohttp
 
 from serve_apps.router.config import BackendConfig
 
+UNSUPPORTED = "unsupported"
 HOP_BY_HOP = frozenset(
     {"content-length", "transfer-encoding", "connection", "keep-alive", "date", "server"}
 )
@@ -270,3 +271,85 @@ def bearer_headers(token_factory: Callable[[], str | None]) -> dict[str, str]:
     if token:
         headers["authorization"] = f"Bearer {token}"
     return headers
+
+
+# --------------------------------------------------------------------------- shared by translating kinds
+
+
+class GeneratorStream(ByteStream):
+    """A translated body: wraps an async generator of bytes; ``aclose`` closes it and its source."""
+
+    def __init__(self, generator: AsyncIterator[bytes], source: ByteStream) -> None:
+        self._generator = generator
+        self._source = source
+
+    async def _iterate(self) -> AsyncIterator[bytes]:
+        async for chunk in self._generator:
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._generator.aclose()  # type: ignore[attr-defined]
+        await self._source.aclose()
+
+
+async def lines(stream: ByteStream) -> AsyncIterator[bytes]:
+    """Complete ``\\n``-terminated lines of a byte stream (NDJSON, SSE), without the newline."""
+    buffer = b""
+    async for chunk in stream:
+        buffer += chunk
+        *complete, buffer = buffer.split(b"\n")
+        for line in complete:
+            yield line.rstrip(b"\r")
+    if buffer.strip():
+        yield buffer
+
+
+def message_text(content: Any) -> str:
+    """Text of an OpenAI message ``content`` (a string or a list of parts); other parts are refused."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text":
+                raise ValueError("only text content parts can be translated for this backend")
+            texts.append(str(part.get("text", "")))
+        return "".join(texts)
+    raise ValueError("message content must be a string or a list of text parts")
+
+
+def stop_list(stop: Any) -> list[str] | None:
+    if stop is None:
+        return None
+    return [stop] if isinstance(stop, str) else [str(s) for s in stop]
+
+
+def chat_completion(ident: str, model: str, text: str, finish: str | None, usage: dict[str, int] | None) -> dict[str, Any]:
+    return {
+        "id": ident, "object": "chat.completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+        "usage": usage,
+    }
+
+
+def chat_chunk(ident: str, created: int, model: str, delta: dict[str, Any], finish: str | None = None,
+               usage: dict[str, int] | None = None) -> bytes:
+    payload: dict[str, Any] = {
+        "id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    if usage is not None:
+        payload["usage"] = usage
+    return sse_event(payload)
+
+
+def usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def translation_refused(message: str) -> BackendUnavailable:
+    """The request cannot be expressed in this backend's protocol: not the backend's fault (the
+    breaker is not charged) and not necessarily the client's (another backend may take it)."""
+    return BackendUnavailable(UNSUPPORTED, message)
