@@ -18,6 +18,7 @@ Environment (set by ``CAIClusterManager`` on the application):
   RAY_CAI_FREE_PORTS    1: pick free node-local ports (several nodes on one host: tests, emulator)
   RAY_CAI_TEMP_DIR      Ray --temp-dir (a node suffix is appended)
   RAY_CAI_WAIT_S        how long a worker waits for the head's address (default 600)
+  RAY_CAI_START_ATTEMPTS  tries of ``ray start`` (default 3)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -99,6 +101,73 @@ def node_args(env: dict[str, str], ip: str) -> list[str]:
     return args
 
 
+def wait_for_head(cluster_dir: Path, token: str, wait_s: float) -> dict:
+    deadline = time.monotonic() + wait_s
+    head = read_json(cluster_dir / "head.json")
+    while not head or head.get("token") != token:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"head address not published in {cluster_dir / 'head.json'} after {wait_s:.0f}s")
+        time.sleep(0.5)
+        head = read_json(cluster_dir / "head.json")
+    return head
+
+
+def build_command(env: dict[str, str], role: str, ip: str, head_address: str | None) -> list[str]:
+    command = [ray_executable(), "start", *node_args(env, ip)]
+    if role == "worker":
+        return command + ["--address", str(head_address)]
+    dashboard = env.get("RAY_CAI_INCLUDE_DASHBOARD", "1") == "1"
+    command += ["--head", "--port", env.get("RAY_CAI_PORT", "6379"), f"--include-dashboard={str(dashboard).lower()}"]
+    if dashboard:
+        command += ["--dashboard-host", ip, "--dashboard-port", env.get("RAY_CAI_DASHBOARD_PORT", "8265")]
+    if env.get("RAY_CAI_FREE_PORTS") == "1":
+        command += ["--ray-client-server-port", str(free_port(ip))]
+    return command
+
+
+class Node:
+    """``ray start --block`` in its own process group, so a failed attempt leaves nothing behind."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.terminating = False
+        signal.signal(signal.SIGTERM, self._terminate)
+
+    def _terminate(self, *_: object) -> None:
+        self.terminating = True
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()  # ray start --block drains and stops its own processes
+
+    def start(self, command: list[str], env: dict[str, str], ready: Callable[[], bool]) -> bool:
+        log("running " + " ".join(command))
+        self.proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, start_new_session=True)
+        started = threading.Event()
+        threading.Thread(target=_relay, args=(self.proc, started), daemon=True).start()
+        while not (started.is_set() and ready()):
+            if self.proc.poll() is not None or self.terminating:
+                log(f"ray start exited with {self.proc.returncode} before the node was up")
+                self.kill_group()
+                return False
+            time.sleep(0.3)
+        return True
+
+    def kill_group(self) -> None:
+        assert self.proc is not None
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                return
+            time.sleep(2)
+
+    def wait(self) -> int:
+        assert self.proc is not None
+        code = self.proc.wait()
+        self.kill_group()  # whatever Ray left in the group
+        return code
+
+
 def main() -> int:
     env = dict(os.environ)
     role = env.get("RAY_CAI_ROLE", "")
@@ -107,52 +176,35 @@ def main() -> int:
     ip = env.get("CDSW_IP_ADDRESS") or socket.gethostbyname(socket.gethostname())
     cluster_dir = project_root() / env["RAY_CAI_DIR"]
     token = env["RAY_CAI_TOKEN"]
-    node = env.get("RAY_CAI_NODE", role)
+    node_name = env.get("RAY_CAI_NODE", role)
     port = int(env.get("RAY_CAI_PORT", "6379"))
     # Ray workers import the project checkout (serve configs name modules in it).
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(project_root()), env.get("PYTHONPATH")) if p)
+    head_address = None
+    if role == "worker":
+        head_address = wait_for_head(cluster_dir, token, float(env.get("RAY_CAI_WAIT_S", "600")))["address"]
+        log(f"joining head at {head_address}")
 
-
-    command = [ray_executable(), "start", *node_args(env, ip)]
-    if role == "head":
-        dashboard = env.get("RAY_CAI_INCLUDE_DASHBOARD", "1") == "1"
-        command += ["--head", "--port", str(port), f"--include-dashboard={str(dashboard).lower()}"]
-        if dashboard:
-            command += ["--dashboard-host", ip, "--dashboard-port", env.get("RAY_CAI_DASHBOARD_PORT", "8265")]
-        if env.get("RAY_CAI_FREE_PORTS") == "1":
-            command += ["--ray-client-server-port", str(free_port(ip))]
-    else:
-        deadline = time.monotonic() + float(env.get("RAY_CAI_WAIT_S", "600"))
-        head = read_json(cluster_dir / "head.json")
-        while not head or head.get("token") != token:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"head address not published in {cluster_dir / 'head.json'}")
-            time.sleep(0.5)
-            head = read_json(cluster_dir / "head.json")
-        log(f"joining head at {head['address']}")
-        command += ["--address", head["address"]]
-
-    log("running " + " ".join(command))
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    signal.signal(signal.SIGTERM, lambda *_: proc.terminate())
-    started = threading.Event()
-    threading.Thread(target=_relay, args=(proc, started), daemon=True).start()
-    address = f"{ip}:{port}"
-    while not (started.is_set() and (role == "worker" or port_open(ip, port))):
-        if proc.poll() is not None:
-            log(f"ray start exited with {proc.returncode} before the node was up")
-            return proc.returncode or 1
-        time.sleep(0.3)
-    info = {"token": token, "nonce": env.get("RAY_CAI_NONCE", ""), "node": node, "ip": ip,
+    node = Node()
+    attempts = int(env.get("RAY_CAI_START_ATTEMPTS", "3"))
+    for attempt in range(1, attempts + 1):
+        # Ray gives a raylet 30 s to register with the GCS; a busy host can miss that: try again.
+        if node.start(build_command(env, role, ip, head_address), env,
+                      ready=lambda: role == "worker" or port_open(ip, port)):
+            break
+        if node.terminating or attempt == attempts:
+            return 1
+        log(f"start attempt {attempt}/{attempts} failed; retrying in 5 s")
+        time.sleep(5)
+    info = {"token": token, "nonce": env.get("RAY_CAI_NONCE", ""), "node": node_name, "ip": ip,
             "pid": os.getpid(), "time": time.time()}
     if role == "head":
-        info["address"] = address
-        info["dashboard_port"] = int(env.get("RAY_CAI_DASHBOARD_PORT", "8265"))
+        info |= {"address": f"{ip}:{port}", "dashboard_port": int(env.get("RAY_CAI_DASHBOARD_PORT", "8265"))}
         write_json(cluster_dir / "head.json", info)
     else:
-        write_json(cluster_dir / "nodes" / f"{node}.json", info)
-    log(f"ready ({address})")
-    return proc.wait()
+        write_json(cluster_dir / "nodes" / f"{node_name}.json", info)
+    log(f"ready ({ip}:{port})")
+    return node.wait()
 
 
 def _relay(proc: subprocess.Popen, started: threading.Event) -> None:

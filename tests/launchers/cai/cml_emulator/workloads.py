@@ -1,8 +1,10 @@
 """Real local processes standing in for CML pods (applications and job runs).
 
-Every process of a workload carries ``CML_EMULATOR_WORKLOAD=<id>`` in its environment, the way a
-pod's processes share a cgroup: stopping the workload kills every process that carries the marker
-(SIGTERM, a grace period, then SIGKILL), even ones that left the process group.
+A pod's processes share a cgroup; here a workload's processes are found two ways: every process
+inherits ``CML_EMULATOR_WORKLOAD=<id>`` in its environment, and the process tree is sampled while
+the workload runs (Ray's agents rename themselves with setproctitle, which clobbers the environment
+block, and leave the process group). Stopping the workload kills all of them (SIGTERM, a grace
+period, then SIGKILL), like a pod deletion.
 """
 
 from __future__ import annotations
@@ -70,11 +72,23 @@ class Workload:
         except psutil.NoSuchProcess:
             pass
 
+    def _members(self) -> list[psutil.Process]:
+        members = marked_processes(self.id)
+        self._remember(members)
+        known = {p.pid for p in members}
+        for pid, created in self.seen.items():
+            try:
+                proc = psutil.Process(pid)
+                if pid not in known and proc.create_time() == created and proc.status() != psutil.STATUS_ZOMBIE:
+                    members.append(proc)
+            except psutil.NoSuchProcess:
+                continue
+        return members
+
     def kill(self, grace_s: float) -> None:
         """Like a pod deletion: SIGTERM to everything, wait ``grace_s``, SIGKILL what is left."""
         self.sample()
-        victims = marked_processes(self.id)
-        self._remember(victims)
+        victims = self._members()
         for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
             try:
                 os.killpg(self.proc.pid, sig)
@@ -86,7 +100,7 @@ class Workload:
                 except psutil.NoSuchProcess:
                     pass
             _, victims = psutil.wait_procs(victims, timeout=wait)
-            victims += [p for p in marked_processes(self.id) if p not in victims]
+            victims += [p for p in self._members() if p not in victims]
             if not victims:
                 break
         self.proc.poll()
