@@ -65,4 +65,5 @@ def build_router_app(args: dict[str, Any]) -> Application:
         num_replicas=options.num_replicas,
         max_ongoing_requests=options.max_ongoing_requests,
         ray_actor_options={"num_cpus": options.num_cpus},
+        logging_config={"enable_access_log": options.access_log},
     ).bind(config, engines=engine_apps)

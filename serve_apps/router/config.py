@@ -157,6 +157,7 @@ class RouterDeploymentOptions(StrictModel):
     num_replicas: int = Field(1, ge=1)
     max_ongoing_requests: int = Field(1024, ge=1)
     num_cpus: float = Field(0.0, ge=0)
+    access_log: bool = Field(False, description="Serve's per-request access log line (costs CPU per request)")
 
 
 class RouterAppArgs(RouterConfig):

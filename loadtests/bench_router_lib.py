@@ -1,0 +1,239 @@
+"""Shared pieces of the router benchmarks: a minimal keep-alive HTTP/1.1 load client (one connection
+per worker, so the client measures the server rather than its own pool), a stock vLLM server, a Ray
+cluster with the router deployed, and the LiteLLM proxy from its own venv."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from launchers.local import LocalCluster, free_port  # noqa: E402
+
+RESULTS = ROOT / "loadtests" / "results"
+LITELLM_VENV = ROOT / "loadtests" / ".venv-litellm"
+
+
+class Connection:
+    """One keep-alive connection; ``post`` returns (status, headers, body)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        head = (f"POST {path} HTTP/1.1\r\nhost: {self.host}\r\ncontent-type: application/json\r\n"
+                f"content-length: {len(body)}\r\n{extra}\r\n").encode()
+        self.writer.write(head + body)
+        try:
+            status_line = await self.reader.readline()
+            if not status_line:
+                raise ConnectionError("closed")
+            status = int(status_line.split()[1])
+            response_headers: dict[str, str] = {}
+            while True:
+                line = await self.reader.readline()
+                if line in (b"\r\n", b""):
+                    break
+                key, _, value = line.decode().partition(":")
+                response_headers[key.strip().lower()] = value.strip()
+            if "content-length" in response_headers:
+                data = await self.reader.readexactly(int(response_headers["content-length"]))
+            else:  # chunked
+                parts = []
+                while True:
+                    size = int((await self.reader.readline()).strip(), 16)
+                    if size == 0:
+                        await self.reader.readline()
+                        break
+                    parts.append(await self.reader.readexactly(size))
+                    await self.reader.readline()
+                data = b"".join(parts)
+        except Exception:
+            self.close()
+            raise
+        if response_headers.get("connection") == "close":
+            self.close()
+        return status, response_headers, data
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+def split_url(url: str) -> tuple[str, int, str]:
+    rest = url.split("://", 1)[1]
+    hostport, _, path = rest.partition("/")
+    host, _, port = hostport.partition(":")
+    return host, int(port or 80), "/" + path if path else ""
+
+
+async def closed_loop(url: str, body: bytes, concurrency: int, duration: float, headers: dict[str, str] | None = None,
+                      warmup: float = 1.0) -> dict[str, Any]:
+    """``concurrency`` workers, each one connection, back to back for ``duration`` s (after warm-up)."""
+    host, port, prefix = split_url(url)
+    latencies: list[float] = []
+    errors = 0
+    start = time.perf_counter()
+    measure_from = start + warmup
+    stop_at = measure_from + duration
+
+    async def worker() -> None:
+        nonlocal errors
+        connection = Connection(host, port)
+        while (now := time.perf_counter()) < stop_at:
+            try:
+                status, _, _ = await connection.post(prefix + "/v1/chat/completions", body, headers)
+                ok = status == 200
+            except (OSError, ConnectionError, asyncio.IncompleteReadError, ValueError):
+                ok = False
+            done = time.perf_counter()
+            if now >= measure_from:
+                if ok:
+                    latencies.append(done - now)
+                else:
+                    errors += 1
+        connection.close()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return {"requests": len(latencies), "errors": errors, "rps": len(latencies) / duration,
+            "median_ms": statistics.median(latencies) * 1000 if latencies else None,
+            "p99_ms": sorted(latencies)[int(len(latencies) * 0.99) - 1] * 1000 if latencies else None}
+
+
+def bench_body(max_tokens: int = 1) -> bytes:
+    return json.dumps({"model": "tiny-chat", "messages": [{"role": "user", "content": "hello there"}],
+                       "max_tokens": max_tokens, "temperature": 0}).encode()
+
+
+def wait_http(url: str, timeout: float, expect: int = 200, headers: dict[str, str] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=3) as response:
+                if response.status == expect:
+                    return
+        except Exception:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not ready in {timeout:.0f}s")
+
+
+@dataclass
+class Proc:
+    process: subprocess.Popen
+    url: str
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+            self.process.wait(30)
+
+
+def start_vllm(log: Path, port: int | None = None) -> Proc:
+    from serve_apps.models import ensure_tiny_model
+
+    port = port or free_port()
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(ensure_tiny_model()),
+           "--served-model-name", "tiny-chat", "--host", "127.0.0.1", "--port", str(port), "--enforce-eager"]
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    process = subprocess.Popen(cmd, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    proc = Proc(process, f"http://127.0.0.1:{port}")
+    try:
+        wait_http(proc.url + "/health", 300)
+    except TimeoutError:
+        proc.kill()
+        raise
+    return proc
+
+
+def haproxy_env(workdir: Path) -> dict[str, str]:
+    """Serve's HAProxy ingress with private ports and files (the defaults are fixed ports and
+    /tmp/haproxy-serve, shared with anyone else on the machine)."""
+    base = Path(tempfile.mkdtemp(prefix="hap-", dir="/tmp"))  # HAProxy caps socket paths at 97 chars
+    return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(base / "haproxy.cfg"),
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": str(base / "admin.sock"),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(base),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(base / "server-state")}
+
+
+def start_router(backends: list[dict[str, Any]], workdir: Path, env: dict[str, str] | None = None,
+                 haproxy: bool = True) -> tuple[LocalCluster, str]:
+    """A fresh Ray cluster on loopback with the router at /: Serve's fast path (THROUGHPUT_OPTIMIZED,
+    set by LocalCluster) plus, by default, the HAProxy ingress."""
+    extra = {"PYTHONPATH": str(ROOT), **(haproxy_env(workdir) if haproxy else {}), **(env or {})}
+    cluster = LocalCluster(extra_env=extra, log_path=workdir / "ray.log")
+    cluster.start()
+    port = free_port()
+    config = {"http_options": {"host": "127.0.0.1", "port": port}, "applications": [
+        {"name": "router", "route_prefix": "/", "import_path": "serve_apps.router.app:build_router_app",
+         "args": {"backends": backends}}]}
+    path = workdir / "router.yaml"
+    path.write_text(yaml.safe_dump(config))
+    try:
+        cluster.deploy(path)
+        url = f"http://127.0.0.1:{port}"
+        wait_http(url + "/health", 120)
+    except Exception:
+        cluster.stop()
+        raise
+    return cluster, url
+
+
+def start_litellm(backend_urls: list[str], workdir: Path) -> Proc:
+    """LiteLLM proxy (its own venv: loadtests/setup_litellm_venv.sh) with the same backends and a
+    fallback from the first to the second."""
+    binary = LITELLM_VENV / "bin" / "litellm"
+    if not binary.exists():
+        raise SystemExit("LiteLLM venv missing: run loadtests/setup_litellm_venv.sh first")
+    names = ["tiny-chat"] + [f"tiny-chat-fallback-{i}" for i in range(1, len(backend_urls))]
+    config = {
+        "model_list": [{"model_name": name, "litellm_params": {"model": "hosted_vllm/tiny-chat", "api_base": url + "/v1",
+                                                                 "api_key": "none"}}
+                       for name, url in zip(names, backend_urls)],
+        "router_settings": {"fallbacks": [{"tiny-chat": names[1:]}]} if len(names) > 1 else {},
+        "general_settings": {"master_key": "sk-bench-master"},
+        "litellm_settings": {"drop_params": True},
+    }
+    path = workdir / "litellm.yaml"
+    path.write_text(yaml.safe_dump(config))
+    port = free_port()
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
+    process = subprocess.Popen([str(binary), "--config", str(path), "--host", "127.0.0.1", "--port", str(port),
+                                "--num_workers", "1"], env=env, stdout=open(workdir / "litellm.log", "ab"),
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    proc = Proc(process, f"http://127.0.0.1:{port}")
+    try:
+        wait_http(proc.url + "/health/liveliness", 180)
+    except TimeoutError:
+        proc.kill()
+        raise
+    return proc
+
+
+def write_result(name: str, payload: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2))
+    return path
