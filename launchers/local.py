@@ -22,6 +22,9 @@ from pathlib import Path
 # Serve's fastest measured mode (platform notes); read at import, so it must be in the cluster's env.
 FAST_PATH_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+# Ray turns token auth on by itself when ~/.ray/auth_token exists; a loopback-only cluster owned by
+# one process tree does not need it. A user who sets RAY_AUTH_MODE keeps their choice.
+AUTH_ENV = {"RAY_AUTH_MODE": "disabled"}
 
 
 class ClusterError(RuntimeError):
@@ -48,6 +51,7 @@ class LocalCluster:
     dashboard_port: int = field(default_factory=free_port)
     temp_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="rsc-ray-"))
     fast_path: bool = True
+    extra_env: dict[str, str] = field(default_factory=dict)
     log_path: Path | None = None
     process: subprocess.Popen | None = None
 
@@ -60,7 +64,7 @@ class LocalCluster:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
     def env(self) -> dict[str, str]:
-        env = {**os.environ, **LOOPBACK_ENV, "RAY_ADDRESS": self.address}
+        env = {**AUTH_ENV, **os.environ, **LOOPBACK_ENV, "RAY_ADDRESS": self.address, **self.extra_env}
         if self.fast_path:
             env.update({k: os.environ.get(k, v) for k, v in FAST_PATH_ENV.items()})
         return env
@@ -121,14 +125,47 @@ class LocalCluster:
         raise ClusterError(f"{health_url} was not ready within {timeout_s:.0f}s")
 
     def stop(self, timeout_s: float = 60) -> None:
+        """Shut Serve down (replicas release their engines), stop Ray, then kill any leftover.
+
+        Ray workers run in process groups of their own and engines spawn more processes, so the
+        process tree is snapshotted first: nothing this cluster started outlives ``stop()``.
+        """
         if self.process is None or self.process.poll() is not None:
             return
+        subprocess.run([_bin("serve"), "shutdown", "-y", "-a", self.dashboard_url], env=self.env(),
+                       capture_output=True, timeout=timeout_s)
+        tree = descendants(self.process.pid)
         os.killpg(self.process.pid, signal.SIGTERM)
         try:
             self.process.wait(timeout_s)
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
+        for pid in tree:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def descendants(root: int) -> list[int]:
+    """Every live process below ``root`` (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, stack = [], [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
 
 
 def _get_json(url: str) -> dict | None:

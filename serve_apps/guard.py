@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from serve_apps.engines.base import ASGIApp, Receive, Send
-from serve_apps.openai_api import send_error
+from serve_apps.openai_api import route_path, send_error
 
 logger = logging.getLogger("ray.serve")
 RETRY_AFTER_S = 5
@@ -42,7 +42,7 @@ class EngineGuard:
             return await self._lifespan(receive, send)
         if scope["type"] != "http":
             return
-        if scope["path"] == "/health":
+        if route_path(scope) == "/health":
             return await self._health(send)
         if not self.state.ready:
             return await self._unavailable(send)

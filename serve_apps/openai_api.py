@@ -40,6 +40,12 @@ async def send_error(send: Send, status: int, message: str, *, param: str | None
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+def route_path(scope: dict[str, Any]) -> str:
+    """The path below the app's mount point (Serve sets ``root_path`` to the route prefix)."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root):] or "/" if root and path.startswith(root) else path
+
+
 async def _read_body(receive) -> bytes:
     chunks = []
     while True:
@@ -70,7 +76,7 @@ def build_openai_app(engine: Engine) -> ASGIApp:
     async def app(scope: dict[str, Any], receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        path, method = scope["path"], scope["method"]
+        path, method = route_path(scope), scope["method"]
         if path == "/v1/models" and method == "GET":
             body = json.dumps(await engine.models()).encode()
             response = EngineResponse(200, [("content-type", "application/json")], _one(body))

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Install everything the tests need (idempotent) and run the whole suite.
+#   scripts/test.sh                 full suite (real vLLM engines, Ray, Prometheus, ...)
+#   scripts/test.sh -k registry     extra arguments go to pytest
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+scripts/setup.sh --test
+export PYTHONUNBUFFERED=1
+set +e
+.venv/bin/python -m pytest -p no:cacheprovider "$@"
+status=$?
+set -e
+if [ "$status" -eq 5 ]; then
+  echo "test.sh: pytest collected no tests; that is a failure" >&2
+  exit 1
+fi
+exit "$status"

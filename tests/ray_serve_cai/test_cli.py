@@ -1,0 +1,60 @@
+"""The one CLI: every subcommand has --help, and failures are one readable line with exit != 0."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ray_serve_cai.cli import build_parser
+
+CLI = [sys.executable, "-m", "ray_serve_cai"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120)
+
+
+def _subcommands(parser, prefix=()):
+    for action in parser._actions:
+        if action.__class__.__name__ == "_SubParsersAction":
+            for name, sub in action.choices.items():
+                yield (*prefix, name)
+                yield from _subcommands(sub, (*prefix, name))
+
+
+def test_every_subcommand_has_help():
+    commands = list(_subcommands(build_parser()))
+    assert ("up",) in commands and ("model", "build") in commands
+    for command in commands:
+        result = run(*command, "--help")
+        assert result.returncode == 0, (command, result.stderr)
+        assert "usage:" in result.stdout and len(result.stdout.splitlines()) >= 3
+
+
+def test_missing_config_is_one_line_error(tmp_path: Path):
+    result = run("up", "--config", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"ray-serve-cai: error: config file not found: {tmp_path / 'nope.yaml'}"]
+
+
+def test_invalid_yaml_is_one_line_error(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("applications: [\n")
+    result = run("up", "--config", str(bad))
+    assert result.returncode == 1
+    assert "is not valid YAML" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_model_build_prints_the_directory(tmp_path: Path):
+    result = run("model", "build", "--cache-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    path = Path(result.stdout.strip())
+    assert path.parent == tmp_path and (path / "config.json").exists()
+
+
+@pytest.mark.parametrize("argv", [["frobnicate"], []])
+def test_unknown_or_missing_command_exits_2(argv):
+    assert run(*argv).returncode == 2
