@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import httpx
 import pytest
 from cml_emulator import CMLEmulator
+from cml_emulator.workloads import wait_gone
 
 from launchers.cai.client import CMLClient
 from launchers.cai.errors import CMLAPIError, CMLAuthError, CMLNotFoundError
@@ -141,3 +143,52 @@ def test_emulator_checks_its_own_responses(emulator: CMLEmulator, client: CMLCli
         client.get_project(project)
     assert emulator.app.violations and "'size' was unexpected" in emulator.app.violations[0]
     emulator.app.violations.clear()
+
+
+def test_restart_runs_the_script_again(emulator: CMLEmulator, client: CMLClient) -> None:
+    project = emulator.add_project("restart")
+    (emulator.project_dir(project) / "app.py").write_text(
+        "import os, time\nopen('starts.log', 'a').write(os.environ['CDSW_IP_ADDRESS'] + '\\n')\ntime.sleep(120)\n")
+    app = client.create_application(project, name="web", subdomain="web", script="app.py", cpu=1, memory=1)
+
+    def wait_for(status: str) -> None:
+        for _ in range(100):
+            if client.get_application(project, app.id).status == status:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"application never reached {status}")
+
+    wait_for("APPLICATION_RUNNING")
+    first = emulator.workload_pids()
+    assert client.restart_application(project, app.id).status == "APPLICATION_STOPPING"
+    wait_for("APPLICATION_RUNNING")
+    for _ in range(50):
+        if len((emulator.project_dir(project) / "starts.log").read_text().split()) == 2:
+            break
+        time.sleep(0.1)
+    assert len((emulator.project_dir(project) / "starts.log").read_text().split()) == 2
+    assert wait_gone(first, timeout_s=10) == set()  # the first process tree is gone
+    client.stop_application(project, app.id)
+    wait_for("APPLICATION_STOPPED")
+    client.delete_application(project, app.id)
+    assert client.list_applications(project) == []
+
+
+def test_runtimes_are_paged_and_filtered_exactly(emulator: CMLEmulator, client: CMLClient) -> None:
+    emulator.store.runtimes = [
+        {"image_identifier": f"docker.example/ml-runtime-python3.{minor}:{build}", "editor": "JupyterLab",
+         "kernel": f"Python 3.{minor}", "edition": "Standard", "description": "", "full_version": build,
+         "status": "ENABLED", "register_user_id": 0}
+        for minor in (10, 11) for build in ("2025.01", "2025.02", "2025.03", "2025.04", "2025.05", "2025.06")]
+    assert len(client.list_runtimes()) == 12  # two pages
+    python311 = client.list_runtimes(kernel="Python 3.11")
+    assert len(python311) == 6 and {r.kernel for r in python311} == {"Python 3.11"}
+    # the server's substring filter would also match "Python 3.1" against 3.10 and 3.11
+    assert client.list_runtimes(kernel="Python 3.1") == []
+
+
+def test_git_tokens_are_redacted() -> None:
+    from launchers.cai.pipeline.project import redact_url
+
+    assert redact_url("https://x-access-token:ghp_secret@github.com/o/r.git") == "https://***@github.com/o/r.git"
+    assert redact_url("https://github.com/o/r.git") == "https://github.com/o/r.git"
