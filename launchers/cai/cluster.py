@@ -8,12 +8,11 @@ published files back through the files API, and stops *and deletes* every applic
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -83,34 +82,15 @@ class CAIClusterManager:
         If anything fails, the applications created by *this* call are stopped and deleted.
         """
         cfg, created = self.config, []
-        head_spec = nodes.head_spec(cfg)
         self.progress(f"Starting Ray cluster '{cfg.cai.cluster_name}' on {cfg.cai.host} "
                       f"(project {self.project_id})")
         self.progress(f"   head: {cfg.head_cpu:g} CPU, {cfg.head_memory:g} GiB, 0 GPU; workers: "
                       f"{cfg.cai.num_workers} x {cfg.cai.resources.cpu:g} CPU, {cfg.cai.resources.memory:g} GiB, "
                       f"{cfg.cai.resources.num_gpus} GPU")
         try:
-            script = self._upload_launcher()
-            owned = self._owned()
-            head = owned.pop(head_spec.name, None)
-            reused = head is not None and head.status in ALIVE
-            if not reused:
-                for app in ([head] if head else []) + list(owned.values()):
-                    self._remove(app, "stale")
-                owned = {}
-                head = self._create(head_spec, script, token=None, created=created)
-            token = head.environment.get("RAY_CAI_TOKEN", "")
-            apps = {head_spec.name: head}
-            for spec in nodes.desired_specs(cfg)[1:]:
-                app = owned.pop(spec.name, None)
-                if app is not None and app.status not in ALIVE:
-                    self._remove(app, f"not running ({app.status})")
-                    app = None
-                apps[spec.name] = app or self._create(spec, script, token=token, created=created)
-            for extra in owned.values():  # scaled down since the last start
-                self._remove(extra, "beyond num_workers")
+            apps, reused = self._reconcile(created)
             head_info = self._wait_ready(apps)
-        except BaseException:
+        except BaseException:  # includes Ctrl-C: never leave half a cluster behind
             if created:
                 self.progress(f"Start failed: removing the {len(created)} application(s) it created")
                 for app in created:
@@ -154,6 +134,32 @@ class CAIClusterManager:
         return [a.id for a in owned]
 
     # -- steps ------------------------------------------------------------------------------------
+    def _reconcile(self, created: list[Application]) -> tuple[dict[str, Application], bool]:
+        """Make the owned applications match the config. A live head is kept (with its token, so
+        workers still find it); without one, everything of the cluster is replaced."""
+        head_spec = nodes.head_spec(self.config)
+        script = self._upload_launcher()
+        owned = self._owned()
+        head = owned.pop(head_spec.name, None)
+        reused = head is not None and head.status in ALIVE
+        if not reused:
+            for app in ([head] if head else []) + list(owned.values()):
+                self._remove(app, "stale")
+            owned = {}
+            head = self._create(head_spec, script, token=None, created=created)
+        assert head is not None
+        token = head.environment.get("RAY_CAI_TOKEN", "")
+        apps = {head_spec.name: head}
+        for spec in nodes.desired_specs(self.config)[1:]:
+            app = owned.pop(spec.name, None)
+            if app is not None and app.status not in ALIVE:
+                self._remove(app, f"not running ({app.status})")
+                app = None
+            apps[spec.name] = app or self._create(spec, script, token=token, created=created)
+        for extra in owned.values():  # scaled down since the last start
+            self._remove(extra, "beyond num_workers")
+        return apps, reused
+
     def _owned(self) -> dict[str, Application]:
         pattern = nodes.owned_name_re(self.config)
         apps = self.client.list_applications(self.project_id)
@@ -253,12 +259,8 @@ class CAIClusterManager:
         return ClusterInfo(
             cluster_name=cfg.cai.cluster_name, project_id=self.project_id, host=cfg.cai.host, running=True,
             head_address=head["address"], dashboard_url=self._dashboard(head), nodes=states, reused=reused,
-            started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            started_at=datetime.now(UTC).isoformat(timespec="seconds"),
             head_resources={"cpu": cfg.head_cpu, "memory_gib": cfg.head_memory, "gpus": 0},
             worker_resources={"cpu": cfg.cai.resources.cpu, "memory_gib": cfg.cai.resources.memory,
                               "gpus": cfg.cai.resources.num_gpus},
         )
-
-
-def dump_status(status: ClusterStatus) -> str:
-    return json.dumps(status.model_dump(), indent=2)

@@ -1,6 +1,6 @@
 """The CML jobs pipeline (seeds 001/002): project -> jobs -> ordered runs, all idempotent."""
 
-from launchers.cai.pipeline.config import JobSpec, JobsConfig, load_jobs_config
+from launchers.cai.pipeline.config import JobsConfig, JobSpec, load_jobs_config
 from launchers.cai.pipeline.jobs import create_jobs, trigger_jobs
 from launchers.cai.pipeline.project import setup_project
 

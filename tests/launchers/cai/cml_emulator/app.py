@@ -93,7 +93,7 @@ class EmulatorApp:
         if problems:
             return error(400, 3, "; ".join(problems))
         names = [n.replace(".", "_") for n in re.findall(r"\{([^}]+)\}", operation.template)]
-        kwargs: dict[str, Any] = dict(zip(names, values))
+        kwargs: dict[str, Any] = dict(zip(names, values, strict=True))
         available = {"store": self.store, "body": body, "form": form, "query": dict(query_pairs),
                      "search_keys": _keys(operation.query.get("search_filter"), "search filter keys"),
                      "sort_keys": _keys(operation.query.get("sort"), "sort keys")}
