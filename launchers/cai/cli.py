@@ -153,14 +153,13 @@ def cmd_trigger_jobs(args: argparse.Namespace) -> int:
 @_expected_errors
 def cmd_deploy(args: argparse.Namespace) -> int:
     """deploy_to_cml: setup-project, create-jobs and trigger-jobs in one go."""
-    from launchers.cai.pipeline import create_jobs, load_jobs_config, setup_project, trigger_jobs
+    from launchers.cai.pipeline import deploy_to_cml, load_jobs_config
 
     config = load_jobs_config(args.jobs_config)  # validate before touching CML
     with _client(args) as client:
-        project = setup_project(client, _project_name(args), _git_url(args), progress=_progress,
-                                timeout_s=args.timeout, output_file=args.output_file, poll_s=args.poll_interval)
-        create_jobs(client, project.id, config, progress=_progress)
-        trigger_jobs(client, project.id, config, force=_force(args), progress=_progress, waiting=_waiting(args))
+        project, _ = deploy_to_cml(client, _project_name(args), _git_url(args), config, progress=_progress,
+                                   force=_force(args), waiting=_waiting(args), clone_timeout_s=args.timeout,
+                                   output_file=args.output_file)
     print(project.id)
     return 0
 
