@@ -67,10 +67,10 @@ def test_gives_up_after_attempts_with_readable_error(emulator: CMLEmulator, clie
 
 def test_read_timeout_retried_for_get_not_for_post(emulator: CMLEmulator) -> None:
     project = emulator.add_project("slow")
-    with CMLClient(emulator.url, emulator.api_key, timeout=0.5, retry=RetryPolicy(3, 0.01, 0.05)) as client:
-        emulator.inject(f"GET /api/v2/projects/{project}", status=200, delay=1.5)
+    with CMLClient(emulator.url, emulator.api_key, timeout=1.0, retry=RetryPolicy(3, 0.01, 0.05)) as client:
+        emulator.inject(f"GET /api/v2/projects/{project}", status=200, delay=3.0)
         assert client.get_project(project).name == "slow"
-        emulator.inject(f"POST /api/v2/projects/{project}/jobs", status=200, delay=1.5)
+        emulator.inject(f"POST /api/v2/projects/{project}/jobs", status=200, delay=3.0)
         with pytest.raises(CMLAPIError, match="ReadTimeout"):
             client.create_job(project, name="j", script="j.py", cpu=1, memory=1)
     assert len(_calls(emulator, f"POST /api/v2/projects/{project}/jobs")) <= 1  # never sent twice

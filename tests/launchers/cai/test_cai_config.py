@@ -106,3 +106,12 @@ def test_cli_config_error_is_one_line(tmp_path: Path) -> None:
     assert done.stderr.strip().splitlines() == [
         f"ray-serve-cai: error: config {bad}: cai.num_workers: Input should be a valid integer, "
         "unable to parse string as an integer"]
+
+
+def test_launchers_stay_light_and_apart() -> None:
+    """The CLI path imports neither Ray, vLLM nor the serve apps (launchers never reach into them)."""
+    code = ("import sys, launchers.cai.cli, launchers.cai.cluster, launchers.cai.pipeline; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'serve_apps', 'vllm', 'torch'}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
