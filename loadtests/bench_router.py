@@ -17,7 +17,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_router_lib import bench_body, closed_loop, start_litellm, start_router, start_vllm, write_result
+from bench_router_lib import (
+    bench_body,
+    closed_loop,
+    start_litellm,
+    start_router,
+    start_vllm,
+    stop_on_sigterm,
+    write_result,
+)
 
 
 def main() -> None:
@@ -29,6 +37,7 @@ def main() -> None:
     parser.add_argument("--pause", type=float, default=3.0)
     parser.add_argument("--no-haproxy", action="store_true", help="Serve's Python proxy instead of HAProxy")
     args = parser.parse_args()
+    stop_on_sigterm()
     workdir = Path(tempfile.mkdtemp(prefix="bench-router-"))
     vllm = None
     if args.backend_url:
@@ -57,7 +66,7 @@ def main() -> None:
                     time.sleep(args.pause)
                     run = asyncio.run(closed_loop(url, body, concurrency, args.duration, headers))
                     result[f"{name}_c{concurrency}"] = run
-                    print(f"round {index} c={concurrency:<3} {name:8} {run['rps']:7.1f} req/s  median {run['median_ms']:.2f} ms"
+                    print(f"round {index} c={concurrency:<3} {name:8} {run['rps']:7.1f} req/s  median {run['median_ms']} ms"
                           f"  errors {run['errors']}", flush=True)
             rounds.append(result)
     finally:

@@ -232,6 +232,11 @@ def start_litellm(backend_urls: list[str], workdir: Path) -> Proc:
     return proc
 
 
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit so ``finally`` blocks stop the clusters and servers we started."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 def write_result(name: str, payload: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"

@@ -16,7 +16,7 @@ from ray.serve import Application
 from serve_apps.config import format_validation_error
 from serve_apps.router.asgi import RouterASGI
 from serve_apps.router.backends import create_backend
-from serve_apps.router.config import BackendModel, RouterAppArgs, RouterConfig
+from serve_apps.router.config import BackendConfig, BackendModel, RouterAppArgs, RouterConfig
 from serve_apps.router.router import Router
 
 
@@ -26,9 +26,17 @@ class MultiBackendRouter:
     async def __init__(self, config: dict[str, Any], engines: dict[str, Any] | None = None) -> None:
         parsed = RouterConfig.model_validate(config)
         handles = engines or {}
-        backends = [create_backend(b, handles.get(b.engine or "")) for b in parsed.backends]
+        backends = [create_backend(b, self._handle(b, handles)) for b in parsed.backends]
         self.router = Router(parsed, backends)
         self.router.start()
+
+    @staticmethod
+    def _handle(backend: BackendConfig, handles: dict[str, Any]) -> Any:
+        if backend.kind != "serve":
+            return None
+        if backend.app:  # an engine deployed as its own Serve app
+            return serve.get_deployment_handle(backend.deployment, app_name=backend.app)
+        return handles[backend.engine]
 
     async def __serve_build_asgi_app__(self) -> RouterASGI:
         return RouterASGI(self.router)

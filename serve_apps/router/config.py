@@ -83,6 +83,8 @@ class BackendConfig(StrictModel):
     kind: BackendKind
     url: str | None = Field(None, description="base URL for HTTP kinds, e.g. http://host:8000")
     engine: str | None = Field(None, description="kind serve: name of an engine in `engines`")
+    app: str | None = Field(None, description="kind serve: another Serve app holding the engine deployment")
+    deployment: str | None = Field(None, description="kind serve with `app`: the deployment's name")
     models: list[BackendModel | str] = Field(
         default_factory=list, description="served models; empty = whatever the request asks"
     )
@@ -102,8 +104,12 @@ class BackendConfig(StrictModel):
     @model_validator(mode="after")
     def _target(self) -> "BackendConfig":
         if self.kind == "serve":
-            if not self.engine and not self.url:
-                raise ValueError("kind serve needs `engine` (an entry of engines) or `url`")
+            if bool(self.engine) == bool(self.app):
+                raise ValueError("kind serve needs exactly one of `engine` (an entry of engines) or `app`")
+            if self.app and not self.deployment:
+                raise ValueError("kind serve with `app` also needs `deployment`")
+            if self.url:
+                raise ValueError("kind serve takes no `url`; use kind openai for an engine over HTTP")
         elif not self.url:
             raise ValueError(f"kind {self.kind} needs `url`")
         if self.url:
