@@ -74,7 +74,9 @@ class RaySection(Strict):
     # (the emulator in tests), harmless on CML where each application is its own pod.
     local_ports: Literal["default", "free"] = "default"
     temp_dir: str | None = None
-    num_cpus: int | None = Field(None, gt=0, description="CPUs Ray advertises per node (default: the app's)")
+    num_cpus: int | None = Field(None, gt=0, description="CPUs Ray advertises per worker (default: the app's)")
+    head_num_cpus: int | None = Field(0, ge=0, description="CPUs the head advertises; 0 keeps tasks and "
+                                      "replicas off the coordinator (None: like a worker)")
 
 
 class ServeSection(Strict):

@@ -66,6 +66,9 @@ def launcher_script() -> tuple[str, bytes]:
 
 def node_environment(config: ClusterConfig, spec: NodeSpec, *, nonce: str, token: str) -> dict[str, str]:
     ray = config.ray
+    num_cpus = ray.num_cpus or max(1, int(spec.cpu))
+    if spec.role == "head" and ray.head_num_cpus is not None:
+        num_cpus = ray.head_num_cpus
     env = {
         "RAY_CAI_ROLE": spec.role,
         "RAY_CAI_NODE": spec.node,
@@ -74,7 +77,7 @@ def node_environment(config: ClusterConfig, spec: NodeSpec, *, nonce: str, token
         "RAY_CAI_NONCE": nonce,
         "RAY_CAI_PORT": str(ray.port),
         "RAY_CAI_DASHBOARD_PORT": str(ray.dashboard_port),
-        "RAY_CAI_NUM_CPUS": str(ray.num_cpus or max(1, int(spec.cpu))),
+        "RAY_CAI_NUM_CPUS": str(num_cpus),
         "RAY_CAI_NUM_GPUS": str(spec.gpus),
         "RAY_CAI_INCLUDE_DASHBOARD": "1" if ray.include_dashboard else "0",
         "RAY_CAI_FREE_PORTS": "1" if ray.local_ports == "free" else "0",

@@ -13,7 +13,7 @@ Environment (set by ``CAIClusterManager`` on the application):
   RAY_CAI_NONCE         identity of this application; echoed in its readiness file
   RAY_CAI_NODE          node name (head, worker-1, ...), names the readiness file
   RAY_CAI_PORT          GCS port of the head;  RAY_CAI_DASHBOARD_PORT  dashboard port
-  RAY_CAI_NUM_CPUS / RAY_CAI_NUM_GPUS / RAY_CAI_MEMORY_GB / RAY_CAI_OBJECT_STORE_MB
+  RAY_CAI_NUM_CPUS / RAY_CAI_NUM_GPUS / RAY_CAI_OBJECT_STORE_MB   resources Ray advertises
   RAY_CAI_INCLUDE_DASHBOARD  1 | 0 (head only)
   RAY_CAI_FREE_PORTS    1: pick free node-local ports (several nodes on one host: tests, emulator)
   RAY_CAI_TEMP_DIR      Ray --temp-dir (a node suffix is appended)

@@ -119,8 +119,10 @@ def test_start_forms_a_three_node_ray_cluster(cluster: Cluster, started: subproc
     assert apps["rsc-test-worker-1"].nvidia_gpu == 1
 
     nodes = httpx.get(f"{info['dashboard_url']}/api/v0/nodes", timeout=30).json()["data"]["result"]["result"]
-    alive = sorted(n["node_ip"] for n in nodes if n["state"] == "ALIVE")
-    assert len(alive) == 3 and len(set(alive)) == 3  # three "pods", three addresses
+    alive = [n for n in nodes if n["state"] == "ALIVE"]
+    assert len({n["node_ip"] for n in alive}) == 3  # three "pods", three addresses
+    cpus = {n["is_head_node"]: n["resources_total"].get("CPU", 0) for n in alive}
+    assert cpus == {True: 0, False: 1}  # the head coordinates; work goes to the workers
 
 
 def test_serve_app_deployed_on_it_answers(cluster: Cluster, started: subprocess.CompletedProcess[str]) -> None:
