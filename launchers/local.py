@@ -51,6 +51,7 @@ class LocalCluster:
     dashboard_port: int = field(default_factory=free_port)
     temp_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="rsc-ray-"))
     fast_path: bool = True
+    haproxy: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
     log_path: Path | None = None
     process: subprocess.Popen | None = None
@@ -67,7 +68,26 @@ class LocalCluster:
         env = {**AUTH_ENV, **os.environ, **LOOPBACK_ENV, "RAY_ADDRESS": self.address, **self.extra_env}
         if self.fast_path:
             env.update({k: os.environ.get(k, v) for k, v in FAST_PATH_ENV.items()})
+        if self.haproxy:
+            env.update(self._haproxy_env())
         return env
+
+    def _haproxy_env(self) -> dict[str, str]:
+        """Serve's HAProxy ingress with this cluster's own ports and files (the defaults are fixed
+        ports and /tmp/haproxy-serve, shared machine-wide). HAProxy binds its stats and metrics
+        ports on all interfaces: use it on clusters, or locally inside a private network namespace."""
+        if not hasattr(self, "_haproxy_cache"):
+            base = Path(tempfile.mkdtemp(prefix="hap-", dir="/tmp"))  # socket paths max 97 chars
+            self._haproxy_cache = {
+                "RAY_SERVE_ENABLE_HA_PROXY": "1",
+                "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+                "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+                "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(base / "haproxy.cfg"),
+                "RAY_SERVE_HAPROXY_SOCKET_PATH": str(base / "admin.sock"),
+                "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(base),
+                "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(base / "server-state"),
+            }
+        return self._haproxy_cache
 
     def start(self, timeout_s: float = 120) -> "LocalCluster":
         cmd = [_bin("ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",

@@ -58,8 +58,7 @@ def start_stock(model_dir: Path, port: int, kv_gb: int, log: Path) -> subprocess
 
 
 def start_serve(port: int, kv_gb: int, haproxy: bool, workdir: Path) -> LocalCluster:
-    extra = {"RAY_SERVE_ENABLE_HA_PROXY": "1"} if haproxy else {}
-    cluster = LocalCluster(extra_env=extra).start()
+    cluster = LocalCluster(haproxy=haproxy).start()
     config = {"http_options": {"host": "127.0.0.1", "port": port},
               "applications": [{"name": "llm", "route_prefix": "/", "import_path": "serve_apps.apps:build_app",
                                 "args": {"name": MODEL, "model": "builtin:tiny-chat", "kv_cache_gb": kv_gb,
@@ -78,7 +77,9 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--pause", type=float, default=4.0, help="seconds between rounds (engine busy-poll)")
     parser.add_argument("--kv-cache-gb", type=int, default=1)
-    parser.add_argument("--haproxy", action="store_true", help="Serve with RAY_SERVE_ENABLE_HA_PROXY=1")
+    parser.add_argument("--haproxy", action="store_true",
+                        help="Serve's HAProxy ingress (binds stats/metrics on all interfaces: run inside "
+                             "`unshare -n`, see loadtests/README.md)")
     parser.add_argument("--out", type=Path, default=ROOT / "loadtests" / "results" / "bench_engine.json")
     args = parser.parse_args()
 

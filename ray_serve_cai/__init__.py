@@ -6,4 +6,13 @@ register_engine`` keep working; the implementation lives in ``serve_apps`` and `
 
 from ray_serve_cai.ray_backend import RayBackend
 
-__all__ = ["RayBackend"]
+__all__ = ["CAIClusterManager", "RayBackend"]
+
+
+def __getattr__(name: str):
+    # Lazy: importing the CML launcher costs ~0.7 s and most users never need it.
+    if name == "CAIClusterManager":
+        from launchers.cai.cluster import CAIClusterManager
+
+        return CAIClusterManager
+    raise AttributeError(f"module 'ray_serve_cai' has no attribute {name!r}")

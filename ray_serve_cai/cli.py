@@ -61,4 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the imported module so CLIError raised by command modules is the same class.
+    from ray_serve_cai.cli import main as _main
+
+    sys.exit(_main())

@@ -71,9 +71,9 @@ class RayBackend:
         status = await asyncio.to_thread(serve.status)
         return {
             name: {
-                "status": str(app.status),
+                "status": getattr(app.status, "value", str(app.status)),
                 "route_prefix": self._apps.get(name),
-                "deployments": {d: str(info.status) for d, info in app.deployments.items()},
+                "deployments": {d: getattr(info.status, "value", str(info.status)) for d, info in app.deployments.items()},
             }
             for name, app in status.applications.items()
         }
