@@ -24,6 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="serve config YAML (default: serve_configs/local.yaml)")
     up.add_argument("--timeout", type=float, default=900, help="seconds to wait for readiness (default: 900)")
     up.add_argument("--num-cpus", type=int, default=None, help="CPUs Ray may schedule (default: all)")
+    up.add_argument("--haproxy", action="store_true",
+                    help="use Serve's HAProxy ingress (fastest measured path; note HAProxy binds its stats "
+                         "and metrics ports on all interfaces)")
     up.add_argument("--detach", action="store_true", help="return once ready and leave the cluster running")
     up.set_defaults(func=_up)
 
@@ -49,7 +52,7 @@ def _up(args: argparse.Namespace) -> int:
     route = ((config.get("applications") or [{}])[0].get("route_prefix") or "/").rstrip("/")
     log = lambda msg: print(f"[up] {msg}", file=sys.stderr, flush=True)  # noqa: E731
 
-    cluster = LocalCluster(num_cpus=args.num_cpus)
+    cluster = LocalCluster(num_cpus=args.num_cpus, haproxy=args.haproxy)
     log(f"starting Ray head on {cluster.address} (logs: {cluster.temp_dir})")
     try:
         cluster.start()
