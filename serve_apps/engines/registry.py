@@ -19,6 +19,20 @@ _BUILTINS: dict[str, str] = {
 }
 
 
+ENTRY_POINT_GROUP = "ray_serve_cai.engines"
+
+
+def _entry_point_engines() -> dict[str, str]:
+    """Engines other packages declare under ``[project.entry-points."ray_serve_cai.engines"]``.
+
+    Why entry points: a serve config is resolved inside Ray replicas, where a ``register_engine``
+    call made in the driver never ran; an installed package's entry point is seen everywhere.
+    """
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
 class UnknownEngineError(KeyError):
     def __init__(self, name: str, known: list[str]) -> None:
         super().__init__(name)
@@ -34,6 +48,7 @@ class EngineRegistry:
 
     def __init__(self) -> None:
         self._entries: dict[str, type | str] = dict(_BUILTINS)
+        self._entries.update(_entry_point_engines())
 
     def register(self, name: str, engine: type | str, *, replace: bool = False) -> None:
         if not name or not isinstance(name, str):
