@@ -1,7 +1,7 @@
 """P3: kill the preferred backend (SIGKILL, a real stock vLLM server) during a steady 10 req/s run
 through the router; count client-visible errors and measure how fast traffic moved to the fallback.
 
-Half the requests stream (max_tokens 32), half don't (max_tokens 16). Two stock vLLM servers are
+Half the requests stream (max_tokens 128, ~0.5 s each, so some are in flight at the kill), half don't (max_tokens 16). Two stock vLLM servers are
 started (a: tier 0, b: tier 1), so this needs memory for two engines (~7 GB).
 
     .venv/bin/python loadtests/bench_router_failover.py [--rate 10] [--duration 20] [--kill-at 10]
@@ -24,7 +24,7 @@ async def one(url: str, index: int, t0: float) -> dict:
     host, port, prefix = split_url(url)
     stream = index % 2 == 0
     body = json.dumps({"model": "tiny-chat", "messages": [{"role": "user", "content": f"request {index}"}],
-                       "max_tokens": 32 if stream else 16, "stream": stream, "temperature": 0}).encode()
+                       "max_tokens": 128 if stream else 16, "stream": stream, "temperature": 0}).encode()
     connection = Connection(host, port)
     started = time.perf_counter() - t0
     record = {"index": index, "stream": stream, "start": started}

@@ -37,6 +37,14 @@ class Connection:
         self.writer: asyncio.StreamWriter | None = None
 
     async def post(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        status, response_headers, data, _ = await self.post_timed(path, body, headers)
+        return status, response_headers, data
+
+    async def post_timed(self, path: str, body: bytes, headers: dict[str, str] | None = None
+                         ) -> tuple[int, dict[str, str], bytes, float]:
+        """Like ``post``, plus the time from sending to the first body bytes (TTFT for streams)."""
+        sent = time.perf_counter()
+        first = None
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
@@ -57,6 +65,7 @@ class Connection:
                 response_headers[key.strip().lower()] = value.strip()
             if "content-length" in response_headers:
                 data = await self.reader.readexactly(int(response_headers["content-length"]))
+                first = time.perf_counter()
             else:  # chunked
                 parts = []
                 while True:
@@ -65,6 +74,7 @@ class Connection:
                         await self.reader.readline()
                         break
                     parts.append(await self.reader.readexactly(size))
+                    first = first or time.perf_counter()
                     await self.reader.readline()
                 data = b"".join(parts)
         except Exception:
@@ -72,7 +82,7 @@ class Connection:
             raise
         if response_headers.get("connection") == "close":
             self.close()
-        return status, response_headers, data
+        return status, response_headers, data, (first or time.perf_counter()) - sent
 
     def close(self) -> None:
         if self.writer is not None:

@@ -149,7 +149,7 @@ class Router:
                 first = await _first_chunk(response)
                 self.metrics.first_byte(state.name, time.perf_counter() - started)
                 handed_over = True
-                relay = self._relay(route, response, first, path, routed, started, attempt)
+                relay = self._relay(route, response, first, path, routed, model, started, attempt)
                 return Reply(200, SSE_HEADERS + self._meta(state, attempt), relay)
             data = await response.aread()
             recorded = True
@@ -214,7 +214,9 @@ class Router:
     # ------------------------------------------------------------------ streaming
 
     async def _relay(self, route: Route, response: BackendResponse, first: bytes, path: str,
-                     payload: dict[str, Any], started: float, attempt: Attempt) -> AsyncIterator[bytes]:
+                     payload: dict[str, Any], model: str | None, started: float, attempt: Attempt) -> AsyncIterator[bytes]:
+        """Relay a stream; on a break, continue it elsewhere (see ``streaming``). ``payload`` is the
+        request as first sent; every continuation is built from it and *all* text sent so far."""
         state = route.state
         sent_blocks: list[bytes] | None = [] if streaming.resumable(payload, path) else None
         resumed: streaming.Sent | None = None
@@ -247,11 +249,13 @@ class Router:
                 if sent.finished:
                     yield streaming.SSE_DONE
                     return
-                new_payload = streaming.resume_payload(payload, path, sent)
+                # nothing visible sent yet (only a role chunk): any backend may simply start over
+                new_payload = streaming.resume_payload(payload, path, sent) if sent.text else dict(payload)
                 if new_payload is None:
                     yield streaming.error_event("backend failed after the token budget was spent", 502)
                     return
-                opened = await self._open_resume(new_payload, path, set(attempt.failed), state.name)
+                opened = await self._open_resume(new_payload, model, path, set(attempt.failed), state.name,
+                                                 need_resume=bool(sent.text))
                 if opened is None:
                     yield streaming.error_event(f"backend {state.name} failed mid-stream and no backend could resume it")
                     return
@@ -261,7 +265,7 @@ class Router:
                 state.outstanding += 1
                 outcome = None
                 started = time.perf_counter()
-                payload, resumed, rewrite_state = new_payload, sent, {}
+                resumed, rewrite_state = sent, {}
                 yield f": resumed on {state.name} after {len(sent.text)} chars\n\n".encode()
         finally:
             state.outstanding -= 1
@@ -269,12 +273,12 @@ class Router:
                 state.breaker.release()
                 await response.aclose()
 
-    async def _open_resume(self, payload: dict[str, Any], path: str, failed: set[str], source: str) -> tuple[Route, BackendResponse, bytes] | None:
-        """Find a backend that can continue the message and has produced its first bytes."""
-        model = payload.get("model")
-        for route in self.pool.plan(model if isinstance(model, str) else None, path):
+    async def _open_resume(self, payload: dict[str, Any], model: str | None, path: str, failed: set[str], source: str,
+                           need_resume: bool = True) -> tuple[Route, BackendResponse, bytes] | None:
+        """Find a backend that takes the continuation and has produced its first bytes."""
+        for route in self.pool.plan(model, path):
             state = route.state
-            if route.state.name in failed or not state.backend.can_resume:
+            if state.name in failed or (need_resume and not state.backend.can_resume):
                 continue
             body = dict(payload)
             if route.model is not None:

@@ -88,10 +88,13 @@ class OllamaBackend(Backend):
 
     async def _chunks(self, response: BackendResponse, model: str, include_usage: bool) -> AsyncIterator[bytes]:
         ident, created = base.completion_id(), int(time.time())
-        yield base.chat_chunk(ident, created, model, {"role": "assistant", "content": ""})
+        started = False  # the role chunk waits for Ollama's first line: until then a failure stays invisible
         async for line in base.lines(response.stream):
             if not line.strip():
                 continue
+            if not started:
+                started = True
+                yield base.chat_chunk(ident, created, model, {"role": "assistant", "content": ""})
             try:
                 item = json.loads(line)
             except ValueError:

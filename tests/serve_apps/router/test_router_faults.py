@@ -43,6 +43,8 @@ def routers(router_cluster, fakes, tmp_path_factory):
         "kill": {"backends": [openai_backend("a", a, 0), openai_backend("b", b, 1)]},
         "noresume": {"backends": [openai_backend("a", a, 0), openai_backend("b", b, 1, resume_on_failure=False)]},
         "claude": {"backends": [openai_backend("a", a, 0), {**claude, "models": [{"name": "tiny-chat"}]}]},
+        "chain": {"backends": [openai_backend("a", a, 0), openai_backend("b", b, 1),
+                               {**claude, "models": [{"name": "tiny-chat"}]}]},
         "secured": {"backends": [openai_backend("a", a, 0)], "auth": {"api_keys": {"file": str(secrets / "clients")}}},
     })
 
@@ -213,6 +215,24 @@ def test_mid_stream_death_resumed_on_anthropic(routers, fakes):
     assert result.status == 200 and result.done and not result.errors
     assert "resumed on claude" in result.comments[0]
     assert result.text == expected_text("cross protocol", 12)
+
+
+def test_two_deaths_in_one_stream_are_both_resumed(routers, fakes):
+    fakes["a"].control(die_after=4, delay=0.01)
+    fakes["b"].control(die_after=3, delay=0.01)  # b dies 3 tokens into the continuation
+    result = stream(routers["chain"], chat_body("twice", 20))
+    assert result.status == 200 and result.done and not result.errors
+    assert [c.split(" after ")[0] for c in result.comments] == [": resumed on b", ": resumed on claude"]
+    assert result.text == expected_text("twice", 20)
+    assert len({e["id"] for e in result.events}) == 1
+
+
+def test_death_after_role_chunk_only_restarts_invisibly(routers, fakes):
+    fakes["a"].control(die_after=0)  # sends the role chunk, then dies before any text
+    result = stream(routers["noresume"], chat_body("restart", 6))  # b cannot resume, but may start over
+    assert result.status == 200 and result.done and not result.errors
+    assert result.text == expected_text("restart", 6)
+    assert result.comments == [": resumed on b after 0 chars"]
 
 
 def test_mid_stream_death_without_resume_ends_with_error_event(routers, fakes):

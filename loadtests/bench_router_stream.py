@@ -1,0 +1,112 @@
+"""How should the router reach an in-cluster engine replica for streams: through its DeploymentHandle
+(``kind: serve``; one Ray object / gRPC message per streamed item) or over HTTP to the replica's app
+(``kind: openai``; through Serve's HAProxy ingress)? And what does either cost against the engine
+called directly?
+
+One Ray cluster (THROUGHPUT_OPTIMIZED + HAProxy), one engine replica of the tiny model (app ``llm`` at
+/), the router at /router with both backends; ``X-Backend`` picks the path. Alternating rounds of
+``--concurrency`` streams x ``--tokens`` tokens (ignore_eos); tokens/s and median TTFT.
+
+    .venv/bin/python loadtests/bench_router_stream.py [--rounds 3] [--concurrency 64] [--tokens 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from bench_router_lib import ROOT, Connection, LocalCluster, free_port, haproxy_env, split_url, stop_on_sigterm, wait_http, write_result
+
+
+async def streams(url: str, concurrency: int, tokens: int, headers: dict[str, str] | None) -> dict:
+    host, port, prefix = split_url(url)
+    body = json.dumps({"model": "tiny-chat", "messages": [{"role": "user", "content": "tell me a story"}],
+                       "max_tokens": tokens, "stream": True, "ignore_eos": True, "temperature": 0}).encode()
+    ttfts: list[float] = []
+    counted = errors = 0
+
+    async def worker() -> None:
+        nonlocal counted, errors
+        connection = Connection(host, port)
+        try:
+            status, _, data, ttft = await connection.post_timed(prefix + "/v1/chat/completions", body, headers)
+            events = [line for line in data.split(b"\n") if line.startswith(b"data: {")]
+            if status != 200 or not data.rstrip().endswith(b"data: [DONE]"):
+                errors += 1
+                return
+            counted += sum(1 for e in events if b'"content":"' in e and b'"content":""' not in e)
+            ttfts.append(ttft)
+        finally:
+            connection.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    return {"tokens_per_s": counted / elapsed, "ttft_median_ms": statistics.median(ttfts) * 1000 if ttfts else None,
+            "errors": errors, "elapsed_s": elapsed}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--pause", type=float, default=3.0)
+    args = parser.parse_args()
+    stop_on_sigterm()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-stream-"))
+    cluster = LocalCluster(extra_env={"PYTHONPATH": str(ROOT), **haproxy_env(workdir)}, log_path=workdir / "ray.log")
+    cluster.start()
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    backends = [{"name": "handle", "kind": "serve", "app": "llm", "deployment": "engine-tiny-chat", "models": ["tiny-chat"]},
+                {"name": "http", "kind": "openai", "url": base, "models": ["tiny-chat"]}]
+    env = {"env_vars": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}}
+    config = {"http_options": {"host": "127.0.0.1", "port": port}, "applications": [
+        {"name": "llm", "route_prefix": "/", "import_path": "serve_apps.apps:build_app", "runtime_env": env,
+         "args": {"name": "tiny-chat", "model": "builtin:tiny-chat", "kv_cache_gb": 1, "max_ongoing_requests": 256}},
+        {"name": "router", "route_prefix": "/router", "import_path": "serve_apps.router.app:build_router_app",
+         "runtime_env": env, "args": {"backends": backends}}]}
+    (workdir / "serve.yaml").write_text(yaml.safe_dump(config))
+    rounds = []
+    try:
+        cluster.deploy(workdir / "serve.yaml")
+        wait_http(base + "/health", 600)
+        wait_http(base + "/router/health", 120)
+        targets = {"direct": (base, None), "router_handle": (base + "/router", {"x-backend": "handle"}),
+                   "router_http": (base + "/router", {"x-backend": "http"})}
+        for url, headers in targets.values():
+            asyncio.run(streams(url, 8, 16, headers))
+        for index in range(args.rounds):
+            result = {"round": index}
+            for name, (url, headers) in targets.items():
+                time.sleep(args.pause)
+                result[name] = asyncio.run(streams(url, args.concurrency, args.tokens, headers))
+                print(f"round {index} {name:14} {result[name]['tokens_per_s']:8.0f} tok/s  "
+                      f"TTFT {result[name]['ttft_median_ms']} ms  errors {result[name]['errors']}", flush=True)
+            rounds.append(result)
+    finally:
+        cluster.stop()
+    summary = {f"{name}_ratio_to_direct": [r[name]["tokens_per_s"] / r["direct"]["tokens_per_s"] for r in rounds]
+               for name in ("router_handle", "router_http")}
+    for key in list(summary):
+        summary[key + "_median"] = statistics.median(summary[key])
+    for name in ("direct", "router_handle", "router_http"):
+        summary[f"{name}_ttft_ms_median"] = statistics.median(r[name]["ttft_median_ms"] for r in rounds)
+    for key, value in summary.items():
+        print(f"{key}: {value}")
+    path = write_result("bench_router_stream", {"summary": summary, "rounds": rounds, "concurrency": args.concurrency,
+                                                "tokens": args.tokens,
+                                                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
