@@ -57,6 +57,7 @@ class EngineConfig(StrictModel):
     )
     max_request_bytes: int = Field(4 * 1024 * 1024, gt=0, description="bodies above this get 413")
     num_cpus: float = Field(1.0, ge=0, description="Ray CPUs reserved per replica")
+    access_log: bool = Field(False, description="Serve's per-request access log (costs CPU per request)")
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="passed through to the engine (e.g. vLLM engine args)"
     )

@@ -105,6 +105,7 @@ def deployment_options(config: EngineConfig) -> dict[str, Any]:
         "name": f"engine-{config.name}",
         "max_ongoing_requests": config.max_ongoing_requests,
         "ray_actor_options": actor,
+        "logging_config": {"enable_access_log": config.access_log},
     }
     if config.autoscaling is not None:
         options["autoscaling_config"] = config.autoscaling.model_dump()
