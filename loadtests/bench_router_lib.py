@@ -159,21 +159,26 @@ class Proc:
             self.process.wait(30)
 
 
+def spawn(cmd: list[str], env: dict[str, str], log: Path, port: int, ready_path: str, timeout: float) -> Proc:
+    """Start a server in its own process group and wait until ``ready_path`` answers 200."""
+    process = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    proc = Proc(process, f"http://127.0.0.1:{port}")
+    try:
+        wait_http(proc.url + ready_path, timeout)
+    except TimeoutError:
+        proc.kill()
+        raise
+    return proc
+
+
 def start_vllm(log: Path, port: int | None = None) -> Proc:
     from serve_apps.models import ensure_tiny_model
 
     port = port or free_port()
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(ensure_tiny_model()),
            "--served-model-name", "tiny-chat", "--host", "127.0.0.1", "--port", str(port), "--enforce-eager"]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    process = subprocess.Popen(cmd, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
-    proc = Proc(process, f"http://127.0.0.1:{port}")
-    try:
-        wait_http(proc.url + "/health", 300)
-    except TimeoutError:
-        proc.kill()
-        raise
-    return proc
+    return spawn(cmd, {"VLLM_CPU_KVCACHE_SPACE": "1"}, log, port, "/health", 300)
 
 
 def haproxy_env(workdir: Path) -> dict[str, str]:
@@ -229,17 +234,9 @@ def start_litellm(backend_urls: list[str], workdir: Path) -> Proc:
     path = workdir / "litellm.yaml"
     path.write_text(yaml.safe_dump(config))
     port = free_port()
-    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
-    process = subprocess.Popen([str(binary), "--config", str(path), "--host", "127.0.0.1", "--port", str(port),
-                                "--num_workers", "1"], env=env, stdout=open(workdir / "litellm.log", "ab"),
-                               stderr=subprocess.STDOUT, start_new_session=True)
-    proc = Proc(process, f"http://127.0.0.1:{port}")
-    try:
-        wait_http(proc.url + "/health/liveliness", 180)
-    except TimeoutError:
-        proc.kill()
-        raise
-    return proc
+    cmd = [str(binary), "--config", str(path), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
+    env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
+    return spawn(cmd, env, workdir / "litellm.log", port, "/health/liveliness", 180)
 
 
 def stop_on_sigterm() -> None:
