@@ -158,15 +158,23 @@ def test_restart_runs_the_script_again(emulator: CMLEmulator, client: CMLClient)
             time.sleep(0.1)
         raise AssertionError(f"application never reached {status}")
 
+    starts = emulator.project_dir(project) / "starts.log"
+
+    def wait_for_starts(count: int, timeout_s: float = 30) -> None:
+        # RUNNING means the process was spawned; a loaded machine may take seconds to run its first line.
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if starts.exists() and len(starts.read_text().split()) == count:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"expected {count} start(s) in starts.log")
+
     wait_for("APPLICATION_RUNNING")
+    wait_for_starts(1)
     first = emulator.workload_pids()
     assert client.restart_application(project, app.id).status == "APPLICATION_STOPPING"
     wait_for("APPLICATION_RUNNING")
-    for _ in range(50):
-        if len((emulator.project_dir(project) / "starts.log").read_text().split()) == 2:
-            break
-        time.sleep(0.1)
-    assert len((emulator.project_dir(project) / "starts.log").read_text().split()) == 2
+    wait_for_starts(2)
     assert wait_gone(first, timeout_s=10) == set()  # the first process tree is gone
     client.stop_application(project, app.id)
     wait_for("APPLICATION_STOPPED")
