@@ -16,28 +16,33 @@ import pytest
 pytestmark = pytest.mark.engine
 
 SCENARIO = textwrap.dedent('''
-    import json, sys
+    import asyncio, json, sys
     import ray
     from ray import serve
 
+    async def main():
+        # Inside an event loop, as in a deployment (Serve's throughput mode requires it).
+        handle = serve.get_deployment_handle("engine-tiny-chat", app_name="llm").options(stream=True)
+
+        async def call(path, body, method="POST"):
+            payload = json.dumps(body).encode() if body is not None else b""
+            items = [item async for item in handle.forward.remote(
+                method, path, [("content-type", "application/json")], payload)]
+            head, chunks = items[0], items[1:]
+            assert all(isinstance(c, bytes) for c in chunks)
+            return head, b"".join(chunks).decode()
+
+        out = {}
+        out["chat"] = await call("/v1/chat/completions", {"model": "tiny-chat", "max_tokens": 4,
+                                 "temperature": 0, "messages": [{"role": "user", "content": "hi"}]})
+        out["stream"] = await call("/v1/completions", {"model": "tiny-chat", "prompt": "x", "max_tokens": 5,
+                                                        "stream": True})
+        out["missing"] = await call("/v1/chat/completions", {"model": "nope", "messages": []})
+        out["health"] = await call("/health", None, method="GET")
+        print(json.dumps(out))
+
     ray.init(address=sys.argv[1], logging_level="ERROR")
-    handle = serve.get_deployment_handle("engine-tiny-chat", app_name="llm").options(stream=True)
-
-    def call(path, body, method="POST"):
-        items = list(handle.forward.remote(method, path, [("content-type", "application/json")],
-                                           json.dumps(body).encode() if body is not None else b""))
-        head, chunks = items[0], items[1:]
-        assert all(isinstance(c, bytes) for c in chunks)
-        return head, b"".join(chunks).decode()
-
-    out = {}
-    out["chat"] = call("/v1/chat/completions", {"model": "tiny-chat", "max_tokens": 4, "temperature": 0,
-                                                 "messages": [{"role": "user", "content": "hi"}]})
-    out["stream"] = call("/v1/completions", {"model": "tiny-chat", "prompt": "x", "max_tokens": 5,
-                                              "stream": True})
-    out["missing"] = call("/v1/chat/completions", {"model": "nope", "messages": []})
-    out["health"] = call("/health", None, method="GET")
-    print(json.dumps(out))
+    asyncio.run(main())
 ''')
 
 
