@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--pause", type=float, default=3.0)
+    parser.add_argument("--litellm-provider", default="hosted_vllm", help="LiteLLM provider prefix (hosted_vllm, openai)")
     parser.add_argument("--no-haproxy", action="store_true", help="Serve's Python proxy instead of HAProxy")
     args = parser.parse_args()
     stop_on_sigterm()
@@ -50,7 +51,7 @@ def main() -> None:
         {"name": "fallback", "kind": "openai", "url": backend, "models": ["tiny-chat"], "tier": 1},
     ]
     cluster, router_url = start_router(router_backends, workdir, haproxy=not args.no_haproxy)
-    litellm = start_litellm([backend, backend], workdir) if args.litellm else None
+    litellm = start_litellm([backend, backend], workdir, args.litellm_provider) if args.litellm else None
     targets = {"direct": (backend, None), "router": (router_url, None)}
     if litellm:
         targets["litellm"] = (litellm.url, {"authorization": "Bearer sk-bench-master"})
@@ -101,6 +102,7 @@ def main() -> None:
                         {"summary": summary, "rounds": rounds, "backend": "stock vLLM OpenAI server, tiny-chat",
                          "request": "chat, non-streaming, max_tokens 1", "duration_s": args.duration,
                          "serve_ingress": "python proxy" if args.no_haproxy else "haproxy",
+                         "litellm_provider": args.litellm_provider if litellm else None,
                          "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     print(f"wrote {path}")
 

@@ -216,7 +216,7 @@ def start_router(backends: list[dict[str, Any]], workdir: Path, env: dict[str, s
     return cluster, url
 
 
-def start_litellm(backend_urls: list[str], workdir: Path) -> Proc:
+def start_litellm(backend_urls: list[str], workdir: Path, provider: str = "hosted_vllm") -> Proc:
     """LiteLLM proxy (its own venv: loadtests/setup_litellm_venv.sh) with the same backends and a
     fallback from the first to the second."""
     binary = LITELLM_VENV / "bin" / "litellm"
@@ -224,7 +224,7 @@ def start_litellm(backend_urls: list[str], workdir: Path) -> Proc:
         raise SystemExit("LiteLLM venv missing: run loadtests/setup_litellm_venv.sh first")
     names = ["tiny-chat"] + [f"tiny-chat-fallback-{i}" for i in range(1, len(backend_urls))]
     config = {
-        "model_list": [{"model_name": name, "litellm_params": {"model": "hosted_vllm/tiny-chat", "api_base": url + "/v1",
+        "model_list": [{"model_name": name, "litellm_params": {"model": f"{provider}/tiny-chat", "api_base": url + "/v1",
                                                                  "api_key": "none"}}
                        for name, url in zip(names, backend_urls)],
         "router_settings": {"fallbacks": [{"tiny-chat": names[1:]}]} if len(names) > 1 else {},
