@@ -1,4 +1,4 @@
-"""``EngineReplica``: one engine in a Serve replica, speaking the OpenAI API over HTTP and handles.
+"""Engine replicas: one engine in a Serve replica, speaking the OpenAI API over HTTP and handles.
 
 The replica's constructor returns at once and the engine loads in the background: until it can
 generate, every request gets 503 with Retry-After and ``/health`` says so. A failed start makes the
@@ -23,9 +23,7 @@ from serve_apps.openai_api import build_openai_app
 logger = logging.getLogger("ray.serve")
 
 
-@serve.deployment(max_ongoing_requests=256, health_check_period_s=10, health_check_timeout_s=30)
-@serve.ingress()
-class EngineReplica:
+class _EngineReplica:
     async def __init__(self, config: dict[str, Any]) -> None:
         self.config = EngineConfig.model_validate(config)
         self.engine = get_registry().get(self.config.engine)(self.config)
@@ -96,6 +94,14 @@ class EngineReplica:
         await self.engine.shutdown()
 
 
+_DEPLOYMENT_DEFAULTS = {"max_ongoing_requests": 256, "health_check_period_s": 10, "health_check_timeout_s": 30}
+# HTTP ingress: the replica serves the OpenAI API at its app's route prefix (engine-only apps).
+EngineReplica = serve.deployment(**_DEPLOYMENT_DEFAULTS)(serve.ingress()(_EngineReplica))
+# Handle-only: reached through ``forward`` from another deployment (behind the router). Serve allows
+# one HTTP ingress per application, and the router is it.
+EngineWorker = serve.deployment(**_DEPLOYMENT_DEFAULTS)(_EngineReplica)
+
+
 def deployment_options(config: EngineConfig) -> dict[str, Any]:
     """Serve deployment options derived from an ``EngineConfig``."""
     actor: dict[str, Any] = {"num_cpus": config.num_cpus}
@@ -114,6 +120,11 @@ def deployment_options(config: EngineConfig) -> dict[str, Any]:
     return options
 
 
-def engine_deployment(config: EngineConfig) -> serve.Application:
-    """A bound ``EngineReplica`` for ``config``: deploy it alone or pass it to another ``bind``."""
-    return EngineReplica.options(**deployment_options(config)).bind(config.model_dump(mode="json"))
+def engine_deployment(config: EngineConfig, *, ingress: bool = True) -> serve.Application:
+    """A bound engine deployment for ``config``.
+
+    ``ingress=True``: deploy it as its own app (OpenAI API over HTTP, plus ``forward``).
+    ``ingress=False``: pass it to another deployment's ``bind`` and call ``forward`` on the handle.
+    """
+    deployment = EngineReplica if ingress else EngineWorker
+    return deployment.options(**deployment_options(config)).bind(config.model_dump(mode="json"))

@@ -17,9 +17,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up = subparsers.add_parser(
         "up",
         help="start a local Ray cluster on 127.0.0.1 and deploy a serve config (foreground; Ctrl-C stops)",
-        description="Start a private Ray head on 127.0.0.1, `serve deploy` the config, wait until the "
-        "engine can generate, print how to call it, and keep running until Ctrl-C, which tears "
-        "the cluster down (only this cluster: other Ray clusters on the machine are untouched).",
+        description="Start a private Ray head on 127.0.0.1, `serve deploy` the config, wait until a "
+        "real generation succeeds, print how to call it, and keep running until Ctrl-C or SIGTERM, "
+        "which tear the cluster down with every process it started (other Ray clusters on the "
+        "machine are untouched). To run it in the background: `ray-serve-cai up & ... kill %1`.",
     )
     up.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="serve config YAML (default: serve_configs/local.yaml)")
     up.add_argument("--timeout", type=float, default=900, help="seconds to wait for readiness (default: 900)")
@@ -27,8 +28,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--haproxy", action="store_true",
                     help="use Serve's HAProxy ingress (fastest measured path; note HAProxy binds its stats "
                          "and metrics ports on all interfaces)")
-    up.add_argument("--detach", action="store_true", help="return once ready and leave the cluster running")
     up.set_defaults(func=_up)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _http_base(config: dict) -> str:
@@ -36,6 +40,56 @@ def _http_base(config: dict) -> str:
     host = http.get("host", "127.0.0.1")
     host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     return f"http://{host}:{http.get('port', 8000)}"
+
+
+def _post_json(url: str, body: dict, headers: dict[str, str]) -> tuple[int, dict]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"content-type": "application/json", **headers})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, {}
+    except (OSError, ValueError):
+        return 0, {}
+
+
+def _wait_until_generates(base: str, deadline: float, log) -> None:
+    """A router's /health says the router is up, not that an engine behind it can generate: send
+    real one-token generations until one succeeds."""
+    import json
+    import os
+    import urllib.request
+
+    from ray_serve_cai.cli import CLIError
+
+    key = os.environ.get("OPENAI_API_KEY")
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    last_note = 0.0
+    while time.monotonic() < deadline:
+        try:
+            request = urllib.request.Request(f"{base}/v1/models", headers=headers)
+            with urllib.request.urlopen(request, timeout=10) as response:
+                models = [m["id"] for m in json.loads(response.read()).get("data", [])]
+        except OSError:
+            models = []
+        if models:
+            status, _ = _post_json(f"{base}/v1/completions", {"model": models[0], "prompt": "hi", "max_tokens": 1},
+                                   headers)
+            if status == 200:
+                return
+            if status == 401:
+                log("the app requires an API key (set OPENAI_API_KEY to check generation); assuming ready")
+                return
+        if time.monotonic() - last_note > 10:
+            last_note = time.monotonic()
+            log("waiting for a backend to generate...")
+        time.sleep(1)
+    raise CLIError(f"{base} did not generate within the timeout")
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -52,6 +106,7 @@ def _up(args: argparse.Namespace) -> int:
     route = ((config.get("applications") or [{}])[0].get("route_prefix") or "/").rstrip("/")
     log = lambda msg: print(f"[up] {msg}", file=sys.stderr, flush=True)  # noqa: E731
 
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` tears down like Ctrl-C, at any stage
     cluster = LocalCluster(num_cpus=args.num_cpus, haproxy=args.haproxy)
     log(f"starting Ray head on {cluster.address} (logs: {cluster.temp_dir})")
     try:
@@ -59,20 +114,18 @@ def _up(args: argparse.Namespace) -> int:
         log(f"deploying {args.config}")
         cluster.deploy(args.config)
         log("waiting for the engine to load and answer a first generation (1-2 min on CPU)...")
+        deadline = time.monotonic() + args.timeout
         cluster.wait_ready(f"{base}{route}/health", timeout_s=args.timeout, progress=log)
+        _wait_until_generates(f"{base}{route}", deadline, log)
     except ClusterError as exc:
         cluster.stop()
         raise CLIError(str(exc)) from None
-    except KeyboardInterrupt:
+    except BaseException:  # CLIError, Ctrl-C: never leave a half-started cluster behind
         cluster.stop()
         raise
     print(f"ready: {base}{route}/v1  (Ray {cluster.address}, dashboard {cluster.dashboard_url})", flush=True)
     print(f"  curl {base}{route}/v1/chat/completions -H 'content-type: application/json' "
           "-d '{\"model\": \"tiny-chat\", \"messages\": [{\"role\": \"user\", \"content\": \"hello\"}]}'", flush=True)
-    if args.detach:
-        print(f"detached; stop with: kill -TERM -{cluster.process.pid}", flush=True)
-        return 0
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         while cluster.process.poll() is None:
             time.sleep(1)

@@ -59,7 +59,7 @@ def build_router_app(args: dict[str, Any]) -> Application:
     if parsed.engines:
         from serve_apps.replica import engine_deployment  # the lead's module; imported only when used
 
-        engine_apps = {engine.name: engine_deployment(engine) for engine in parsed.engines}
+        engine_apps = {engine.name: engine_deployment(engine, ingress=False) for engine in parsed.engines}
     by_name = {engine.name: engine for engine in parsed.engines}
     for backend in parsed.backends:
         if backend.kind == "serve" and not backend.models and backend.engine in by_name:

@@ -1,0 +1,68 @@
+"""The README's first command, end to end: `ray-serve-cai up` on the shipped local config.
+
+The shipped config is copied with a free port (8000 may be taken); everything else is as shipped:
+the router in front of a real vLLM engine replica of the tiny model. SIGTERM must tear down every
+process the cluster started.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from launchers.local import descendants, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.engine
+
+
+def _read_until_ready(proc: subprocess.Popen, timeout_s: float) -> str:
+    deadline = time.monotonic() + timeout_s
+    buffer = ""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 1)
+        if ready:
+            line = proc.stdout.readline()
+            buffer += line
+            if line.startswith("ready: "):
+                return line
+        if proc.poll() is not None:
+            break
+    raise AssertionError(f"`up` never printed ready (exit {proc.poll()}):\n{buffer}\n{proc.stderr.read()[-3000:]}")
+
+
+def test_up_serves_the_shipped_local_config_and_tears_down(tmp_path):
+    config = yaml.safe_load((ROOT / "serve_configs" / "local.yaml").read_text())
+    port = free_port()
+    config["http_options"]["port"] = port
+    path = tmp_path / "local.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = subprocess.Popen([sys.executable, "-m", "ray_serve_cai", "up", "--config", str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        line = _read_until_ready(proc, timeout_s=900)
+        assert line.startswith(f"ready: http://127.0.0.1:{port}/v1")
+        body = {"model": "tiny-chat", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
+        response = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=60)
+        assert response.status_code == 200
+        assert response.json()["usage"]["completion_tokens"] == 4
+        assert response.headers["x-backend"]
+        tree = descendants(proc.pid)
+        assert len(tree) > 3  # ray, raylet, gcs, replicas, engine processes...
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(180)
+    assert proc.returncode == 0, proc.stderr.read()[-2000:]
+    time.sleep(1)
+    alive = [pid for pid in tree if os.path.exists(f"/proc/{pid}") and
+             "zombie" not in open(f"/proc/{pid}/status").read().lower()]
+    assert alive == [], f"processes left behind: {alive}"
