@@ -137,7 +137,8 @@ class LocalCluster:
             status = self.serve_status() or {}
             for name, app in (status.get("applications") or {}).items():
                 if app.get("status") == "DEPLOY_FAILED":
-                    raise ClusterError(f"app {name!r} failed to deploy: {app.get('message', '')[-500:]}")
+                    lines = [line for line in (app.get("message") or "").splitlines() if line.strip()]
+                    raise ClusterError(f"app {name!r} failed to deploy: {lines[-1] if lines else 'no message'}")
             if progress and time.monotonic() - last_note > 10:
                 last_note = time.monotonic()
                 progress(_describe(status))

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 COMMAND_MODULES: tuple[str, ...] = (
     "ray_serve_cai.commands.model",
     "ray_serve_cai.commands.local",
+    "ray_serve_cai.commands.check",
     "launchers.cai.cli",
 )
 

@@ -102,6 +102,11 @@ def _up(args: argparse.Namespace) -> int:
         config = yaml.safe_load(args.config.read_text()) or {}
     except yaml.YAMLError as exc:
         raise CLIError(f"{args.config} is not valid YAML: {exc}") from None
+    from ray_serve_cai.commands.check import config_problems
+
+    problems = config_problems(config)
+    if problems:  # fail in a second, not after starting Ray
+        raise CLIError(f"{args.config}: " + "; ".join(problems))
     base = _http_base(config)
     route = ((config.get("applications") or [{}])[0].get("route_prefix") or "/").rstrip("/")
     log = lambda msg: print(f"[up] {msg}", file=sys.stderr, flush=True)  # noqa: E731

@@ -58,3 +58,23 @@ def test_model_build_prints_the_directory(tmp_path: Path):
 @pytest.mark.parametrize("argv", [["frobnicate"], []])
 def test_unknown_or_missing_command_exits_2(argv):
     assert run(*argv).returncode == 2
+
+
+@pytest.mark.parametrize("name", ["local.yaml", "gpu.yaml", "prod.yaml"])
+def test_check_accepts_shipped_configs(name):
+    result = run("check", str(Path(__file__).resolve().parents[2] / "serve_configs" / name))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("application(s))")
+
+
+def test_check_names_the_bad_key(tmp_path: Path):
+    import yaml
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[2] / "serve_configs" / "local.yaml").read_text())
+    config["applications"][0]["args"]["engines"][0]["kv_cache_gbb"] = 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    result = run("check", str(bad))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "engines.0.kv_cache_gbb" in lines[0] and "router" in lines[0]
