@@ -1,0 +1,68 @@
+"""The router's lean HTTP client against a real server process (the fake backend): keep-alive reuse,
+chunked SSE bodies read as they arrive, and a server that dies mid-body."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from serve_apps.router.wire import WireError, WirePool
+from tests.serve_apps.router.conftest import FakeBackend
+from tests.serve_apps.router.helpers import chat_body, expected_text
+
+
+@pytest.fixture
+def fake():
+    server = FakeBackend("openai").start()
+    yield server
+    server.kill()
+
+
+def head(body: bytes, port: int) -> bytes:
+    return (f"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\n\r\n").encode()
+
+
+async def call(pool: WirePool, port: int, body: dict) -> tuple[int, bytes]:
+    raw = json.dumps(body).encode()
+    response = await (await pool.request(head(raw, port), raw, 2))
+    chunks = []
+    while chunk := await response.read_chunk():
+        chunks.append(chunk)
+    return response.status, b"".join(chunks)
+
+
+def test_keep_alive_json_and_chunked_stream(fake):
+    async def run():
+        pool = WirePool("127.0.0.1", fake.port, 4)
+        status, data = await call(pool, fake.port, chat_body("w", 5))
+        assert status == 200 and json.loads(data)["choices"][0]["message"]["content"] == expected_text("w", 5)
+        status, data = await call(pool, fake.port, chat_body("w", 5, stream=True))  # chunked transfer
+        assert status == 200 and data.endswith(b"data: [DONE]\n\n")
+        assert len(pool._open) == 1  # the same connection served both
+        status, data = await call(pool, fake.port, {"model": "nope", "messages": []})
+        assert status == 404 and b"does not exist" in data
+        pool.close()
+    asyncio.run(run())
+
+
+def test_server_death_mid_body_raises(fake):
+    fake.control(die_after=3, delay=0.01)
+
+    async def run():
+        pool = WirePool("127.0.0.1", fake.port, 4)
+        with pytest.raises(WireError):
+            await call(pool, fake.port, chat_body("w", 20, stream=True))
+        assert not pool._open  # the dead connection left the pool
+    asyncio.run(run())
+
+
+def test_connection_refused_is_an_os_error(fake):
+    fake.kill()
+
+    async def run():
+        with pytest.raises(OSError):
+            await WirePool("127.0.0.1", fake.port, 1).request(b"GET / HTTP/1.1\r\n\r\n", b"", 1)
+    asyncio.run(run())
