@@ -35,6 +35,22 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _ensure_port_free(config: dict) -> None:
+    """Serve's proxy would fail to bind and `up` would wait for nothing: say so at once."""
+    import socket
+
+    from ray_serve_cai.cli import CLIError
+
+    http = config.get("http_options") or {}
+    host, port = http.get("host", "127.0.0.1"), int(http.get("port", 8000))
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise CLIError(f"cannot listen on {host}:{port} ({exc.strerror}); stop what uses it or set "
+                           "http_options.port in the config") from None
+
+
 def _http_base(config: dict) -> str:
     http = config.get("http_options") or {}
     host = http.get("host", "127.0.0.1")
@@ -108,6 +124,7 @@ def _up(args: argparse.Namespace) -> int:
     if problems:  # fail in a second, not after starting Ray
         raise CLIError(f"{args.config}: " + "; ".join(problems))
     base = _http_base(config)
+    _ensure_port_free(config)
     route = ((config.get("applications") or [{}])[0].get("route_prefix") or "/").rstrip("/")
     log = lambda msg: print(f"[up] {msg}", file=sys.stderr, flush=True)  # noqa: E731
 

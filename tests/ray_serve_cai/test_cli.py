@@ -78,3 +78,20 @@ def test_check_names_the_bad_key(tmp_path: Path):
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "engines.0.kv_cache_gbb" in lines[0] and "router" in lines[0]
+
+
+def test_up_refuses_a_busy_port_at_once(tmp_path: Path):
+    import socket
+
+    import yaml
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[2] / "serve_configs" / "local.yaml").read_text())
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        config["http_options"]["port"] = busy.getsockname()[1]
+        path = tmp_path / "busy.yaml"
+        path.write_text(yaml.safe_dump(config))
+        result = run("up", "--config", str(path))
+    assert result.returncode == 1
+    assert "cannot listen on 127.0.0.1" in result.stderr and len(result.stderr.strip().splitlines()) == 1
