@@ -13,14 +13,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -29,32 +26,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from launchers.local import LocalCluster, free_port  # noqa: E402
+from loadtests.bench_router_lib import start_vllm  # noqa: E402
 from loadtests.streamload import run_load  # noqa: E402
 from serve_apps.models import ensure_tiny_model  # noqa: E402
 
 MODEL = "tiny-chat"
-
-
-def wait_http(url: str, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited ({proc.returncode}) before {url} was ready")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"{url} not ready after {timeout_s}s")
-
-
-def start_stock(model_dir: Path, port: int, kv_gb: int, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(kv_gb)}
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-           "--served-model-name", MODEL, "--host", "127.0.0.1", "--port", str(port), "--enforce-eager"]
-    return subprocess.Popen(cmd, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def start_serve(port: int, kv_gb: int, haproxy: bool, workdir: Path) -> LocalCluster:
@@ -83,17 +59,25 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "loadtests" / "results" / "bench_engine.json")
     args = parser.parse_args()
 
-    model_dir = ensure_tiny_model()
+    ensure_tiny_model()
     workdir = Path(tempfile.mkdtemp(prefix="bench-engine-"))
     stock_port, serve_port = free_port(), free_port()
     print(f"starting stock vLLM server (:{stock_port}) and Serve engine replica (:{serve_port}); ~2 min",
           file=sys.stderr)
-    stock = start_stock(model_dir, stock_port, args.kv_cache_gb, workdir / "stock.log")
     cluster = None
+    with ThreadPoolExecutor(1) as pool:  # both start-ups overlap
+        stock_future = pool.submit(start_vllm, workdir / "stock.log", stock_port, args.kv_cache_gb, 600)
+        try:
+            cluster = start_serve(serve_port, args.kv_cache_gb, args.haproxy, workdir)
+            cluster.wait_ready(f"http://127.0.0.1:{serve_port}/health", timeout_s=600)
+            stock = stock_future.result()
+        except BaseException:
+            if cluster is not None:
+                cluster.stop()
+            if stock_future.exception() is None:  # waits for the stock server, then stops it
+                stock_future.result().kill()
+            raise
     try:
-        cluster = start_serve(serve_port, args.kv_cache_gb, args.haproxy, workdir)
-        wait_http(f"http://127.0.0.1:{stock_port}/health", 600, stock)
-        cluster.wait_ready(f"http://127.0.0.1:{serve_port}/health", timeout_s=600)
         targets = {"stock": f"http://127.0.0.1:{stock_port}", "serve": f"http://127.0.0.1:{serve_port}"}
         for label, url in targets.items():  # warm both (JIT, allocator, connection setup)
             asyncio.run(run_load(label, url, MODEL, concurrency=8, per_worker=1, max_tokens=8))
@@ -124,14 +108,8 @@ def main() -> int:
               f"wrote {args.out}")
         return 0
     finally:
-        if cluster is not None:
-            cluster.stop()
-        os.killpg(stock.pid, signal.SIGTERM)
-        try:
-            stock.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(stock.pid, signal.SIGKILL)
-
+        cluster.stop()
+        stock.kill()
 
 if __name__ == "__main__":
     sys.exit(main())

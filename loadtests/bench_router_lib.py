@@ -11,7 +11,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -172,33 +171,22 @@ def spawn(cmd: list[str], env: dict[str, str], log: Path, port: int, ready_path:
     return proc
 
 
-def start_vllm(log: Path, port: int | None = None) -> Proc:
+def start_vllm(log: Path, port: int | None = None, kv_cache_gb: int = 1, timeout: float = 300) -> Proc:
+    """vLLM's stock OpenAI server on the tiny model (the baseline every benchmark compares against)."""
     from serve_apps.models import ensure_tiny_model
 
     port = port or free_port()
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(ensure_tiny_model()),
            "--served-model-name", "tiny-chat", "--host", "127.0.0.1", "--port", str(port), "--enforce-eager"]
-    return spawn(cmd, {"VLLM_CPU_KVCACHE_SPACE": "1"}, log, port, "/health", 300)
-
-
-def haproxy_env(workdir: Path) -> dict[str, str]:
-    """Serve's HAProxy ingress with private ports and files (the defaults are fixed ports and
-    /tmp/haproxy-serve, shared with anyone else on the machine)."""
-    base = Path(tempfile.mkdtemp(prefix="hap-", dir="/tmp"))  # HAProxy caps socket paths at 97 chars
-    return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-            "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
-            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(base / "haproxy.cfg"),
-            "RAY_SERVE_HAPROXY_SOCKET_PATH": str(base / "admin.sock"),
-            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(base),
-            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(base / "server-state")}
+    return spawn(cmd, {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gb)}, log, port, "/health", timeout)
 
 
 def start_router(backends: list[dict[str, Any]], workdir: Path, env: dict[str, str] | None = None,
                  haproxy: bool = True) -> tuple[LocalCluster, str]:
     """A fresh Ray cluster on loopback with the router at /: Serve's fast path (THROUGHPUT_OPTIMIZED,
     set by LocalCluster) plus, by default, the HAProxy ingress."""
-    extra = {"PYTHONPATH": str(ROOT), **(haproxy_env(workdir) if haproxy else {}), **(env or {})}
-    cluster = LocalCluster(extra_env=extra, log_path=workdir / "ray.log")
+    extra = {"PYTHONPATH": str(ROOT), **(env or {})}
+    cluster = LocalCluster(haproxy=haproxy, extra_env=extra, log_path=workdir / "ray.log")
     cluster.start()
     port = free_port()
     config = {"http_options": {"host": "127.0.0.1", "port": port}, "applications": [

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from bench_router_lib import ROOT, Connection, LocalCluster, free_port, haproxy_env, split_url, stop_on_sigterm, wait_http, write_result
+from bench_router_lib import ROOT, Connection, LocalCluster, free_port, split_url, stop_on_sigterm, wait_http, write_result
 
 
 async def streams(url: str, concurrency: int, tokens: int, headers: dict[str, str] | None) -> dict:
@@ -62,7 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     stop_on_sigterm()
     workdir = Path(tempfile.mkdtemp(prefix="bench-stream-"))
-    cluster = LocalCluster(extra_env={"PYTHONPATH": str(ROOT), **haproxy_env(workdir)}, log_path=workdir / "ray.log")
+    cluster = LocalCluster(haproxy=True, extra_env={"PYTHONPATH": str(ROOT)}, log_path=workdir / "ray.log")
     cluster.start()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
