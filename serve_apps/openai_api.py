@@ -79,7 +79,7 @@ def build_openai_app(engine: Engine) -> ASGIApp:
         path, method = route_path(scope), scope["method"]
         if path == "/v1/models" and method == "GET":
             body = json.dumps(await engine.models()).encode()
-            response = EngineResponse(200, [("content-type", "application/json")], _one(body))
+            response = EngineResponse.complete(200, "application/json", body)
             return await _send_engine_response(send, response)
         handler = routes.get(path)
         if handler is None:
@@ -100,7 +100,3 @@ def build_openai_app(engine: Engine) -> ASGIApp:
         await _send_engine_response(send, await handler(request))
 
     return app
-
-
-async def _one(body: bytes):
-    yield body

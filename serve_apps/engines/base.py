@@ -26,6 +26,10 @@ async def _empty() -> AsyncIterator[bytes]:
     yield b""  # pragma: no cover - makes this an async generator
 
 
+async def _single(payload: bytes) -> AsyncIterator[bytes]:
+    yield payload
+
+
 @dataclass
 class EngineResponse:
     """A response as status, headers and body chunks. Close ``body`` if you stop reading early."""
@@ -37,6 +41,11 @@ class EngineResponse:
     async def read(self) -> bytes:
         """Collect the whole body (for non-streaming callers and tests)."""
         return b"".join([chunk async for chunk in self.body])
+
+    @classmethod
+    def complete(cls, status: int, content_type: str, payload: bytes) -> "EngineResponse":
+        """A response whose whole body is already in hand (JSON, or a finished SSE stream)."""
+        return cls(status, [("content-type", content_type)], _single(payload))
 
     async def aclose(self) -> None:
         aclose = getattr(self.body, "aclose", None)

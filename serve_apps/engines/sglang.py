@@ -88,8 +88,8 @@ class SGLangEngine:
             delta = {"content": text} if kind == "chat" else None
             chunk_choice = {"index": 0, "delta": delta, "finish_reason": finish} if delta else choice
             payload = _sse([{**body, "object": f"{body['object']}.chunk", "choices": [chunk_choice]}])
-            return EngineResponse(200, [("content-type", "text/event-stream")], _once(payload))
-        return EngineResponse(200, [("content-type", "application/json")], _once(json.dumps(body).encode()))
+            return EngineResponse.complete(200, "text/event-stream", payload)
+        return EngineResponse.complete(200, "application/json", json.dumps(body).encode())
 
     async def chat(self, request: dict[str, Any]) -> EngineResponse:
         prompt = self._tokenizer().apply_chat_template(request["messages"], tokenize=False, add_generation_prompt=True)
@@ -109,7 +109,3 @@ class SGLangEngine:
         if self._engine is not None:
             self._engine.shutdown()
             self._engine = None
-
-
-async def _once(payload: bytes):
-    yield payload

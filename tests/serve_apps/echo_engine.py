@@ -17,10 +17,6 @@ from serve_apps.config import EngineConfig
 from serve_apps.engines.base import EngineResponse
 
 
-async def _once(payload: bytes):
-    yield payload
-
-
 class EchoEngine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
@@ -46,7 +42,7 @@ class EchoEngine:
             choice = {"index": 0, "text": text, "finish_reason": "stop"}
             body = {"id": "echo-1", "object": "text_completion", "created": int(time.time()),
                     "model": self.config.name, "choices": [choice], "usage": usage}
-        return EngineResponse(200, [("content-type", "application/json")], _once(json.dumps(body).encode()))
+        return EngineResponse.complete(200, "application/json", json.dumps(body).encode())
 
     async def chat(self, request: dict[str, Any]) -> EngineResponse:
         return self._reply(str(request["messages"][-1]["content"]), "chat", request)
