@@ -182,22 +182,26 @@ def start_vllm(log: Path, port: int | None = None, kv_cache_gb: int = 1, timeout
 
 
 def start_router(backends: list[dict[str, Any]], workdir: Path, env: dict[str, str] | None = None,
-                 haproxy: bool = True) -> tuple[LocalCluster, str]:
+                 haproxy: bool = True, listen_port: int | None = None) -> tuple[LocalCluster, str]:
     """A fresh Ray cluster on loopback with the router at /: Serve's fast path (THROUGHPUT_OPTIMIZED,
-    set by LocalCluster) plus, by default, the HAProxy ingress."""
+    set by LocalCluster) plus, by default, the HAProxy ingress. With ``listen_port`` the router also
+    serves its own data-plane listener on that port (``router.listen``)."""
     extra = {"PYTHONPATH": str(ROOT), **(env or {})}
     cluster = LocalCluster(haproxy=haproxy, extra_env=extra, log_path=workdir / "ray.log")
     cluster.start()
     port = free_port()
     config = {"http_options": {"host": "127.0.0.1", "port": port}, "applications": [
         {"name": "router", "route_prefix": "/", "import_path": "serve_apps.router.app:build_router_app",
-         "args": {"backends": backends}}]}
+         "args": {"backends": backends,
+                  **({"router": {"listen": {"port": listen_port}}} if listen_port else {})}}]}
     path = workdir / "router.yaml"
     path.write_text(yaml.safe_dump(config))
     try:
         cluster.deploy(path)
         url = f"http://127.0.0.1:{port}"
         wait_http(url + "/health", 120)
+        if listen_port:
+            wait_http(f"http://127.0.0.1:{listen_port}/health", 30)
     except Exception:
         cluster.stop()
         raise

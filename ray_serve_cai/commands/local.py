@@ -35,27 +35,43 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _ensure_port_free(config: dict) -> None:
-    """Serve's proxy would fail to bind and `up` would wait for nothing: say so at once."""
+def _ensure_ports_free(config: dict) -> None:
+    """Serve's proxy (or a router listener) would fail to bind and `up` would wait for nothing: say so
+    at once."""
     import socket
 
     from ray_serve_cai.cli import CLIError
 
     http = config.get("http_options") or {}
-    host, port = http.get("host", "127.0.0.1"), int(http.get("port", 8000))
-    with socket.socket() as sock:
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            raise CLIError(f"cannot listen on {host}:{port} ({exc.strerror}); stop what uses it or set "
-                           "http_options.port in the config") from None
+    wanted = [(http.get("host", "127.0.0.1"), int(http.get("port", 8000)), "http_options.port")]
+    wanted += [(host, port, "router.listen.port") for host, port in _listener_addresses(config)]
+    for host, port, key in wanted:
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                raise CLIError(f"cannot listen on {host}:{port} ({exc.strerror}); stop what uses it or set "
+                               f"{key} in the config") from None
+
+
+def _listener_addresses(config: dict) -> list[tuple[str, int]]:
+    """Router apps' own data-plane listeners (``args.router.listen``)."""
+    found = []
+    for app in config.get("applications") or []:
+        listen = (((app.get("args") or {}).get("router") or {}).get("listen")) or None
+        if listen and listen.get("port"):
+            found.append((listen.get("host", "127.0.0.1"), int(listen["port"])))
+    return found
+
+
+def _client_url(host: str, port: object) -> str:
+    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    return f"http://{host}:{port}"
 
 
 def _http_base(config: dict) -> str:
     http = config.get("http_options") or {}
-    host = http.get("host", "127.0.0.1")
-    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    return f"http://{host}:{http.get('port', 8000)}"
+    return _client_url(http.get("host", "127.0.0.1"), http.get("port", 8000))
 
 
 def _post_json(url: str, body: dict, headers: dict[str, str]) -> tuple[int, dict]:
@@ -124,7 +140,7 @@ def _up(args: argparse.Namespace) -> int:
     if problems:  # fail in a second, not after starting Ray
         raise CLIError(f"{args.config}: " + "; ".join(problems))
     base = _http_base(config)
-    _ensure_port_free(config)
+    _ensure_ports_free(config)
     route = ((config.get("applications") or [{}])[0].get("route_prefix") or "/").rstrip("/")
     log = lambda msg: print(f"[up] {msg}", file=sys.stderr, flush=True)  # noqa: E731
 
@@ -148,6 +164,8 @@ def _up(args: argparse.Namespace) -> int:
     print(f"ready: {base}{route}/v1  (Ray {cluster.address}, dashboard {cluster.dashboard_url})", flush=True)
     print(f"  curl {base}{route}/v1/chat/completions -H 'content-type: application/json' "
           "-d '{\"model\": \"tiny-chat\", \"messages\": [{\"role\": \"user\", \"content\": \"hello\"}]}'", flush=True)
+    for host, port in _listener_addresses(config):
+        print(f"  fast path (router listener, no Serve proxy hop): {_client_url(host, port)}/v1", flush=True)
     try:
         while cluster.process.poll() is None:
             time.sleep(1)

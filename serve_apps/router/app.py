@@ -16,19 +16,25 @@ from ray.serve import Application
 from serve_apps.config import format_validation_error
 from serve_apps.router.asgi import RouterASGI
 from serve_apps.router.backends import create_backend
-from serve_apps.router.config import BackendConfig, BackendModel, RouterAppArgs, RouterConfig
+from serve_apps.router.config import BackendConfig, BackendModel, ListenAddress, RouterAppArgs, RouterConfig
+from serve_apps.router.listener import Listener, start_listener
 from serve_apps.router.router import Router
 
 
 @serve.deployment(name="MultiBackendRouter", max_ongoing_requests=1024)
 @serve.ingress()
 class MultiBackendRouter:
-    async def __init__(self, config: dict[str, Any], engines: dict[str, Any] | None = None) -> None:
+    async def __init__(self, config: dict[str, Any], engines: dict[str, Any] | None = None,
+                       listen: dict[str, Any] | None = None) -> None:
         parsed = RouterConfig.model_validate(config)
         handles = engines or {}
         backends = [create_backend(b, self._handle(b, handles)) for b in parsed.backends]
         self.router = Router(parsed, backends)
         self.router.start()
+        self.listener: Listener | None = None
+        if listen is not None:
+            address = ListenAddress.model_validate(listen)
+            self.listener = await start_listener(RouterASGI(self.router), address.host, address.port)
 
     @staticmethod
     def _handle(backend: BackendConfig, handles: dict[str, Any]) -> Any:
@@ -41,7 +47,13 @@ class MultiBackendRouter:
     async def __serve_build_asgi_app__(self) -> RouterASGI:
         return RouterASGI(self.router)
 
+    async def check_health(self) -> None:
+        if self.listener is not None and not self.listener.serving:
+            raise RuntimeError(f"router listener on port {self.listener.port} stopped serving")
+
     async def __del__(self) -> None:
+        if self.listener is not None:
+            await self.listener.close()
         await self.router.aclose()
 
 
@@ -74,4 +86,4 @@ def build_router_app(args: dict[str, Any]) -> Application:
         max_ongoing_requests=options.max_ongoing_requests,
         ray_actor_options={"num_cpus": options.num_cpus},
         logging_config={"enable_access_log": options.access_log},
-    ).bind(config, engines=engine_apps)
+    ).bind(config, engines=engine_apps, listen=options.listen.model_dump() if options.listen else None)

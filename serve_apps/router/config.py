@@ -157,6 +157,13 @@ class RouterConfig(StrictModel):
         return self
 
 
+class ListenAddress(StrictModel):
+    """The router's own data-plane port (see ``serve_apps.router.listener``)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(ge=1, le=65535)
+
+
 class RouterDeploymentOptions(StrictModel):
     """Serve options of the router deployment itself."""
 
@@ -164,6 +171,8 @@ class RouterDeploymentOptions(StrictModel):
     max_ongoing_requests: int = Field(1024, ge=1)
     num_cpus: float = Field(0.0, ge=0)
     access_log: bool = Field(False, description="Serve's per-request access log line (costs CPU per request)")
+    listen: ListenAddress | None = Field(
+        None, description="also serve the router on this address, bypassing Serve's ingress (the fast path)")
 
 
 class RouterAppArgs(RouterConfig):

@@ -26,9 +26,11 @@ IMPORT_PATH = "serve_apps.router.app:build_router_app"
 
 PROFILES: dict[str, dict[str, Any]] = {
     "local": {
-        "comment": "router + one CPU engine replica of the built-in tiny model, 127.0.0.1:8000",
+        "comment": ("router + one CPU engine replica of the built-in tiny model, 127.0.0.1:8000 "
+                    "(Serve ingress) and 127.0.0.1:8001 (the router's own listener, the fast path)"),
         "host": "127.0.0.1",
         "args": {
+            "router": {"listen": {"host": "127.0.0.1", "port": 8001}},
             "engines": [{"name": "tiny-chat", "model": "builtin:tiny-chat", "device": "cpu", "kv_cache_gb": 1,
                          "num_replicas": 1, "max_ongoing_requests": 256}],
             "backends": [{"name": "local", "kind": "serve", "engine": "tiny-chat"}],
@@ -36,10 +38,12 @@ PROFILES: dict[str, dict[str, Any]] = {
     },
     "prod": {
         "comment": ("router (2 replicas) over autoscaled GPU engine replicas, cascading to Ollama, LM Studio "
-                    "and Anthropic for model `default`; listens on all interfaces (put it behind your ingress)"),
+                    "and Anthropic for model `default`; listens on all interfaces, :8000 (Serve ingress) and "
+                    ":8001 (router listener, the fast path; replicas on one node share it) -- put it behind your "
+                    "ingress"),
         "host": "0.0.0.0",
         "args": {
-            "router": {"num_replicas": 2, "num_cpus": 1},
+            "router": {"num_replicas": 2, "num_cpus": 1, "listen": {"host": "0.0.0.0", "port": 8001}},
             "auth": {"api_keys": {"env": "ROUTER_API_KEYS", "file": "/etc/ray-serve-cai/api-keys"}},
             "engines": [{"name": "qwen2.5-7b", "model": "Qwen/Qwen2.5-7B-Instruct", "aliases": ["default"],
                          "device": "gpu", "max_model_len": 8192, "enforce_eager": False, "max_ongoing_requests": 256,

@@ -1,7 +1,8 @@
 """The README's first command, end to end: `ray-serve-cai up` on the shipped local config.
 
-The shipped config is copied with a free port (8000 may be taken); everything else is as shipped:
-the router in front of a real vLLM engine replica of the tiny model. SIGTERM must tear down every
+The shipped config is copied with free ports (8000/8001 may be taken); everything else is as shipped:
+the router in front of a real vLLM engine replica of the tiny model, on Serve's ingress and on the
+router's own listener. SIGTERM must tear down every
 process the cluster started.
 """
 
@@ -44,6 +45,8 @@ def test_up_serves_the_shipped_local_config_and_tears_down(tmp_path):
     config = yaml.safe_load((ROOT / "serve_configs" / "local.yaml").read_text())
     port = free_port()
     config["http_options"]["port"] = port
+    listen_port = free_port()
+    config["applications"][0]["args"]["router"]["listen"]["port"] = listen_port
     path = tmp_path / "local.yaml"
     path.write_text(yaml.safe_dump(config))
     proc = subprocess.Popen([sys.executable, "-m", "ray_serve_cai", "up", "--config", str(path)],
@@ -51,11 +54,18 @@ def test_up_serves_the_shipped_local_config_and_tears_down(tmp_path):
     try:
         line = _read_until_ready(proc, timeout_s=900)
         assert line.startswith(f"ready: http://127.0.0.1:{port}/v1")
-        body = {"model": "tiny-chat", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
-        response = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=60)
-        assert response.status_code == 200
-        assert response.json()["usage"]["completion_tokens"] == 4
-        assert response.headers["x-backend"]
+        assert f"fast path (router listener, no Serve proxy hop): http://127.0.0.1:{listen_port}/v1" in (
+            proc.stdout.readline() + proc.stdout.readline())
+        body = {"model": "tiny-chat", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4,
+                "temperature": 0}
+        texts = []
+        for base in (port, listen_port):
+            response = httpx.post(f"http://127.0.0.1:{base}/v1/chat/completions", json=body, timeout=60)
+            assert response.status_code == 200
+            assert response.json()["usage"]["completion_tokens"] == 4
+            assert response.headers["x-backend"] == "local"
+            texts.append(response.json()["choices"][0]["message"]["content"])
+        assert texts[0] == texts[1]
         tree = descendants(proc.pid)
         assert len(tree) > 3  # ray, raylet, gcs, replicas, engine processes...
     finally:
