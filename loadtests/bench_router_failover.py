@@ -4,7 +4,10 @@ through the router; count client-visible errors and measure how fast traffic mov
 Half the requests stream (max_tokens 128, ~0.5 s each, so some are in flight at the kill), half don't (max_tokens 16). Two stock vLLM servers are
 started (a: tier 0, b: tier 1), so this needs memory for two engines (~7 GB).
 
-    .venv/bin/python loadtests/bench_router_failover.py [--rate 10] [--duration 20] [--kill-at 10]
+    .venv/bin/python loadtests/bench_router_failover.py [--rate 10] [--duration 20] [--kill-at 10] [--door serve]
+
+``--door`` picks how clients reach the router: its own listener (default, ``router.listen``) or Serve's
+ingress (HAProxy).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench_router_lib import Connection, split_url, start_router, start_vllm, stop_on_sigterm, write_result
+from bench_router_lib import Connection, free_port, split_url, start_router, start_vllm, stop_on_sigterm, write_result
 
 
 async def one(url: str, index: int, t0: float) -> dict:
@@ -63,6 +66,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=10.0)
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--kill-at", type=float, default=10.0)
+    parser.add_argument("--door", choices=("listener", "serve"), default="listener",
+                        help="router listener (default) or Serve's ingress")
     args = parser.parse_args()
     stop_on_sigterm()
     workdir = Path(tempfile.mkdtemp(prefix="bench-failover-"))
@@ -73,7 +78,10 @@ def main() -> None:
     try:
         backends = [{"name": "a", "kind": "openai", "url": a.url, "models": ["tiny-chat"], "tier": 0},
                     {"name": "b", "kind": "openai", "url": b.url, "models": ["tiny-chat"], "tier": 1}]
-        cluster, url = start_router(backends, workdir)
+        listen_port = free_port() if args.door == "listener" else None
+        cluster, url = start_router(backends, workdir, listen_port=listen_port)
+        if listen_port:
+            url = f"http://127.0.0.1:{listen_port}"
         asyncio.run(open_loop(url, args.rate, 3, 99, lambda: None))  # warm-up, no kill
         records, killed_at = asyncio.run(open_loop(url, args.rate, args.duration, args.kill_at, a.kill))
     finally:
@@ -102,6 +110,7 @@ def main() -> None:
         print(f"{key}: {value}")
     path = write_result("bench_router_p3", {"summary": summary, "records": records, "rate": args.rate,
                                             "duration_s": args.duration, "errors": errors[:20],
+                                            "door": args.door,
                                             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     print(f"wrote {path}")
 

@@ -129,6 +129,42 @@ async def closed_loop(url: str, body: bytes, concurrency: int, duration: float, 
             "p99_ms": sorted(latencies)[int(len(latencies) * 0.99) - 1] * 1000 if latencies else None}
 
 
+async def interleaved(targets: dict[str, tuple[str, dict[str, str] | None]], body: bytes, duration: float,
+                      warmup: float = 1.0) -> dict[str, dict[str, Any]]:
+    """Concurrency 1, request by request in turn over every target (order rotated each cycle), one
+    keep-alive connection each: every target sees the same machine at the same moments, so the
+    difference of medians is the added latency, not the drift of a shared 2-core box between runs."""
+    connections = {name: (Connection(*split_url(url)[:2]), split_url(url)[2], headers)
+                   for name, (url, headers) in targets.items()}
+    latencies: dict[str, list[float]] = {name: [] for name in targets}
+    errors = dict.fromkeys(targets, 0)
+    names = list(targets)
+    start = time.perf_counter()
+    cycle = 0
+    while (now := time.perf_counter()) < start + warmup + duration:
+        order = names[cycle % len(names):] + names[:cycle % len(names)]
+        cycle += 1
+        for name in order:
+            connection, prefix, headers = connections[name]
+            sent = time.perf_counter()
+            try:
+                status, _, _ = await connection.post(prefix + "/v1/chat/completions", body, headers)
+                ok = status == 200
+            except (OSError, ConnectionError, asyncio.IncompleteReadError, ValueError):
+                ok = False
+            if now >= start + warmup:
+                if ok:
+                    latencies[name].append(time.perf_counter() - sent)
+                else:
+                    errors[name] += 1
+    for connection, _, _ in connections.values():
+        connection.close()
+    return {name: {"requests": len(values), "errors": errors[name],
+                   "median_ms": statistics.median(values) * 1000 if values else None,
+                   "p99_ms": sorted(values)[int(len(values) * 0.99) - 1] * 1000 if values else None}
+            for name, values in latencies.items()}
+
+
 def bench_body(max_tokens: int = 1) -> bytes:
     return json.dumps({"model": "tiny-chat", "messages": [{"role": "user", "content": "hello there"}],
                        "max_tokens": max_tokens, "temperature": 0}).encode()

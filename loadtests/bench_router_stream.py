@@ -1,11 +1,12 @@
-"""How should the router reach an in-cluster engine replica for streams: through its DeploymentHandle
-(``kind: serve``; one Ray object / gRPC message per streamed item) or over HTTP to the replica's app
-(``kind: openai``; through Serve's HAProxy ingress)? And what does either cost against the engine
-called directly?
+"""How should the router reach an in-cluster engine replica for streams (``kind: serve``): over HTTP
+to the engine worker's own port (``transport: http``) or through its DeploymentHandle
+(``transport: handle``; one Ray object / gRPC message per streamed item)? And what does either cost
+against the engine's own port called directly?
 
-One Ray cluster (THROUGHPUT_OPTIMIZED + HAProxy), one engine replica of the tiny model (app ``llm`` at
-/), the router at /router with both backends; ``X-Backend`` picks the path. Alternating rounds of
-``--concurrency`` streams x ``--tokens`` tokens (ignore_eos); tokens/s and median TTFT.
+One Ray cluster (THROUGHPUT_OPTIMIZED + HAProxy), one router app with one engine replica of the tiny
+model and two ``serve`` backends on it, one per transport; clients use the router's listener and
+``X-Backend`` picks the transport. Alternating rounds of ``--concurrency`` streams x ``--tokens``
+tokens (ignore_eos); tokens/s and median TTFT.
 
     .venv/bin/python loadtests/bench_router_stream.py [--rounds 3] [--concurrency 64] [--tokens 64]
 """
@@ -18,6 +19,7 @@ import json
 import statistics
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import yaml
@@ -53,6 +55,23 @@ async def streams(url: str, concurrency: int, tokens: int, headers: dict[str, st
             "errors": errors, "elapsed_s": elapsed}
 
 
+def _engine_endpoint(router: str, timeout: float) -> str:
+    """The engine worker's own port, as the router learned it (``/v1/backends``), once it generates."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(router + "/v1/backends", timeout=5) as response:
+                data = {b["name"]: b for b in json.loads(response.read())["data"]}
+            endpoints = data["http"]["endpoints"]
+            if endpoints and data["http"]["healthy"]:
+                wait_http(endpoints[0] + "/health", 30)
+                return endpoints[0]
+        except (OSError, KeyError, TimeoutError):
+            pass
+        time.sleep(1)
+    raise TimeoutError("the engine worker never published an endpoint")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -66,22 +85,23 @@ def main() -> None:
     cluster.start()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    backends = [{"name": "handle", "kind": "serve", "app": "llm", "deployment": "engine-tiny-chat", "models": ["tiny-chat"]},
-                {"name": "http", "kind": "openai", "url": base, "models": ["tiny-chat"]}]
+    listen = free_port()
+    router = f"http://127.0.0.1:{listen}"
+    backends = [{"name": name, "kind": "serve", "engine": "tiny-chat", "transport": name} for name in ("http", "handle")]
     env = {"env_vars": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}}
     config = {"http_options": {"host": "127.0.0.1", "port": port}, "applications": [
-        {"name": "llm", "route_prefix": "/", "import_path": "serve_apps.apps:build_app", "runtime_env": env,
-         "args": {"name": "tiny-chat", "model": "builtin:tiny-chat", "kv_cache_gb": 1, "max_ongoing_requests": 256}},
-        {"name": "router", "route_prefix": "/router", "import_path": "serve_apps.router.app:build_router_app",
-         "runtime_env": env, "args": {"backends": backends}}]}
+        {"name": "router", "route_prefix": "/", "import_path": "serve_apps.router.app:build_router_app",
+         "runtime_env": env, "args": {
+             "engines": [{"name": "tiny-chat", "model": "builtin:tiny-chat", "kv_cache_gb": 1, "max_ongoing_requests": 256}],
+             "backends": backends, "router": {"listen": {"port": listen}}}}]}
     (workdir / "serve.yaml").write_text(yaml.safe_dump(config))
     rounds = []
     try:
         cluster.deploy(workdir / "serve.yaml")
-        wait_http(base + "/health", 600)
-        wait_http(base + "/router/health", 120)
-        targets = {"direct": (base, None), "router_handle": (base + "/router", {"x-backend": "handle"}),
-                   "router_http": (base + "/router", {"x-backend": "http"})}
+        wait_http(router + "/health", 600)
+        direct = _engine_endpoint(router, timeout=600)
+        targets = {"direct": (direct, None), "router_handle": (router, {"x-backend": "handle"}),
+                   "router_http": (router, {"x-backend": "http"})}
         for url, headers in targets.values():
             asyncio.run(streams(url, 8, 16, headers))
         for index in range(args.rounds):

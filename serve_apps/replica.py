@@ -18,6 +18,7 @@ from serve_apps.asgi import call_asgi
 from serve_apps.config import EngineConfig
 from serve_apps.engines.registry import get_registry
 from serve_apps.guard import EngineGuard, EngineState
+from serve_apps.listener import Listener, start_listener
 from serve_apps.openai_api import build_openai_app
 
 logger = logging.getLogger("ray.serve")
@@ -31,6 +32,7 @@ class _EngineReplica:
         self.guard = EngineGuard(self.state, max_body_bytes=self.config.max_request_bytes,
                                  healthy=self.engine.health)
         self._start_task = asyncio.get_running_loop().create_task(self._start())
+        self.listener: Listener | None = None
 
     async def _start(self) -> None:
         try:
@@ -89,9 +91,32 @@ class _EngineReplica:
                 pump_task.cancel()
             await response.aclose()
 
+    async def endpoint(self) -> str | None:
+        """``http://node-ip:port`` of this replica's own listener (engine workers), else None."""
+        if self.listener is None or not self.listener.serving:
+            return None
+        return f"http://{self.listener.host}:{self.listener.port}"
+
     async def __del__(self) -> None:
         self._start_task.cancel()
+        if self.listener is not None:
+            await self.listener.close()
         await self.engine.shutdown()
+
+
+class _EngineWorker(_EngineReplica):
+    """Handle-only replica that also serves its guarded OpenAI app on an ephemeral port of its node,
+    so the router can stream over HTTP (one socket write per chunk) instead of one Ray object per
+    chunk; ``endpoint`` tells the router where (docs/router.md, "serve kind transports")."""
+
+    async def __init__(self, config: dict[str, Any]) -> None:
+        await super().__init__(config)
+        try:
+            from ray.util import get_node_ip_address
+
+            self.listener = await start_listener(self.guard, get_node_ip_address(), 0)
+        except OSError as exc:  # the handle path still works: degrade, don't fail the replica
+            logger.warning("engine HTTP listener unavailable (%s); the router will use the handle", exc)
 
 
 _DEPLOYMENT_DEFAULTS = {"max_ongoing_requests": 256, "health_check_period_s": 10, "health_check_timeout_s": 30}
@@ -99,7 +124,7 @@ _DEPLOYMENT_DEFAULTS = {"max_ongoing_requests": 256, "health_check_period_s": 10
 EngineReplica = serve.deployment(**_DEPLOYMENT_DEFAULTS)(serve.ingress()(_EngineReplica))
 # Handle-only: reached through ``forward`` from another deployment (behind the router). Serve allows
 # one HTTP ingress per application, and the router is it.
-EngineWorker = serve.deployment(**_DEPLOYMENT_DEFAULTS)(_EngineReplica)
+EngineWorker = serve.deployment(**_DEPLOYMENT_DEFAULTS)(_EngineWorker)
 
 
 def deployment_options(config: EngineConfig) -> dict[str, Any]:

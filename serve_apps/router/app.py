@@ -17,7 +17,7 @@ from serve_apps.config import format_validation_error
 from serve_apps.router.asgi import RouterASGI
 from serve_apps.router.backends import create_backend
 from serve_apps.router.config import BackendConfig, BackendModel, ListenAddress, RouterAppArgs, RouterConfig
-from serve_apps.router.listener import Listener, start_listener
+from serve_apps.listener import Listener, start_listener
 from serve_apps.router.router import Router
 
 

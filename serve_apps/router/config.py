@@ -85,6 +85,9 @@ class BackendConfig(StrictModel):
     engine: str | None = Field(None, description="kind serve: name of an engine in `engines`")
     app: str | None = Field(None, description="kind serve: another Serve app holding the engine deployment")
     deployment: str | None = Field(None, description="kind serve with `app`: the deployment's name")
+    transport: Literal["auto", "http", "handle"] = Field(
+        "auto", description=("kind serve: `http` streams from each engine worker's own port (measured faster), "
+                             "`handle` uses DeploymentHandle.forward; `auto` = http where replicas publish a port"))
     models: list[BackendModel | str] = Field(
         default_factory=list, description="served models; empty = whatever the request asks"
     )
@@ -110,6 +113,8 @@ class BackendConfig(StrictModel):
                 raise ValueError("kind serve with `app` also needs `deployment`")
             if self.url:
                 raise ValueError("kind serve takes no `url`; use kind openai for an engine over HTTP")
+        elif self.transport != "auto":
+            raise ValueError("`transport` applies to kind serve only")
         elif not self.url:
             raise ValueError(f"kind {self.kind} needs `url`")
         if self.url:
@@ -158,7 +163,7 @@ class RouterConfig(StrictModel):
 
 
 class ListenAddress(StrictModel):
-    """The router's own data-plane port (see ``serve_apps.router.listener``)."""
+    """The router's own data-plane port (see ``serve_apps.listener``)."""
 
     host: str = "127.0.0.1"
     port: int = Field(ge=1, le=65535)

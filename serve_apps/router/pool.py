@@ -59,6 +59,7 @@ class BackendState:
             "recent_requests": total,
             "last_error": self.last_error,
             "can_resume": self.backend.can_resume,
+            **self.backend.describe(),
         }
 
 

@@ -58,6 +58,11 @@ def test_up_serves_the_shipped_local_config_and_tears_down(tmp_path):
             proc.stdout.readline() + proc.stdout.readline())
         body = {"model": "tiny-chat", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4,
                 "temperature": 0}
+        deadline = time.monotonic() + 60  # the router learns the engine worker's own port on a health round
+        while (local := httpx.get(f"http://127.0.0.1:{port}/v1/backends", timeout=10).json()["data"][0])["transport"] != "http":
+            assert time.monotonic() < deadline, local
+            time.sleep(1)
+        assert len(local["endpoints"]) == 1
         texts = []
         for base in (port, listen_port):
             response = httpx.post(f"http://127.0.0.1:{base}/v1/chat/completions", json=body, timeout=60)
@@ -66,6 +71,13 @@ def test_up_serves_the_shipped_local_config_and_tears_down(tmp_path):
             assert response.headers["x-backend"] == "local"
             texts.append(response.json()["choices"][0]["message"]["content"])
         assert texts[0] == texts[1]
+        with httpx.stream("POST", f"http://127.0.0.1:{listen_port}/v1/chat/completions",
+                          json={**body, "stream": True}, timeout=60) as streamed:  # over the engine's own port
+            assert streamed.headers["x-backend"] == "local"
+            lines = [line for line in streamed.iter_lines() if line.startswith("data: ")]
+        assert lines[-1] == "data: [DONE]"
+        assert "".join(httpx.Response(200, content=line[6:]).json()["choices"][0]["delta"].get("content") or ""
+                       for line in lines[:-1] if '"choices":[{' in line) == texts[0]
         tree = descendants(proc.pid)
         assert len(tree) > 3  # ray, raylet, gcs, replicas, engine processes...
     finally:

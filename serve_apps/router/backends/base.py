@@ -135,6 +135,10 @@ class Backend(ABC):
     async def check_health(self) -> bool:
         """One background health probe (bounded by ``config.health.timeout`` by the caller)."""
 
+    def describe(self) -> dict[str, object]:
+        """Kind-specific facts for ``/v1/backends``."""
+        return {}
+
     async def aclose(self) -> None:
         return None
 

@@ -1,22 +1,37 @@
-"""``kind: serve`` -- an engine replica of the same Serve app, reached through its DeploymentHandle.
+"""``kind: serve`` -- engine replicas of the same Serve app, over HTTP to each replica's own port or
+through their DeploymentHandle.
 
-The replica's ``forward(method, path, headers, body)`` streams a head dict (``status``, ``headers``)
-and then the body bytes exactly as vLLM's HTTP server would send them, so this backend is as much a
-pass-through as ``openai``. Each streamed item costs one Ray object / gRPC message; an engine replica
-deployed with its own route prefix can instead be used as a ``kind: openai`` backend over HTTP
-(docs/router.md compares both).
+Two transports, one body format (exactly what vLLM's HTTP server sends):
+
+- ``http`` (default where available): each engine worker serves its guarded OpenAI app on an
+  ephemeral port of its node and says where through ``endpoint()``. The backend learns the endpoints
+  on every health round (asking the handle a few times, so every replica is met) and spreads requests
+  over them, least outstanding first. Measured faster for streams: one socket write per chunk.
+- ``handle``: ``forward(method, path, headers, body)`` streams a head dict then body bytes; each
+  streamed item costs one Ray object / gRPC message. Used when no endpoint is known yet, when
+  ``transport: handle``, and for one request whose endpoint refused the connection (a replica that
+  just went away), so a replica change is never a client-visible error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator
 from typing import Any
 
-from serve_apps.router.backends.base import Backend, BackendRequest, BackendResponse, BackendUnavailable, ByteStream
+from serve_apps.router.backends.base import (
+    Backend,
+    BackendRequest,
+    BackendResponse,
+    BackendUnavailable,
+    ByteStream,
+    HTTPClient,
+)
 from serve_apps.router.config import BackendConfig
 
 FORWARD_HEADERS = [("content-type", "application/json")]
+FORWARD_HEADERS_DICT = dict(FORWARD_HEADERS)
 
 
 def _is_transport_error(exc: BaseException) -> bool:
@@ -58,8 +73,14 @@ class ServeBackend(Backend):
         super().__init__(config)
         if handle is None:
             raise ValueError(f"backend {config.name!r}: kind serve needs a DeploymentHandle")
+        self._handle = handle
         self._stream_handle = handle.options(stream=True)
         self._health_path = config.health.path or "/health"
+        self._endpoints: dict[str, _Endpoint] = {}
+
+    def describe(self) -> dict[str, object]:
+        transport = "handle" if self.config.transport == "handle" or not self._endpoints else "http"
+        return {"transport": transport, "endpoints": sorted(self._endpoints)}
 
     async def _open(self, method: str, path: str, body: bytes, wait: float) -> BackendResponse:
         generator = self._stream_handle.forward.remote(method, path, FORWARD_HEADERS, body)
@@ -83,12 +104,70 @@ class ServeBackend(Backend):
         return BackendResponse(int(head["status"]), headers, HandleStream(generator, self.config.timeouts.idle))
 
     async def send(self, request: BackendRequest) -> BackendResponse:
+        endpoint = self._pick()
+        if endpoint is not None:
+            endpoint.outstanding += 1
+            try:
+                return await endpoint.client.send(request.method, endpoint.url + request.path, FORWARD_HEADERS_DICT,
+                                                  request.body)
+            except BackendUnavailable as exc:
+                if exc.reason != "connect":
+                    raise  # sent, then failed: the router decides (fallback / resume)
+                self._endpoints.pop(endpoint.url, None)  # gone; its replacement shows up next round
+                await endpoint.client.aclose()
+            finally:
+                endpoint.outstanding -= 1
         return await self._open(request.method, request.path, request.body, self.config.timeouts.first_byte)
 
+    def _pick(self) -> "_Endpoint | None":
+        if not self._endpoints:
+            return None
+        return min(self._endpoints.values(), key=lambda e: (e.outstanding, random.random()))
+
     async def check_health(self) -> bool:
+        if self.config.transport != "handle":
+            await self._refresh_endpoints()
         try:
             response = await self._open("GET", self._health_path, b"", self.config.health.timeout)
             await response.aread()
         except BackendUnavailable:
             return False
         return response.status == 200
+
+    async def _refresh_endpoints(self) -> None:
+        """Ask the deployment for its replicas' endpoints. Serve spreads the calls over replicas, so
+        ask more times than there are known endpoints; keep the ones that answered."""
+        asks = 2 * len(self._endpoints) + 4
+        try:
+            async with asyncio.timeout(self.config.health.timeout):
+                answers = await asyncio.gather(*(self._handle.endpoint.remote() for _ in range(asks)),
+                                               return_exceptions=True)
+        except TimeoutError:
+            return
+        seen = {a for a in answers if isinstance(a, str) and a.startswith("http://")}
+        if not seen:
+            return  # no listener anywhere (or calls failed): keep what we had; connect errors prune it
+        for url in list(self._endpoints):
+            if url not in seen and self._endpoints[url].outstanding == 0:
+                missed = self._endpoints[url].missed = self._endpoints[url].missed + 1
+                if missed >= 3:  # not met in three rounds: the replica is gone
+                    await self._endpoints.pop(url).client.aclose()
+        for url in seen:
+            if url in self._endpoints:
+                self._endpoints[url].missed = 0
+            else:
+                self._endpoints[url] = _Endpoint(url, HTTPClient(self.config.model_copy(update={"url": url})))
+
+    async def aclose(self) -> None:
+        for endpoint in self._endpoints.values():
+            await endpoint.client.aclose()
+        self._endpoints.clear()
+
+
+class _Endpoint:
+    __slots__ = ("url", "client", "outstanding", "missed")
+
+    def __init__(self, url: str, client: HTTPClient) -> None:
+        self.url, self.client = url, client
+        self.outstanding = 0
+        self.missed = 0

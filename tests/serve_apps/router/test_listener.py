@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from launchers.local import free_port
-from serve_apps.router.listener import bind_socket
+from serve_apps.listener import bind_socket
 from tests.serve_apps.router.helpers import backends, chat_body, expected_text, stream, wait_for
 
 FAST = {"timeouts": {"connect": 1, "first_byte": 1.5, "idle": 1.5}, "health": {"interval": 0.5, "timeout": 0.5}}
@@ -95,5 +95,5 @@ def test_a_port_held_by_another_program_is_a_clear_error():
         other.bind(("127.0.0.1", 0))
         other.listen()
         port = other.getsockname()[1]
-        with pytest.raises(OSError, match=f"router listener cannot bind 127.0.0.1:{port}"):
+        with pytest.raises(OSError, match=f"listener cannot bind 127.0.0.1:{port}"):
             bind_socket("127.0.0.1", port)

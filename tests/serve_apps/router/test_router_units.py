@@ -98,6 +98,11 @@ def test_config_errors_name_the_key():
         parse_router_args({"backends": [{"name": "a", "kind": "openai"}]})
     with pytest.raises(ValueError, match="not in engines"):
         parse_router_args({"backends": [{"name": "a", "kind": "serve", "engine": "ghost"}]})
+    with pytest.raises(ValueError, match="`transport` applies to kind serve only"):
+        parse_router_args({"backends": [{"name": "a", "kind": "openai", "url": "http://x", "transport": "http"}]})
+    with pytest.raises(ValueError, match=r"router\.listen\.port"):
+        parse_router_args({"backends": [{"name": "a", "kind": "openai", "url": "http://x"}],
+                           "router": {"listen": {"port": 70000}}})
     with pytest.raises(ValueError, match="duplicate backend names: a"):
         RouterConfig.model_validate({"backends": [{"name": "a", "kind": "openai", "url": "http://x"}] * 2})
 

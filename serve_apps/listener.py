@@ -1,6 +1,7 @@
-"""The router's own data-plane listener: the same ASGI app on a port of its own, beside Serve's ingress.
+"""A data-plane listener: an ASGI app on a port of its own, beside Serve's ingress and handles.
 
-Why: every request crosses the router, and Serve's per-request machinery (proxy hop, request ids,
+Used by the router (``router.listen``) and by engine workers (an ephemeral port the router streams
+from: cheaper than a Ray object per chunk). Why for the router: every request crosses it, and Serve's per-request machinery (proxy hop, request ids,
 queue accounting, replica metrics) cost about 1 ms of CPU per request on top of the router's own
 work, measured on a 2-core box where that CPU is taken from the engine (``loadtests/bench_router.py``
 compares both paths). The listener runs uvicorn's httptools protocol on the replica's own event loop,
@@ -55,7 +56,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise OSError(exc.errno, f"router listener cannot bind {host}:{port}: {exc.strerror}") from None
+        raise OSError(exc.errno, f"listener cannot bind {host}:{port}: {exc.strerror}") from None
     sock.listen(BACKLOG)
     sock.setblocking(False)
     return sock
@@ -71,5 +72,6 @@ async def start_listener(app: Any, host: str, port: int) -> Listener:
     sock = bind_socket(host, port)
     server = await loop.create_server(
         lambda: HttpToolsProtocol(config=config, server_state=state, app_state={}, _loop=loop), sock=sock, backlog=BACKLOG)
-    logger.info("router listener on http://%s:%d", host, port)
-    return Listener(server, state, host, port)
+    bound_port = sock.getsockname()[1]
+    logger.info("listener on http://%s:%d", host, bound_port)
+    return Listener(server, state, host, bound_port)
