@@ -4,7 +4,9 @@ Why Ray's metrics and not a ``/metrics`` route: a router deployment has many rep
 so a scrape of a route would hit a random replica. Ray aggregates every replica's series on the node's
 metrics export port (``ray start --metrics-export-port``), which is what Prometheus / a KubeRay
 ServiceMonitor scrape. Ray prefixes custom metric names with ``ray_`` on export, e.g.
-``ray_backend_request_count_total{backend="vllm",status="200"}``.
+``ray_backend_request_count_total{backend="vllm",status="200"}``. Inside a Serve replica every series also
+carries ``application``, ``deployment`` and ``replica`` labels (Serve's metric classes add them), so
+two router apps with a backend of the same name stay apart.
 
 Outside a Ray worker (unit use of the router core) every call is a no-op.
 """
@@ -24,7 +26,7 @@ class RouterMetrics:
         self._enabled = False
         try:
             import ray
-            from ray.util import metrics
+            from ray.serve import metrics  # adds application / deployment / replica labels
 
             self._enabled = ray.is_initialized()
         except ImportError:  # pragma: no cover - ray is a core dependency

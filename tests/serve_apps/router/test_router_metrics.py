@@ -77,8 +77,11 @@ def test_router_metrics_reach_prometheus(router_cluster, fakes, prometheus):
     fallback = httpx.post(url + "/v1/chat/completions", json=chat_body(), timeout=10)
     assert fallback.headers["x-fallback-from"] == "a"
 
-    ok = wait_series(prometheus, 'ray_backend_request_count_total{backend="a",status="200"}', lambda r: value(r) >= 4)
+    # other router apps of this session also have a backend "a": the application label keeps them apart
+    ok = wait_series(prometheus, 'ray_backend_request_count_total{application="metrics",backend="a",status="200"}',
+                     lambda r: value(r) >= 4)
     assert value(ok) == 4
+    assert {series["metric"]["deployment"] for series in ok} == {"MultiBackendRouter"}
     wait_series(prometheus, 'ray_backend_request_count_total{backend="a",status="500"}', lambda r: value(r) >= 1)
     wait_series(prometheus, 'ray_backend_error_count_total{backend="a",kind="500"}', lambda r: value(r) >= 1)
     wait_series(prometheus, 'ray_backend_fallback_count_total{from="a",to="b"}', lambda r: value(r) >= 1)
