@@ -56,6 +56,30 @@ def config_problems(raw: Any) -> list[str]:
             validate_app_args(app["import_path"], app.get("args") or {})
         except ValueError as exc:
             problems.append(f"app {name!r}: {exc}")
+    return problems or _port_clashes(raw)
+
+
+def listener_addresses(raw: dict[str, Any]) -> list[tuple[str, str, int]]:
+    """``(app name, host, port)`` of every router app's own listener (``args.router.listen``)."""
+    found = []
+    for index, app in enumerate(raw.get("applications") or []):
+        listen = (((app.get("args") or {}).get("router") or {}).get("listen")) or {}
+        if listen.get("port"):
+            found.append((app.get("name", f"applications.{index}"), listen.get("host", "127.0.0.1"), int(listen["port"])))
+    return found
+
+
+def _port_clashes(raw: dict[str, Any]) -> list[str]:
+    """Listeners share ports with SO_REUSEPORT, so two router apps on one port would silently split
+    its traffic between them; and Serve's own port is not free for a listener."""
+    serve_port = int((raw.get("http_options") or {}).get("port", 8000))
+    problems, owners = [], {}
+    for name, _, port in listener_addresses(raw):
+        if port == serve_port:
+            problems.append(f"app {name!r}: router.listen.port {port} is Serve's http_options.port")
+        elif port in owners:
+            problems.append(f"app {name!r}: router.listen.port {port} is also app {owners[port]!r}'s listener")
+        owners.setdefault(port, name)
     return problems
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from ray_serve_cai.commands.check import listener_addresses
+
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "serve_configs" / "local.yaml"
 
 
@@ -44,7 +46,7 @@ def _ensure_ports_free(config: dict) -> None:
 
     http = config.get("http_options") or {}
     wanted = [(http.get("host", "127.0.0.1"), int(http.get("port", 8000)), "http_options.port")]
-    wanted += [(host, port, "router.listen.port") for host, port in _listener_addresses(config)]
+    wanted += [(host, port, "router.listen.port") for _, host, port in listener_addresses(config)]
     for host, port, key in wanted:
         with socket.socket() as sock:
             try:
@@ -52,16 +54,6 @@ def _ensure_ports_free(config: dict) -> None:
             except OSError as exc:
                 raise CLIError(f"cannot listen on {host}:{port} ({exc.strerror}); stop what uses it or set "
                                f"{key} in the config") from None
-
-
-def _listener_addresses(config: dict) -> list[tuple[str, int]]:
-    """Router apps' own data-plane listeners (``args.router.listen``)."""
-    found = []
-    for app in config.get("applications") or []:
-        listen = (((app.get("args") or {}).get("router") or {}).get("listen")) or None
-        if listen and listen.get("port"):
-            found.append((listen.get("host", "127.0.0.1"), int(listen["port"])))
-    return found
 
 
 def _client_url(host: str, port: object) -> str:
@@ -164,7 +156,7 @@ def _up(args: argparse.Namespace) -> int:
     print(f"ready: {base}{route}/v1  (Ray {cluster.address}, dashboard {cluster.dashboard_url})", flush=True)
     print(f"  curl {base}{route}/v1/chat/completions -H 'content-type: application/json' "
           "-d '{\"model\": \"tiny-chat\", \"messages\": [{\"role\": \"user\", \"content\": \"hello\"}]}'", flush=True)
-    for host, port in _listener_addresses(config):
+    for _, host, port in listener_addresses(config):
         print(f"  fast path (router listener, no Serve proxy hop): {_client_url(host, port)}/v1", flush=True)
     try:
         while cluster.process.poll() is None:

@@ -80,6 +80,24 @@ def test_check_names_the_bad_key(tmp_path: Path):
     assert len(lines) == 1 and "engines.0.kv_cache_gbb" in lines[0] and "router" in lines[0]
 
 
+def test_check_refuses_listener_port_clashes(tmp_path: Path):
+    import yaml
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[2] / "serve_configs" / "local.yaml").read_text())
+    second = {**config["applications"][0], "name": "router2", "route_prefix": "/two"}
+    config["applications"].append(second)  # same listener port as the first app
+    path = tmp_path / "clash.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = run("check", str(path))
+    assert result.returncode == 1
+    assert "app 'router2': router.listen.port 8001 is also app 'router''s listener" in result.stderr
+    config["applications"] = config["applications"][:1]
+    config["applications"][0]["args"]["router"]["listen"]["port"] = config["http_options"]["port"]
+    path.write_text(yaml.safe_dump(config))
+    result = run("check", str(path))
+    assert result.returncode == 1 and "is Serve's http_options.port" in result.stderr
+
+
 def test_up_refuses_a_busy_port_at_once(tmp_path: Path):
     import socket
 
