@@ -110,11 +110,7 @@ async def closed_loop(url: str, body: bytes, concurrency: int, duration: float, 
         nonlocal errors
         connection = Connection(host, port)
         while (now := time.perf_counter()) < stop_at:
-            try:
-                status, _, _ = await connection.post(prefix + "/v1/chat/completions", body, headers)
-                ok = status == 200
-            except (OSError, ConnectionError, asyncio.IncompleteReadError, ValueError):
-                ok = False
+            ok = await _chat_ok(connection, prefix, body, headers)
             done = time.perf_counter()
             if now >= measure_from:
                 if ok:
@@ -124,7 +120,20 @@ async def closed_loop(url: str, body: bytes, concurrency: int, duration: float, 
         connection.close()
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return {"requests": len(latencies), "errors": errors, "rps": len(latencies) / duration,
+    return {**_latency_summary(latencies, errors), "rps": len(latencies) / duration}
+
+
+async def _chat_ok(connection: Connection, prefix: str, body: bytes, headers: dict[str, str] | None) -> bool:
+    """One chat request on ``connection``; True on a 200 (any transport failure counts as an error)."""
+    try:
+        status, _, _ = await connection.post(prefix + "/v1/chat/completions", body, headers)
+    except (OSError, ConnectionError, asyncio.IncompleteReadError, ValueError):
+        return False
+    return status == 200
+
+
+def _latency_summary(latencies: list[float], errors: int) -> dict[str, Any]:
+    return {"requests": len(latencies), "errors": errors,
             "median_ms": statistics.median(latencies) * 1000 if latencies else None,
             "p99_ms": sorted(latencies)[int(len(latencies) * 0.99) - 1] * 1000 if latencies else None}
 
@@ -147,11 +156,7 @@ async def interleaved(targets: dict[str, tuple[str, dict[str, str] | None]], bod
         for name in order:
             connection, prefix, headers = connections[name]
             sent = time.perf_counter()
-            try:
-                status, _, _ = await connection.post(prefix + "/v1/chat/completions", body, headers)
-                ok = status == 200
-            except (OSError, ConnectionError, asyncio.IncompleteReadError, ValueError):
-                ok = False
+            ok = await _chat_ok(connection, prefix, body, headers)
             if now >= start + warmup:
                 if ok:
                     latencies[name].append(time.perf_counter() - sent)
@@ -159,10 +164,7 @@ async def interleaved(targets: dict[str, tuple[str, dict[str, str] | None]], bod
                     errors[name] += 1
     for connection, _, _ in connections.values():
         connection.close()
-    return {name: {"requests": len(values), "errors": errors[name],
-                   "median_ms": statistics.median(values) * 1000 if values else None,
-                   "p99_ms": sorted(values)[int(len(values) * 0.99) - 1] * 1000 if values else None}
-            for name, values in latencies.items()}
+    return {name: _latency_summary(values, errors[name]) for name, values in latencies.items()}
 
 
 def bench_body(max_tokens: int = 1) -> bytes:

@@ -1,10 +1,10 @@
 """A data-plane listener: an ASGI app on a port of its own, beside Serve's ingress and handles.
 
 Used by the router (``router.listen``) and by engine workers (an ephemeral port the router streams
-from: cheaper than a Ray object per chunk). Why for the router: every request crosses it, and Serve's per-request machinery (proxy hop, request ids,
-queue accounting, replica metrics) cost about 1 ms of CPU per request on top of the router's own
-work, measured on a 2-core box where that CPU is taken from the engine (``loadtests/bench_router.py``
-compares both paths). The listener runs uvicorn's httptools protocol on the replica's own event loop,
+from: cheaper than a Ray object per chunk). Why for the router: every request crosses it, and Serve's
+per-request machinery (proxy hop, request ids, queue accounting, replica metrics) cost about 1 ms of
+CPU per request on top of the router's own work, measured on a 2-core box where that CPU is taken
+from the engine (``loadtests/bench_router.py`` compares both paths). The listener runs uvicorn's httptools protocol on the replica's own event loop,
 so a request costs one parse, the routing decision, and one write.
 
 Several router replicas on one node share the port through ``SO_REUSEPORT`` (the kernel spreads
@@ -71,7 +71,8 @@ async def start_listener(app: Any, host: str, port: int) -> Listener:
     loop = asyncio.get_running_loop()
     sock = bind_socket(host, port)
     server = await loop.create_server(
-        lambda: HttpToolsProtocol(config=config, server_state=state, app_state={}, _loop=loop), sock=sock, backlog=BACKLOG)
+        lambda: HttpToolsProtocol(config=config, server_state=state, app_state={}, _loop=loop),
+        sock=sock, backlog=BACKLOG)
     bound_port = sock.getsockname()[1]
     logger.info("listener on http://%s:%d", host, bound_port)
     return Listener(server, state, host, bound_port)

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from ray import serve
+from ray.util import get_node_ip_address
 
 from serve_apps.asgi import call_asgi
 from serve_apps.config import EngineConfig
@@ -112,8 +113,6 @@ class _EngineWorker(_EngineReplica):
     async def __init__(self, config: dict[str, Any]) -> None:
         await super().__init__(config)
         try:
-            from ray.util import get_node_ip_address
-
             self.listener = await start_listener(self.guard, get_node_ip_address(), 0)
         except OSError as exc:  # the handle path still works: degrade, don't fail the replica
             logger.warning("engine HTTP listener unavailable (%s); the router will use the handle", exc)

@@ -14,10 +14,10 @@ from ray import serve
 from ray.serve import Application
 
 from serve_apps.config import format_validation_error
+from serve_apps.listener import Listener, start_listener
 from serve_apps.router.asgi import RouterASGI
 from serve_apps.router.backends import create_backend
 from serve_apps.router.config import BackendConfig, BackendModel, ListenAddress, RouterAppArgs, RouterConfig
-from serve_apps.listener import Listener, start_listener
 from serve_apps.router.router import Router
 
 
@@ -31,10 +31,11 @@ class MultiBackendRouter:
         backends = [create_backend(b, self._handle(b, handles)) for b in parsed.backends]
         self.router = Router(parsed, backends)
         self.router.start()
+        self.asgi = RouterASGI(self.router)  # one app, two doors: Serve's ingress and the listener
         self.listener: Listener | None = None
         if listen is not None:
             address = ListenAddress.model_validate(listen)
-            self.listener = await start_listener(RouterASGI(self.router), address.host, address.port)
+            self.listener = await start_listener(self.asgi, address.host, address.port)
 
     @staticmethod
     def _handle(backend: BackendConfig, handles: dict[str, Any]) -> Any:
@@ -45,7 +46,7 @@ class MultiBackendRouter:
         return handles[backend.engine]
 
     async def __serve_build_asgi_app__(self) -> RouterASGI:
-        return RouterASGI(self.router)
+        return self.asgi
 
     async def check_health(self) -> None:
         if self.listener is not None and not self.listener.serving:

@@ -147,16 +147,15 @@ class ServeBackend(Backend):
         seen = {a for a in answers if isinstance(a, str) and a.startswith("http://")}
         if not seen:
             return  # no listener anywhere (or calls failed): keep what we had; connect errors prune it
-        for url in list(self._endpoints):
-            if url not in seen and self._endpoints[url].outstanding == 0:
-                missed = self._endpoints[url].missed = self._endpoints[url].missed + 1
-                if missed >= 3:  # not met in three rounds: the replica is gone
+        for url, endpoint in list(self._endpoints.items()):
+            if url in seen:
+                endpoint.missed = 0
+            elif endpoint.outstanding == 0:
+                endpoint.missed += 1
+                if endpoint.missed >= 3:  # not met in three rounds: the replica is gone
                     await self._endpoints.pop(url).client.aclose()
-        for url in seen:
-            if url in self._endpoints:
-                self._endpoints[url].missed = 0
-            else:
-                self._endpoints[url] = _Endpoint(url, HTTPClient(self.config.model_copy(update={"url": url})))
+        for url in seen - self._endpoints.keys():
+            self._endpoints[url] = _Endpoint(url, HTTPClient(self.config.model_copy(update={"url": url})))
 
     async def aclose(self) -> None:
         for endpoint in self._endpoints.values():
