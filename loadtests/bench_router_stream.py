@@ -1,5 +1,5 @@
 """How should the router reach an in-cluster engine replica for streams (``kind: serve``): over HTTP
-to the engine worker's own port (``transport: http``) or through its DeploymentHandle
+to the engine worker's own port (``transport: auto``) or through its DeploymentHandle
 (``transport: handle``; one Ray object / gRPC message per streamed item)? And what does either cost
 against the engine's own port called directly?
 
@@ -87,7 +87,8 @@ def main() -> None:
     base = f"http://127.0.0.1:{port}"
     listen = free_port()
     router = f"http://127.0.0.1:{listen}"
-    backends = [{"name": name, "kind": "serve", "engine": "tiny-chat", "transport": name} for name in ("http", "handle")]
+    backends = [{"name": name, "kind": "serve", "engine": "tiny-chat", "transport": transport}
+                for name, transport in (("http", "auto"), ("handle", "handle"))]
     env = {"env_vars": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}}
     config = {"http_options": {"host": "127.0.0.1", "port": port}, "applications": [
         {"name": "router", "route_prefix": "/", "import_path": "serve_apps.router.app:build_router_app",

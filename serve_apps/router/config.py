@@ -85,9 +85,10 @@ class BackendConfig(StrictModel):
     engine: str | None = Field(None, description="kind serve: name of an engine in `engines`")
     app: str | None = Field(None, description="kind serve: another Serve app holding the engine deployment")
     deployment: str | None = Field(None, description="kind serve with `app`: the deployment's name")
-    transport: Literal["auto", "http", "handle"] = Field(
-        "auto", description=("kind serve: `http` streams from each engine worker's own port (measured faster), "
-                             "`handle` uses DeploymentHandle.forward; `auto` = http where replicas publish a port"))
+    transport: Literal["auto", "handle"] = Field(
+        "auto", description=("kind serve: `auto` streams over HTTP from each engine worker's own port where "
+                             "replicas publish one (measured faster), else the handle; `handle` always uses "
+                             "DeploymentHandle.forward"))
     models: list[BackendModel | str] = Field(
         default_factory=list, description="served models; empty = whatever the request asks"
     )

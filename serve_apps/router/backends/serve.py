@@ -3,11 +3,12 @@ through their DeploymentHandle.
 
 Two transports, one body format (exactly what vLLM's HTTP server sends):
 
-- ``http`` (default where available): each engine worker serves its guarded OpenAI app on an
-  ephemeral port of its node and says where through ``endpoint()``. The backend learns the endpoints
+- HTTP (``transport: auto``, the default, wherever replicas publish a port): each engine worker
+  serves its guarded OpenAI app on an ephemeral port of its node and says where through
+  ``endpoint()``. The backend learns the endpoints
   on every health round (asking the handle a few times, so every replica is met) and spreads requests
   over them, least outstanding first. Measured faster for streams: one socket write per chunk.
-- ``handle``: ``forward(method, path, headers, body)`` streams a head dict then body bytes; each
+- the handle: ``forward(method, path, headers, body)`` streams a head dict then body bytes; each
   streamed item costs one Ray object / gRPC message. Used when no endpoint is known yet, when
   ``transport: handle``, and for one request whose endpoint refused the connection (a replica that
   just went away), so a replica change is never a client-visible error.
@@ -79,8 +80,8 @@ class ServeBackend(Backend):
         self._endpoints: dict[str, _Endpoint] = {}
 
     def describe(self) -> dict[str, object]:
-        transport = "handle" if self.config.transport == "handle" or not self._endpoints else "http"
-        return {"transport": transport, "endpoints": sorted(self._endpoints)}
+        # endpoints are only ever learned with transport auto, so they alone say which path is in use
+        return {"transport": "http" if self._endpoints else "handle", "endpoints": sorted(self._endpoints)}
 
     async def _open(self, method: str, path: str, body: bytes, wait: float) -> BackendResponse:
         generator = self._stream_handle.forward.remote(method, path, FORWARD_HEADERS, body)
@@ -125,7 +126,7 @@ class ServeBackend(Backend):
         return min(self._endpoints.values(), key=lambda e: (e.outstanding, random.random()))
 
     async def check_health(self) -> bool:
-        if self.config.transport != "handle":
+        if self.config.transport == "auto":
             await self._refresh_endpoints()
         try:
             response = await self._open("GET", self._health_path, b"", self.config.health.timeout)

@@ -99,7 +99,10 @@ def test_config_errors_name_the_key():
     with pytest.raises(ValueError, match="not in engines"):
         parse_router_args({"backends": [{"name": "a", "kind": "serve", "engine": "ghost"}]})
     with pytest.raises(ValueError, match="`transport` applies to kind serve only"):
-        parse_router_args({"backends": [{"name": "a", "kind": "openai", "url": "http://x", "transport": "http"}]})
+        parse_router_args({"backends": [{"name": "a", "kind": "openai", "url": "http://x", "transport": "handle"}]})
+    with pytest.raises(ValueError, match=r"backends\.0\.transport"):
+        parse_router_args({"backends": [{"name": "a", "kind": "serve", "engine": "e", "transport": "grpc"}],
+                           "engines": [{"name": "e"}]})
     with pytest.raises(ValueError, match=r"router\.listen\.port"):
         parse_router_args({"backends": [{"name": "a", "kind": "openai", "url": "http://x"}],
                            "router": {"listen": {"port": 70000}}})

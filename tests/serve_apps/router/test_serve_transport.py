@@ -1,5 +1,5 @@
 """``kind: serve`` transports on a real Serve cluster: engine workers publish their own HTTP port and
-the router streams from it (``transport: http``, the default where available), or goes through the
+the router streams from it (``transport: auto``, the default), or goes through the
 DeploymentHandle (``transport: handle``). A SIGKILLed engine replica must cost no client error.
 
 The engine here is the test EchoEngine (a custom engine: no model to load), two replicas in the
