@@ -109,15 +109,20 @@ class ServeBackend(Backend):
         if endpoint is not None:
             endpoint.outstanding += 1
             try:
-                return await endpoint.client.send(request.method, endpoint.url + request.path, FORWARD_HEADERS_DICT,
-                                                  request.body)
+                response = await endpoint.client.send(request.method, endpoint.url + request.path,
+                                                      FORWARD_HEADERS_DICT, request.body)
             except BackendUnavailable as exc:
+                endpoint.outstanding -= 1
                 if exc.reason != "connect":
                     raise  # sent, then failed: the router decides (fallback / resume)
                 self._endpoints.pop(endpoint.url, None)  # gone; its replacement shows up next round
                 await endpoint.client.aclose()
-            finally:
+            except BaseException:
                 endpoint.outstanding -= 1
+                raise
+            else:
+                response.stream = _CountedStream(response.stream, endpoint)
+                return response
         return await self._open(request.method, request.path, request.body, self.config.timeouts.first_byte)
 
     def _pick(self) -> "_Endpoint | None":
@@ -162,6 +167,31 @@ class ServeBackend(Backend):
         for endpoint in self._endpoints.values():
             await endpoint.client.aclose()
         self._endpoints.clear()
+
+
+class _CountedStream(ByteStream):
+    """Keeps its request counted against the endpoint until the body is read or closed, so "least
+    outstanding" sees running streams, not only requests still waiting for their response head."""
+
+    def __init__(self, inner: ByteStream, endpoint: "_Endpoint") -> None:
+        self._inner = inner
+        self._endpoint: _Endpoint | None = endpoint
+
+    def _release(self) -> None:
+        if self._endpoint is not None:
+            self._endpoint.outstanding -= 1
+            self._endpoint = None
+
+    async def _iterate(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._inner:
+                yield chunk
+        finally:
+            self._release()
+
+    async def aclose(self) -> None:
+        self._release()
+        await self._inner.aclose()
 
 
 class _Endpoint:

@@ -13,6 +13,7 @@ from serve_apps.router.backends.anthropic import to_anthropic
 from serve_apps.router.backends.base import BackendResponse, BackendUnavailable, BytesStream, ByteStream
 from serve_apps.router.backends.ollama import to_ollama
 from serve_apps.router.backends.openai import OpenAIBackend
+from serve_apps.router.backends.serve import _CountedStream, _Endpoint
 from serve_apps.router.config import BackendConfig, BreakerConfig, RouterConfig
 from serve_apps.router.health import BreakerState, CircuitBreaker
 from serve_apps.router.pool import BackendPool, BackendState, UnknownBackend
@@ -215,6 +216,24 @@ def test_event_blocks_never_split_an_event_and_detect_truncation():
 def test_tag_backend_without_parsing():
     assert json.loads(_tag_backend(b'{"id": 1}', "a")) == {"_backend": "a", "id": 1}
     assert json.loads(_tag_backend(b"{ }", 'q"x')) == {"_backend": 'q"x'}
+
+
+def test_serve_endpoint_counts_a_request_until_its_body_is_done():
+    async def run() -> list[int]:
+        endpoint = _Endpoint("http://127.0.0.1:1", None)  # type: ignore[arg-type]
+        endpoint.outstanding = 3  # as send() leaves it for three requests with their heads in
+        read, closed, relayed = (_CountedStream(BytesStream(b"x"), endpoint) for _ in range(3))
+        seen = [endpoint.outstanding]
+        assert await read.aread() == b"x"
+        seen.append(endpoint.outstanding)
+        await closed.aclose()
+        await closed.aclose()  # a second close releases nothing more
+        seen.append(endpoint.outstanding)
+        assert [chunk async for chunk in relayed] == [b"x"]  # iterated to the end, never closed
+        seen.append(endpoint.outstanding)
+        return seen
+
+    assert asyncio.run(run()) == [3, 2, 1, 0]
 
 
 def test_bytes_stream_reads_once():
