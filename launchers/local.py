@@ -98,8 +98,12 @@ class LocalCluster:
             cmd += ["--num-cpus", str(self.num_cpus)]
         self.log_path = self.log_path or Path(self.temp_dir) / "ray-start.log"
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+        # A process group of its own (stop() kills it as one), but the caller's session: Linux's
+        # autogroup scheduler treats every session as one scheduling entity, and a router replica in a
+        # session apart from the engine it shares a core with measured ~0.38 ms CPU per request instead
+        # of ~0.22 (more preemptions), cutting throughput at c=64 from ~0.95 to ~0.80 of direct.
+        self.process = subprocess.Popen(cmd, env=self.env(), stdin=subprocess.DEVNULL, stdout=log,
+                                        stderr=subprocess.STDOUT, process_group=0)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -153,8 +157,11 @@ class LocalCluster:
         """
         if self.process is None or self.process.poll() is not None:
             return
-        subprocess.run([_bin("serve"), "shutdown", "-y", "-a", self.dashboard_url], env=self.env(),
-                       capture_output=True, timeout=timeout_s)
+        try:
+            subprocess.run([_bin("serve"), "shutdown", "-y", "-a", self.dashboard_url], env=self.env(),
+                           capture_output=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            pass  # a wedged controller must not leave the cluster running: kill it below
         tree = descendants(self.process.pid)
         os.killpg(self.process.pid, signal.SIGTERM)
         try:

@@ -24,6 +24,7 @@ from pathlib import Path
 from bench_router_lib import (
     bench_body,
     closed_loop,
+    cpu_seconds,
     free_port,
     interleaved,
     start_litellm,
@@ -32,6 +33,10 @@ from bench_router_lib import (
     stop_on_sigterm,
     write_result,
 )
+
+
+# Processes whose CPU per request each c=64 run reports (matched on the command line).
+CPU_WATCH = {"router": "ServeReplica:router", "backend": "vllm.entrypoints.openai.api_server"}
 
 
 def main() -> None:
@@ -78,10 +83,15 @@ def main() -> None:
                       f"  errors {run['errors']}", flush=True)
             for name, (url, headers) in targets.items():
                 time.sleep(args.pause)
+                before = {label: cpu_seconds(match) for label, match in CPU_WATCH.items()}
                 run = asyncio.run(closed_loop(url, body, 64, args.duration, headers))
+                for label, match in CPU_WATCH.items():
+                    spent = cpu_seconds(match) - before[label]
+                    run[f"{label}_cpu_ms_per_request"] = round(spent * 1000 / max(run["sent"], 1), 3)
                 result[f"{name}_c64"] = run
                 print(f"round {index} c=64  {name:12} {run['rps']:7.1f} req/s  median {run['median_ms']:.0f} ms"
-                      f"  errors {run['errors']}", flush=True)
+                      f"  errors {run['errors']}  CPU ms/request: router {run['router_cpu_ms_per_request']:.2f}"
+                      f", backend server {run['backend_cpu_ms_per_request']:.2f}", flush=True)
             rounds.append(result)
     finally:
         if litellm:

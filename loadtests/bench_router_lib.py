@@ -102,15 +102,17 @@ async def closed_loop(url: str, body: bytes, concurrency: int, duration: float, 
     host, port, prefix = split_url(url)
     latencies: list[float] = []
     errors = 0
+    sent = 0  # every request, warm-up included (for CPU-per-request figures taken around the call)
     start = time.perf_counter()
     measure_from = start + warmup
     stop_at = measure_from + duration
 
     async def worker() -> None:
-        nonlocal errors
+        nonlocal errors, sent
         connection = Connection(host, port)
         while (now := time.perf_counter()) < stop_at:
             ok = await _chat_ok(connection, prefix, body, headers)
+            sent += 1
             done = time.perf_counter()
             if now >= measure_from:
                 if ok:
@@ -120,7 +122,7 @@ async def closed_loop(url: str, body: bytes, concurrency: int, duration: float, 
         connection.close()
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return {**_latency_summary(latencies, errors), "rps": len(latencies) / duration}
+    return {**_latency_summary(latencies, errors), "rps": len(latencies) / duration, "sent": sent}
 
 
 async def _chat_ok(connection: Connection, prefix: str, body: bytes, headers: dict[str, str] | None) -> bool:
@@ -167,6 +169,24 @@ async def interleaved(targets: dict[str, tuple[str, dict[str, str] | None]], bod
     return {name: _latency_summary(values, errors[name]) for name, values in latencies.items()}
 
 
+def cpu_seconds(match: str) -> float:
+    """CPU time (user + system, seconds) of every live process whose command line contains ``match``:
+    read around a run, it says how much CPU one request cost each process (Linux /proc)."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if match not in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                continue
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def bench_body(max_tokens: int = 1) -> bytes:
     return json.dumps({"model": "tiny-chat", "messages": [{"role": "user", "content": "hello there"}],
                        "max_tokens": max_tokens, "temperature": 0}).encode()
@@ -197,9 +217,11 @@ class Proc:
 
 
 def spawn(cmd: list[str], env: dict[str, str], log: Path, port: int, ready_path: str, timeout: float) -> Proc:
-    """Start a server in its own process group and wait until ``ready_path`` answers 200."""
-    process = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
-                               start_new_session=True)
+    """Start a server in its own process group (in the caller's session, like ``LocalCluster``: every
+    process under test in one autogroup, so the kernel schedules them alike) and wait until
+    ``ready_path`` answers 200."""
+    process = subprocess.Popen(cmd, env={**os.environ, **env}, stdin=subprocess.DEVNULL, stdout=open(log, "ab"),
+                               stderr=subprocess.STDOUT, process_group=0)
     proc = Proc(process, f"http://127.0.0.1:{port}")
     try:
         wait_http(proc.url + ready_path, timeout)
