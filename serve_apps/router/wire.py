@@ -51,16 +51,23 @@ class WireResponse:
         self._error = error
         self._wake()
 
-    async def read_chunk(self) -> bytes:
-        """Everything buffered so far (b"" at the end); raises ``WireError`` if the connection died."""
+    async def read_chunk(self, timeout: float | None = None) -> bytes:
+        """Everything buffered so far (b"" at the end); raises ``WireError`` if the connection died
+        and ``TimeoutError`` if nothing arrives for ``timeout`` seconds."""
         while not self._chunks:
             if self._done:
                 if self._error is not None:
                     raise WireError(str(self._error))
                 return b""
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
-            self._waiter = None
+            loop = self._connection.loop
+            self._waiter = loop.create_future()
+            timer = None if timeout is None else loop.call_later(timeout, _expire, self._waiter)
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
         data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
         self._chunks.clear()
         self._buffered = 0
@@ -78,8 +85,9 @@ class WireResponse:
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self, pool: "WirePool") -> None:
+    def __init__(self, pool: "WirePool", loop: asyncio.AbstractEventLoop) -> None:
         self._pool = pool
+        self.loop = loop
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._head: asyncio.Future[WireResponse] | None = None
@@ -131,7 +139,7 @@ class _Connection(asyncio.Protocol):
 
     # used by the pool / response
     def send(self, data: bytes) -> asyncio.Future[WireResponse]:
-        self._head = asyncio.get_running_loop().create_future()
+        self._head = self.loop.create_future()
         self._transport.write(data)  # type: ignore[union-attr]
         return self._head
 
@@ -158,6 +166,11 @@ class _Connection(asyncio.Protocol):
             self._transport.abort()
 
 
+def _expire(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
 class WirePool:
     """Keep-alive connections to one ``host:port``; at most ``limit`` open at once."""
 
@@ -177,28 +190,54 @@ class WirePool:
         if connection in self._idle:
             self._idle.remove(connection)
 
-    async def _connection(self, connect_timeout: float) -> _Connection:
+    def _take_idle(self) -> _Connection | None:
         now = time.monotonic()
         while self._idle:
             connection = self._idle.pop()
             if not connection.closed and now - connection.last_used < IDLE_KEEP:
                 return connection
             connection.abort()
+        return None
+
+    async def _connection(self, connect_timeout: float) -> _Connection:
+        connection = self._take_idle()
+        if connection is not None:
+            return connection
         async with asyncio.timeout(connect_timeout):
             await self._slots.acquire()
             try:
-                _, connection = await asyncio.get_running_loop().create_connection(
-                    lambda: _Connection(self), self._host, self._port)
+                loop = asyncio.get_running_loop()
+                _, connection = await loop.create_connection(lambda: _Connection(self, loop), self._host, self._port)
             except BaseException:
                 self._slots.release()
                 raise
         self._open.add(connection)
         return connection
 
-    async def request(self, head: bytes, body: bytes, connect_timeout: float) -> asyncio.Future[WireResponse]:
-        """Send a request (``head`` ends with the blank line); returns the future of the response head."""
-        connection = await self._connection(connect_timeout)
-        return connection.send(head + body)
+    async def request(self, head: bytes, body: bytes, connect_timeout: float, head_timeout: float) -> WireResponse:
+        """Send a request (``head`` ends with the blank line) and wait for the response head.
+
+        ``head_timeout`` counts from the call, connecting included; on expiry the connection is dropped
+        (its late answer must not be taken for the next request's) and ``TimeoutError`` raised. A plain
+        timer rather than ``asyncio.timeout``: this runs once per routed request, and the context
+        manager's task lookups cost several times more."""
+        connection = self._take_idle()
+        if connection is None:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + head_timeout
+            connection = await self._connection(min(connect_timeout, head_timeout))
+        else:
+            loop = connection.loop
+            deadline = loop.time() + head_timeout
+        head_future = connection.send(head + body)
+        timer = loop.call_at(deadline, _expire, head_future)
+        try:
+            return await head_future
+        except TimeoutError:
+            connection.abort()
+            raise
+        finally:
+            timer.cancel()
 
     def close(self) -> None:
         for connection in list(self._open):

@@ -201,8 +201,7 @@ class WireStream(ByteStream):
     async def _iterate(self) -> AsyncIterator[bytes]:
         while True:
             try:
-                async with asyncio.timeout(self._idle):
-                    chunk = await self._response.read_chunk()
+                chunk = await self._response.read_chunk(self._idle)
             except TimeoutError:
                 raise BackendUnavailable("timeout", "no data within idle timeout") from None
             except WireError as exc:
@@ -281,9 +280,7 @@ class HTTPClient:
         lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         head = f"{method} {path} HTTP/1.1\r\nhost: {self._host_header}\r\n{lines}content-length: {len(body)}\r\n\r\n"
         try:
-            async with asyncio.timeout(timeouts.first_byte):
-                pending = await self._wire.request(head.encode("latin-1"), body, timeouts.connect)
-                response = await pending
+            response = await self._wire.request(head.encode("latin-1"), body, timeouts.connect, timeouts.first_byte)
         except TimeoutError:
             raise BackendUnavailable("timeout", "no response head within first_byte timeout") from None
         except WireError as exc:

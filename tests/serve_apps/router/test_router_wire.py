@@ -25,11 +25,11 @@ def head(body: bytes, port: int) -> bytes:
             f"content-length: {len(body)}\r\n\r\n").encode()
 
 
-async def call(pool: WirePool, port: int, body: dict) -> tuple[int, bytes]:
+async def call(pool: WirePool, port: int, body: dict, idle: float | None = None) -> tuple[int, bytes]:
     raw = json.dumps(body).encode()
-    response = await (await pool.request(head(raw, port), raw, 2))
+    response = await pool.request(head(raw, port), raw, 2, 5)
     chunks = []
-    while chunk := await response.read_chunk():
+    while chunk := await response.read_chunk(idle):
         chunks.append(chunk)
     return response.status, b"".join(chunks)
 
@@ -64,5 +64,35 @@ def test_connection_refused_is_an_os_error(fake):
 
     async def run():
         with pytest.raises(OSError):
-            await WirePool("127.0.0.1", fake.port, 1).request(b"GET / HTTP/1.1\r\n\r\n", b"", 1)
+            await WirePool("127.0.0.1", fake.port, 1).request(b"GET / HTTP/1.1\r\n\r\n", b"", 1, 1)
+    asyncio.run(run())
+
+
+def test_hanging_backend_times_out_and_its_connection_is_dropped(fake):
+    async def run():
+        pool = WirePool("127.0.0.1", fake.port, 4)
+        await call(pool, fake.port, chat_body("w", 2))  # one keep-alive connection, now idle
+        fake.control(mode="hang")
+        raw = json.dumps(chat_body("w", 2)).encode()
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(TimeoutError):
+            await pool.request(head(raw, fake.port), raw, 2, 0.3)
+        assert 0.25 < asyncio.get_running_loop().time() - started < 2
+        await asyncio.sleep(0.05)
+        assert not pool._open and not pool._idle  # its late answer can never reach another request
+        fake.control(mode="ok")
+        status, _ = await call(pool, fake.port, chat_body("w", 2))  # a fresh connection works
+        assert status == 200
+        pool.close()
+    asyncio.run(run())
+
+
+def test_stream_slower_than_idle_timeout_raises_timeout(fake):
+    fake.control(delay=0.5)
+
+    async def run():
+        pool = WirePool("127.0.0.1", fake.port, 4)
+        with pytest.raises(TimeoutError):
+            await call(pool, fake.port, chat_body("w", 5, stream=True), idle=0.2)
+        pool.close()
     asyncio.run(run())
