@@ -81,7 +81,9 @@ def main() -> None:
                 result[f"{name}_c1"] = run
                 print(f"round {index} c=1   {name:12} {run['requests']:5} requests  median {run['median_ms']:.2f} ms"
                       f"  errors {run['errors']}", flush=True)
-            for name, (url, headers) in targets.items():
+            names = list(targets)  # c=64 order rotates round by round: no target always runs first
+            for name in names[index % len(names):] + names[:index % len(names)]:
+                url, headers = targets[name]
                 time.sleep(args.pause)
                 before = {label: cpu_seconds(match) for label, match in CPU_WATCH.items()}
                 run = asyncio.run(closed_loop(url, body, 64, args.duration, headers))
