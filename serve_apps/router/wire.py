@@ -199,10 +199,7 @@ class WirePool:
             connection.abort()
         return None
 
-    async def _connection(self, connect_timeout: float) -> _Connection:
-        connection = self._take_idle()
-        if connection is not None:
-            return connection
+    async def _open_connection(self, connect_timeout: float) -> _Connection:
         async with asyncio.timeout(connect_timeout):
             await self._slots.acquire()
             try:
@@ -221,14 +218,9 @@ class WirePool:
         (its late answer must not be taken for the next request's) and ``TimeoutError`` raised. A plain
         timer rather than ``asyncio.timeout``: this runs once per routed request, and the context
         manager's task lookups cost several times more."""
-        connection = self._take_idle()
-        if connection is None:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + head_timeout
-            connection = await self._connection(min(connect_timeout, head_timeout))
-        else:
-            loop = connection.loop
-            deadline = loop.time() + head_timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + head_timeout
+        connection = self._take_idle() or await self._open_connection(min(connect_timeout, head_timeout))
         head_future = connection.send(head + body)
         timer = loop.call_at(deadline, _expire, head_future)
         try:
