@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from serve_apps.engines.base import Engine
 
-EngineFactory = type
 _BUILTINS: dict[str, str] = {
     "vllm": "serve_apps.engines.vllm:VLLMEngine",
     "sglang": "serve_apps.engines.sglang:SGLangEngine",

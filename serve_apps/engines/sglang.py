@@ -11,9 +11,6 @@ from typing import Any
 from serve_apps.config import EngineConfig
 from serve_apps.engines.base import ASGIApp, EngineResponse
 
-# EngineConfig fields mapped onto sglang.ServerArgs names.
-_SGLANG_FIELDS = {"tensor_parallel_size": "tp_size", "max_model_len": "context_length", "dtype": "dtype"}
-
 
 def build_sglang_kwargs(config: EngineConfig, model_path: str) -> dict[str, Any]:
     """Keyword arguments for ``sglang.Engine`` (ServerArgs), built without importing sglang."""

@@ -44,12 +44,12 @@ class SecretRef(StrictModel):
 class Timeouts(StrictModel):
     """Seconds. ``first_byte`` bounds the wait for the response head and the first body bytes: a hung
     backend is abandoned (and the request falls back) after this, while a healthy long generation is
-    bounded only by ``idle`` between chunks and ``total``."""
+    bounded only by ``idle`` between chunks (a stream that keeps producing runs as long as it needs;
+    clients bound it with ``max_tokens`` or by disconnecting)."""
 
     connect: float = Field(2.0, gt=0)
     first_byte: float = Field(30.0, gt=0)
     idle: float = Field(30.0, gt=0)
-    total: float = Field(600.0, gt=0)
 
 
 class BreakerConfig(StrictModel):

@@ -17,7 +17,7 @@ says where the text was cut so operators (and tests) can check the seam.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -160,6 +160,3 @@ def error_event(message: str, code: int = 502) -> bytes:
     payload = {"error": {"message": message, "type": "backend_error", "param": None, "code": code}}
     return sse_event(payload) + SSE_DONE
 
-
-# (route name, response, first chunk) of a backend that accepted the continuation, or None
-OpenResume = Callable[[dict[str, Any], set[str]], Awaitable["tuple[Any, BackendResponse, bytes] | None"]]

@@ -57,8 +57,7 @@ def test_shipped_serve_config_is_valid(path: Path):
     from ray_serve_cai.commands.check import validate_app_args
 
     raw = yaml.safe_load(path.read_text())
-    schema = ServeDeploySchema.model_validate(raw) if hasattr(ServeDeploySchema, "model_validate") \
-        else ServeDeploySchema.parse_obj(raw)
+    schema = ServeDeploySchema.model_validate(raw)
     assert schema.applications, f"{path.name} has no applications"
     for app in raw["applications"]:
         validate_app_args(app["import_path"], app.get("args") or {})

@@ -65,7 +65,7 @@ class BackendRequest:
     stream: bool = False
 
 
-class ByteStream:
+class ByteStream(ABC):
     """An async iterator of body chunks with ``aclose()``; base for every backend's stream."""
 
     def __aiter__(self) -> AsyncIterator[bytes]:
@@ -76,9 +76,9 @@ class ByteStream:
             iterator = self.__dict__["_iterator"] = self._iterate()
         return iterator
 
-    async def _iterate(self) -> AsyncIterator[bytes]:  # pragma: no cover - overridden
-        if False:
-            yield b""
+    @abstractmethod
+    def _iterate(self) -> AsyncIterator[bytes]:
+        """The body chunks (an async generator in every subclass)."""
 
     async def aclose(self) -> None:
         return None
