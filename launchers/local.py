@@ -19,7 +19,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Serve's fastest measured mode (platform notes); read at import, so it must be in the cluster's env.
+# Serve's fastest mode in loadtests/bench_router.py; read at import, so it must be in the cluster's env.
 FAST_PATH_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 # Ray turns token auth on by itself when ~/.ray/auth_token exists; a loopback-only cluster owned by
@@ -100,8 +100,8 @@ class LocalCluster:
         log = open(self.log_path, "ab")
         # A process group of its own (stop() kills it as one), but the caller's session: Linux's
         # autogroup scheduler treats every session as one scheduling entity, and a router replica in a
-        # session apart from the engine it shares a core with measured ~0.38 ms CPU per request instead
-        # of ~0.22 (more preemptions), cutting throughput at c=64 from ~0.95 to ~0.80 of direct.
+        # session apart from the engine it shares a core with is preempted more and costs more CPU per
+        # request (figures in docs/router.md, "One scheduling group").
         self.process = subprocess.Popen(cmd, env=self.env(), stdin=subprocess.DEVNULL, stdout=log,
                                         stderr=subprocess.STDOUT, process_group=0)
         deadline = time.monotonic() + timeout_s

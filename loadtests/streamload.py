@@ -1,6 +1,6 @@
 """A light streaming load client: one connection per concurrent worker, minimal parsing.
 
-Why not one shared client: a shared pool caps itself near 90 req/s here (platform notes), so the
+Why not one shared client: a shared pool caps itself well below what the server can do, so the
 client would be measured instead of the server. Each worker keeps only the tail of a stream to read
 the final ``usage``; TTFT is the arrival of the first body bytes.
 """

@@ -1,4 +1,4 @@
-"""The seeds' import path for the CAI cluster manager: ``from ray_serve_cai.cai_cluster import
+"""The original import path for the CAI cluster manager: ``from ray_serve_cai.cai_cluster import
 CAIClusterManager``. The implementation lives in ``launchers.cai``."""
 
 from launchers.cai.cluster import CAIClusterManager, ClusterInfo, ClusterStatus

@@ -1,4 +1,4 @@
-"""The seeds' spelling, kept as an alias of ``ray-serve-cai cai start|status|stop``::
+"""The original spelling, kept as an alias of ``ray-serve-cai cai start|status|stop``::
 
     python -m ray_serve_cai.launch_cluster --config x.yaml start-cai|status-cai|stop-cai [options]
 

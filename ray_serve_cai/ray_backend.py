@@ -43,7 +43,7 @@ class RayBackend:
                           vllm_config: dict[str, Any] | None = None, route_prefix: str | None = None) -> str:
         """Deploy a model (``EngineConfig`` fields) and return its base URL.
 
-        ``vllm_config=`` is the seeds' spelling of ``config``. Returns once the Serve app is running;
+        ``vllm_config=`` is the original spelling of ``config``. Returns once the Serve app is running;
         ``GET <url>/health`` answers 200 once the engine can generate.
         """
         from ray import serve

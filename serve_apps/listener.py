@@ -2,9 +2,9 @@
 
 Used by the router (``router.listen``) and by engine workers (an ephemeral port the router streams
 from: cheaper than a Ray object per chunk). Why for the router: every request crosses it, and Serve's
-per-request machinery (proxy hop, request ids, queue accounting, replica metrics) cost about 1 ms of
-CPU per request on top of the router's own work, measured on a 2-core box where that CPU is taken
-from the engine (``loadtests/bench_router.py`` compares both paths). The listener runs uvicorn's httptools protocol on the replica's own event loop,
+per-request machinery (proxy hop, request ids, queue accounting, replica metrics) costs CPU on every
+request on top of the router's own work, CPU taken from the engine on a small box
+(``loadtests/bench_router.py`` compares both paths; figures in docs/router.md). The listener runs uvicorn's httptools protocol on the replica's own event loop,
 so a request costs one parse, the routing decision, and one write (head and body coalesced).
 
 Several router replicas on one node share the port through ``SO_REUSEPORT`` (the kernel spreads

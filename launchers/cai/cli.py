@@ -165,7 +165,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def add_cluster_commands(actions: Any) -> None:
-    """start/status/stop (the seeds' ``launch_cluster ... start-cai`` alias maps onto these)."""
+    """start/status/stop (the older ``launch_cluster ... start-cai`` alias maps onto these)."""
     start = actions.add_parser("start", help="start (or find) the Ray cluster; wait until ready")
     start.add_argument("--serve-config", default=None, help="serve config to `serve deploy` once the cluster is up")
     start.add_argument("--info-file", default="ray_cluster_info.json", help="where to write the cluster info")

@@ -1,4 +1,4 @@
-"""``CAIClusterManager``: a Ray cluster whose nodes are CML applications (seed 003, corrected).
+"""``CAIClusterManager``: a Ray cluster whose nodes are CML applications.
 
 A CML application has no address in the API, so the head's launcher publishes its real
 ``CDSW_IP_ADDRESS:port`` in the project filesystem and workers wait for it (see nodes.py and

@@ -1,4 +1,4 @@
-"""Configuration of a Ray cluster on CML applications (seed 003's table), validated at load.
+"""Configuration of a Ray cluster on CML applications, validated at load.
 
 The API key is a ``SecretStr``: it comes from ``cai.api_key`` or, better, the environment
 (``CML_API_KEY``, or ``CDSW_APIV2_KEY`` which CML sets inside its own workloads) and never shows
@@ -118,7 +118,7 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
 
 
 def apply_env(raw: dict, env: Mapping[str, str]) -> dict:
-    """Environment beats the file for the seed's override variables; secrets fill only gaps."""
+    """Environment beats the file for the ``ENV_OVERRIDES`` variables; secrets fill only gaps."""
     for var, keys in ENV_OVERRIDES.items():
         if env.get(var):
             node = raw

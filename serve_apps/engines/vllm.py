@@ -1,7 +1,8 @@
 """vLLM engine: ``AsyncLLM`` in the replica's process, served by vLLM's own OpenAI app.
 
 Why vLLM's own app rather than our own routes: it is the exact wire format users compare against
-(SSE chunks, usage in streams, logprobs, errors), and measured fastest behind Serve (platform notes).
+(SSE chunks, usage in streams, logprobs, errors), and it was the fastest path behind Serve in
+``loadtests/bench_engine.py``.
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ def build_router_app(args: dict[str, Any]) -> Application:
     parsed = parse_router_args(args)
     engine_apps: dict[str, Application] = {}
     if parsed.engines:
-        from serve_apps.replica import engine_deployment  # the lead's module; imported only when used
+        from serve_apps.replica import engine_deployment  # imported only when engines are configured
 
         engine_apps = {engine.name: engine_deployment(engine, ingress=False) for engine in parsed.engines}
     by_name = {engine.name: engine for engine in parsed.engines}

@@ -6,7 +6,7 @@ Two signals, kept apart on purpose:
   (half-open); its success closes the breaker, its failure re-opens it). A 429 opens it for the
   backend's Retry-After instead.
 - active: ``HealthMonitor`` probes each backend every ``health.interval`` seconds in the background,
-  never on the request path (the seed's sketch paid one extra round trip per request).
+  never on the request path.
 """
 
 from __future__ import annotations

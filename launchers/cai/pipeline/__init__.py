@@ -1,4 +1,4 @@
-"""The CML jobs pipeline (seeds 001/002): project -> jobs -> ordered runs, all idempotent."""
+"""The CML jobs pipeline: project -> jobs -> ordered runs, all idempotent."""
 
 from launchers.cai.pipeline.config import JobsConfig, JobSpec, load_jobs_config
 from launchers.cai.pipeline.deploy import deploy_to_cml

@@ -1,4 +1,4 @@
-"""``deploy_to_cml``: the whole pipeline in one call (seed 002's orchestrator)."""
+"""``deploy_to_cml``: the whole pipeline in one call."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Cluster config (seed 003's table): validation names the bad key, env overrides, secrets hidden,
+"""Cluster config: validation names the bad key, env overrides, secrets hidden,
 head without GPUs; the node contract the launcher script reads."""
 
 from __future__ import annotations

