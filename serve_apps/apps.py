@@ -1,40 +1,31 @@
-"""App builders that ``serve build`` / ``serve run`` point at (``module:builder``).
+"""The engine app builder that ``serve build`` / ``serve run`` point at (``serve_apps.apps:build_app``).
 
-Each takes the application ``args`` dict from a serve config and validates it with pydantic, so a
-bad key fails at deploy time with its dotted path.
+It takes the application ``args`` dict from a serve config and validates it with pydantic
+(``serve_apps.checks``), so a bad key fails at deploy time with its dotted path. Ray Serve is imported
+only when an app is built, so importing this module is cheap.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-from ray import serve
+from serve_apps.checks import ConfigError, parse_engine_config
 
-from serve_apps.config import EngineConfig, format_validation_error
-from serve_apps.engines.registry import get_registry
-from serve_apps.replica import engine_deployment
+if TYPE_CHECKING:
+    from ray.serve import Application
 
-
-class ConfigError(ValueError):
-    """A serve config's args are invalid; the message names every bad key."""
+__all__ = ["ConfigError", "build_app", "parse_engine_config"]
 
 
-def parse_engine_config(args: dict[str, Any] | None) -> EngineConfig:
-    try:
-        config = EngineConfig.model_validate(args or {})
-    except ValidationError as exc:
-        raise ConfigError(f"invalid engine app args: {format_validation_error(exc)}") from None
-    if config.engine not in get_registry() and ":" not in config.engine:
-        known = ", ".join(get_registry().names())
-        raise ConfigError(f"invalid engine app args: engine: unknown engine {config.engine!r}; known: {known}")
-    return config
-
-
-def build_app(args: dict[str, Any] | None = None) -> serve.Application:
+def build_app(args: dict[str, Any] | None = None) -> Application:
     """One model on engine replicas, OpenAI API at the app's route prefix."""
+    from serve_apps.replica import engine_deployment
+
     return engine_deployment(parse_engine_config(args))
 
 
-# A default-bound app so `serve build serve_apps.apps:app` can emit a config skeleton.
-app = build_app({})
+def __getattr__(name: str) -> Any:
+    # `serve build serve_apps.apps:app` wants a bound app; build it only when asked for.
+    if name == "app":
+        return build_app({})
+    raise AttributeError(f"module 'serve_apps.apps' has no attribute {name!r}")

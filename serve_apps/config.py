@@ -9,13 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
+
+from serve_apps.validation import StrictModel
 
 BUILTIN_PREFIX = "builtin:"
-
-
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
 class AutoscalingConfig(StrictModel):
@@ -78,11 +76,3 @@ class EngineConfig(StrictModel):
         expanded = Path(self.model).expanduser()
         return str(expanded) if expanded.exists() else self.model
 
-
-def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
-    """One readable line per problem, naming the dotted key, e.g. ``engines.0.dtyp: extra field``."""
-    lines = []
-    for error in exc.errors():
-        location = ".".join(str(part) for part in error["loc"]) or "(root)"
-        lines.append(f"{prefix}{location}: {error['msg']}")
-    return "; ".join(lines)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import yaml
 
-from ray_serve_cai.commands.check import listener_addresses
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "serve_configs" / "local.yaml"
 
@@ -43,6 +42,7 @@ def _ensure_ports_free(config: dict) -> None:
     import socket
 
     from ray_serve_cai.cli import CLIError
+    from serve_apps.checks import listener_addresses
 
     http = config.get("http_options") or {}
     wanted = [(http.get("host", "127.0.0.1"), int(http.get("port", 8000)), "http_options.port")]
@@ -126,7 +126,7 @@ def _up(args: argparse.Namespace) -> int:
         config = yaml.safe_load(args.config.read_text()) or {}
     except yaml.YAMLError as exc:
         raise CLIError(f"{args.config} is not valid YAML: {exc}") from None
-    from ray_serve_cai.commands.check import config_problems
+    from serve_apps.checks import config_problems
 
     problems = config_problems(config)
     if problems:  # fail in a second, not after starting Ray
@@ -156,6 +156,8 @@ def _up(args: argparse.Namespace) -> int:
     print(f"ready: {base}{route}/v1  (Ray {cluster.address}, dashboard {cluster.dashboard_url})", flush=True)
     print(f"  curl {base}{route}/v1/chat/completions -H 'content-type: application/json' "
           "-d '{\"model\": \"tiny-chat\", \"messages\": [{\"role\": \"user\", \"content\": \"hello\"}]}'", flush=True)
+    from serve_apps.checks import listener_addresses
+
     for _, host, port in listener_addresses(config):
         print(f"  fast path (router listener, no Serve proxy hop): {_client_url(host, port)}/v1", flush=True)
     try:

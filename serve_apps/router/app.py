@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
 from ray import serve
 from ray.serve import Application
 
-from serve_apps.config import format_validation_error
+from serve_apps.checks import parse_router_args
 from serve_apps.listener import Listener, start_listener
 from serve_apps.router.asgi import RouterASGI
 from serve_apps.router.backends import create_backend
@@ -56,13 +55,6 @@ class MultiBackendRouter:
         if self.listener is not None:
             await self.listener.close()
         await self.router.aclose()
-
-
-def parse_router_args(args: dict[str, Any]) -> RouterAppArgs:
-    try:
-        return RouterAppArgs.model_validate(args)
-    except ValidationError as exc:
-        raise ValueError("invalid router args: " + format_validation_error(exc)) from None
 
 
 def build_router_app(args: dict[str, Any]) -> Application:

@@ -14,7 +14,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from serve_apps.config import EngineConfig, StrictModel
+from serve_apps.config import EngineConfig
+from serve_apps.validation import StrictModel
 
 BackendKind = Literal["serve", "openai", "ollama", "anthropic"]
 

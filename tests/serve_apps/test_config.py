@@ -54,7 +54,7 @@ def test_builtin_model_unknown_name():
 def test_shipped_serve_config_is_valid(path: Path):
     from ray.serve.schema import ServeDeploySchema
 
-    from ray_serve_cai.commands.check import validate_app_args
+    from serve_apps.checks import validate_app_args
 
     raw = yaml.safe_load(path.read_text())
     schema = ServeDeploySchema.model_validate(raw)
