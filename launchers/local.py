@@ -13,11 +13,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from launchers.polling import PollTimeout, poll_until
 
 # Serve's fastest mode in loadtests/bench_router.py; read at import, so it must be in the cluster's env.
 FAST_PATH_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
@@ -104,15 +105,19 @@ class LocalCluster:
         # request (figures in docs/router.md, "One scheduling group").
         self.process = subprocess.Popen(cmd, env=self.env(), stdin=subprocess.DEVNULL, stdout=log,
                                         stderr=subprocess.STDOUT, process_group=0)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise ClusterError(f"ray start exited with {self.process.returncode}; see {self.log_path}")
-            if _get_json(f"{self.dashboard_url}/api/version") is not None:
-                return self
-            time.sleep(0.5)
-        self.stop()
-        raise ClusterError(f"Ray head did not come up within {timeout_s:.0f}s; see {self.log_path}")
+        process = self.process
+
+        def head_up() -> bool:
+            if process.poll() is not None:
+                raise ClusterError(f"ray start exited with {process.returncode}; see {self.log_path}")
+            return _get_json(f"{self.dashboard_url}/api/version") is not None
+
+        try:
+            poll_until(head_up, timeout_s, 0.5)
+        except PollTimeout:
+            self.stop()
+            raise ClusterError(f"Ray head did not come up within {timeout_s:.0f}s; see {self.log_path}") from None
+        return self
 
     def deploy(self, config_path: str | Path) -> None:
         """``serve deploy`` a config file onto this cluster (the way users do it)."""
@@ -127,15 +132,16 @@ class LocalCluster:
 
     def wait_ready(self, health_url: str, timeout_s: float = 600, progress=None) -> None:
         """Wait until ``health_url`` answers 200; fail early if a Serve app reports a failure."""
-        deadline = time.monotonic() + timeout_s
-        last_note = 0.0
-        while time.monotonic() < deadline:
+        status: dict = {}
+
+        def ready() -> bool:
+            nonlocal status
             if self.process is not None and self.process.poll() is not None:
                 raise ClusterError("the Ray cluster exited while waiting for the app")
             try:
                 with urllib.request.urlopen(health_url, timeout=5) as response:
                     if response.status == 200:
-                        return
+                        return True
             except (urllib.error.URLError, OSError, TimeoutError):
                 pass
             status = self.serve_status() or {}
@@ -143,11 +149,12 @@ class LocalCluster:
                 if app.get("status") == "DEPLOY_FAILED":
                     lines = [line for line in (app.get("message") or "").splitlines() if line.strip()]
                     raise ClusterError(f"app {name!r} failed to deploy: {lines[-1] if lines else 'no message'}")
-            if progress and time.monotonic() - last_note > 10:
-                last_note = time.monotonic()
-                progress(_describe(status))
-            time.sleep(1)
-        raise ClusterError(f"{health_url} was not ready within {timeout_s:.0f}s")
+            return False
+
+        try:
+            poll_until(ready, timeout_s, 1.0, status=lambda _: _describe(status), progress=progress)
+        except PollTimeout:
+            raise ClusterError(f"{health_url} was not ready within {timeout_s:.0f}s") from None
 
     def stop(self, timeout_s: float = 60) -> None:
         """Shut Serve down (replicas release their engines), stop Ray, then kill any leftover.

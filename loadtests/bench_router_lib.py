@@ -22,6 +22,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from launchers.local import LocalCluster, free_port  # noqa: E402
+from launchers.polling import PollTimeout, poll_until  # noqa: E402
 
 RESULTS = ROOT / "loadtests" / "results"
 LITELLM_VENV = ROOT / "loadtests" / ".venv-litellm"
@@ -193,16 +194,17 @@ def bench_body(max_tokens: int = 1) -> bytes:
 
 
 def wait_http(url: str, timeout: float, expect: int = 200, headers: dict[str, str] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def answers() -> bool:
         try:
             with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=3) as response:
-                if response.status == expect:
-                    return
+                return response.status == expect
         except Exception:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} not ready in {timeout:.0f}s")
+            return False
+
+    try:
+        poll_until(answers, timeout, 0.5)
+    except PollTimeout:
+        raise TimeoutError(f"{url} not ready in {timeout:.0f}s") from None
 
 
 @dataclass

@@ -9,7 +9,6 @@ published files back through the files API, and stops *and deletes* every applic
 from __future__ import annotations
 
 import sys
-import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -22,6 +21,7 @@ from launchers.cai.client import CMLClient
 from launchers.cai.config import ClusterConfig, load_config
 from launchers.cai.errors import CAIError, CAITimeoutError, CMLConflictError, CMLNotFoundError
 from launchers.cai.models import APP_FAILED, APP_RUNNING, APP_STARTING, APP_STOPPED, Application
+from launchers.polling import PollTimeout, poll_until
 
 ALIVE = frozenset({APP_STARTING, APP_RUNNING})
 
@@ -218,8 +218,8 @@ class CAIClusterManager:
     def _wait_ready(self, apps: dict[str, Application]) -> dict:
         specs = {s.name: s for s in nodes.desired_specs(self.config)}
         ready: dict[str, dict] = {}
-        start, last_line, last_print = time.monotonic(), "", 0.0
-        while True:
+
+        def all_ready() -> bool:
             for name, app in apps.items():
                 if name in ready:
                     continue
@@ -228,24 +228,25 @@ class CAIClusterManager:
                     raise CAIError(f"application {app.name} ({app.id}) is {app.status}; see its logs in CML")
                 if app.status == APP_RUNNING and (published := self._published(specs[name], app)):
                     ready[name] = published
-            elapsed = time.monotonic() - start
+            return len(ready) == len(apps)
+
+        def status(elapsed: float) -> str:
             line = ", ".join(f"{specs[n].node}: {'ready' if n in ready else a.status}" for n, a in apps.items())
-            if line != last_line or elapsed - last_print >= 10:  # a status line at least every 10 s
-                self.progress(f"   [{elapsed:4.0f}s] {line}")
-                last_line, last_print = line, elapsed
-            if len(ready) == len(apps):
-                return ready[nodes.head_spec(self.config).name]
-            if elapsed > self.config.cai.start_timeout_s:
-                missing = ", ".join(specs[n].node for n in apps if n not in ready)
-                raise CAITimeoutError(f"Ray cluster not ready after {elapsed:.0f}s; waiting for: {missing}")
-            time.sleep(self.config.cai.poll_interval_s)
+            return f"   [{elapsed:4.0f}s] {line}"
+
+        try:
+            poll_until(all_ready, self.config.cai.start_timeout_s, self.config.cai.poll_interval_s,
+                       status=status, progress=self.progress)
+        except PollTimeout as exc:
+            missing = ", ".join(specs[n].node for n in apps if n not in ready)
+            raise CAITimeoutError(f"Ray cluster not ready after {exc.elapsed:.0f}s; waiting for: {missing}") from None
+        return ready[nodes.head_spec(self.config).name]
 
     def _wait(self, done: Callable[[], bool], timeout_s: float, what: str) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not done():
-            if time.monotonic() > deadline:
-                raise CAITimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-            time.sleep(min(self.config.cai.poll_interval_s, 2.0))
+        try:
+            poll_until(done, timeout_s, min(self.config.cai.poll_interval_s, 2.0))
+        except PollTimeout:
+            raise CAITimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}") from None
 
     def _dashboard(self, head: dict) -> str | None:
         if not self.config.ray.include_dashboard:

@@ -14,29 +14,26 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 
 from launchers.cai.errors import CAIError
+from serve_apps.validation import StrictModel, format_validation_error
 
 NAME_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")  # CML's subdomain rule; names derive subdomains
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class NodeResources(Strict):
+class NodeResources(StrictModel):
     cpu: float = Field(16, gt=0, description="vCPUs of the application")
     memory: float = Field(64, gt=0, description="memory of the application in GiB")
     num_gpus: int = Field(0, ge=0, description="GPUs (workers only: the head always gets 0)")
 
 
-class HeadResources(Strict):
+class HeadResources(StrictModel):
     cpu: float | None = Field(None, gt=0)
     memory: float | None = Field(None, gt=0)
 
 
-class CAISection(Strict):
+class CAISection(StrictModel):
     host: str
     api_key: SecretStr | None = None
     project_id: str
@@ -65,7 +62,7 @@ class CAISection(Strict):
         return value
 
 
-class RaySection(Strict):
+class RaySection(StrictModel):
     port: int = Field(6379, ge=1024, le=65535)
     dashboard_port: int = Field(8265, ge=1024, le=65535)
     include_dashboard: bool = True
@@ -79,11 +76,11 @@ class RaySection(Strict):
                                       "replicas off the coordinator (None: like a worker)")
 
 
-class ServeSection(Strict):
+class ServeSection(StrictModel):
     config: str | None = Field(None, description="serve config (serve build output) to `serve deploy` after start")
 
 
-class ClusterConfig(Strict):
+class ClusterConfig(StrictModel):
     cai: CAISection
     ray: RaySection = Field(default_factory=RaySection)
     serve: ServeSection = Field(default_factory=ServeSection)
@@ -157,12 +154,5 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -
     try:
         return ClusterConfig.model_validate(apply_env(raw, env))
     except ValidationError as exc:
-        raise CAIError(f"config {path or '(environment)'}: {_first_error(exc)}") from None
+        raise CAIError(f"config {path or '(environment)'}: {format_validation_error(exc)}") from None
 
-
-def _first_error(exc: ValidationError) -> str:
-    problems = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top)"
-        problems.append(f"{where}: {err['msg']}")  # err['input'] is never echoed (may be the key)
-    return "; ".join(problems)

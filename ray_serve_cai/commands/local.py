@@ -89,12 +89,12 @@ def _wait_until_generates(base: str, deadline: float, log) -> None:
     import os
     import urllib.request
 
+    from launchers.polling import PollTimeout, poll_until
     from ray_serve_cai.cli import CLIError
 
     key = os.environ.get("OPENAI_API_KEY")
     headers = {"authorization": f"Bearer {key}"} if key else {}
-    last_note = 0.0
-    while time.monotonic() < deadline:
+    def generates() -> bool:
         try:
             request = urllib.request.Request(f"{base}/v1/models", headers=headers)
             with urllib.request.urlopen(request, timeout=10) as response:
@@ -104,16 +104,16 @@ def _wait_until_generates(base: str, deadline: float, log) -> None:
         if models:
             status, _ = _post_json(f"{base}/v1/completions", {"model": models[0], "prompt": "hi", "max_tokens": 1},
                                    headers)
-            if status == 200:
-                return
             if status == 401:
                 log("the app requires an API key (set OPENAI_API_KEY to check generation); assuming ready")
-                return
-        if time.monotonic() - last_note > 10:
-            last_note = time.monotonic()
-            log("waiting for a backend to generate...")
-        time.sleep(1)
-    raise CLIError(f"{base} did not generate within the timeout")
+            return status in (200, 401)
+        return False
+
+    try:
+        poll_until(generates, max(0.0, deadline - time.monotonic()), 1.0,
+                   status=lambda _: "waiting for a backend to generate...", progress=log)
+    except PollTimeout:
+        raise CLIError(f"{base} did not generate within the timeout") from None
 
 
 def _up(args: argparse.Namespace) -> int:

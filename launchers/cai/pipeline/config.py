@@ -5,16 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from launchers.cai.errors import CAIError
+from serve_apps.validation import StrictModel, format_validation_error
 
 DEFAULT_JOBS_CONFIG = Path(__file__).resolve().parents[1] / "jobs_config.yaml"
 
 
-class JobSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class JobSpec(StrictModel):
     name: str = Field(min_length=1)
     script: str = Field(min_length=1, description="path relative to the project root")
     cpu: float = Field(4, gt=0)
@@ -28,9 +27,7 @@ class JobSpec(BaseModel):
     kernel: str | None = None
 
 
-class JobsConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class JobsConfig(StrictModel):
     jobs: dict[str, JobSpec]
 
     @model_validator(mode="after")
@@ -74,6 +71,4 @@ def load_jobs_config(path: str | Path | None = None) -> JobsConfig:
     try:
         return JobsConfig.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top)"
-        raise CAIError(f"jobs config {path}: {where}: {first['msg']}") from None
+        raise CAIError(f"jobs config {path}: {format_validation_error(exc)}") from None

@@ -17,6 +17,7 @@ from launchers.cai.client import CMLClient
 from launchers.cai.errors import CAIError, CAITimeoutError
 from launchers.cai.models import RUN_SUCCEEDED, Job, JobRun
 from launchers.cai.pipeline.config import JobsConfig, JobSpec
+from launchers.polling import PollTimeout, poll_until
 
 Progress = Callable[[str], None]
 
@@ -112,13 +113,16 @@ def trigger_jobs(client: CMLClient, project_id: str, config: JobsConfig, *, forc
 
 def _await_dependent(client: CMLClient, project_id: str, job: Job, known: set[str], waiting: Waiting,
                      progress: Progress) -> JobRun:
-    deadline = time.monotonic() + waiting.dependent_grace_s
-    while time.monotonic() < deadline:
-        new = [r for r in client.list_job_runs(project_id, job.id) if r.id not in known]
-        if new:
-            progress(f"{job.name!r} started by CML after its parent: run {new[0].id}")
-            return new[0]
-        time.sleep(waiting.poll_s)
+    def started() -> JobRun | None:
+        return next((r for r in client.list_job_runs(project_id, job.id) if r.id not in known), None)
+
+    try:
+        run = poll_until(started, waiting.dependent_grace_s, waiting.poll_s)
+    except PollTimeout:
+        pass
+    else:
+        progress(f"{job.name!r} started by CML after its parent: run {run.id}")
+        return run
     progress(f"{job.name!r} was not started by CML within {waiting.dependent_grace_s:.0f}s; triggering it")
     return client.create_job_run(project_id, job.id)
 
@@ -126,15 +130,19 @@ def _await_dependent(client: CMLClient, project_id: str, job: Job, known: set[st
 def _wait_run(client: CMLClient, project_id: str, job: Job, run: JobRun, spec: JobSpec, waiting: Waiting,
               progress: Progress) -> JobRun:
     limit = spec.timeout + 300 if spec.timeout else waiting.default_timeout_s
-    start, last = time.monotonic(), -waiting.status_every_s
-    while not run.finished:
-        elapsed = time.monotonic() - start
-        if elapsed - last >= waiting.status_every_s:
-            progress(f"   [{elapsed:.0f}s] {job.name}: {run.status}")
-            last = elapsed
-        if elapsed > limit:
-            raise CAITimeoutError(f"job {job.name!r} run {run.id} still {run.status} after {elapsed:.0f}s")
-        time.sleep(waiting.poll_s)
-        run = client.get_job_run(project_id, job.id, run.id)
-    progress(f"   [{time.monotonic() - start:.0f}s] {job.name}: {run.status}")
-    return run
+    start, current, fresh = time.monotonic(), run, True
+
+    def finished() -> JobRun | None:
+        nonlocal current, fresh
+        if not fresh:  # the run passed in was just read: look at it before asking again
+            current = client.get_job_run(project_id, job.id, run.id)
+        fresh = False
+        return current if current.finished else None
+
+    try:
+        done = poll_until(finished, limit, waiting.poll_s, progress=progress, every_s=waiting.status_every_s,
+                          status=lambda elapsed: f"   [{elapsed:.0f}s] {job.name}: {current.status}")
+    except PollTimeout as exc:
+        raise CAITimeoutError(f"job {job.name!r} run {run.id} still {current.status} after {exc.elapsed:.0f}s") from None
+    progress(f"   [{time.monotonic() - start:.0f}s] {job.name}: {done.status}")
+    return done

@@ -11,6 +11,7 @@ from pathlib import Path
 from launchers.cai.client import CMLClient
 from launchers.cai.errors import CAIError, CAITimeoutError
 from launchers.cai.models import Project
+from launchers.polling import PollTimeout, poll_until
 
 CLONE_DONE = "success"
 CLONE_FAILED = frozenset({"failure", "failed", "error"})
@@ -44,24 +45,26 @@ def setup_project(client: CMLClient, name: str, git_url: str | None, *, progress
 
 def _wait_clone(client: CMLClient, project: Project, progress: Callable[[str], None], timeout_s: float,
                 poll_s: float, status_every_s: float) -> Project:
-    start = time.monotonic()
-    last = -status_every_s
-    while True:
-        status = project.creation_status or "unknown"
-        elapsed = time.monotonic() - start
-        if status == CLONE_DONE:
-            progress(f"   [{elapsed:.0f}s] Status: {status}: git clone complete")
-            return project
+    start, current, fresh = time.monotonic(), project, True
+
+    def cloned() -> Project | None:
+        nonlocal current, fresh
+        if not fresh:  # the project passed in was just read: look at it before asking again
+            current = client.get_project(project.id)
+        fresh = False
+        status = current.creation_status or "unknown"
         if status in CLONE_FAILED:
-            raise CAIError(f"project {project.name!r} ({project.id}) creation failed: status {status}")
-        if elapsed - last >= status_every_s:  # a line every 10 s so CI never looks hung
-            progress(f"   [{elapsed:.0f}s] Status: {status}")
-            last = elapsed
-        if elapsed > timeout_s:
-            raise CAITimeoutError(f"git clone of project {project.id} not done after {timeout_s:.0f}s "
-                                  f"(status {status})")
-        time.sleep(poll_s)
-        project = client.get_project(project.id)
+            raise CAIError(f"project {current.name!r} ({current.id}) creation failed: status {status}")
+        return current if status == CLONE_DONE else None
+
+    try:
+        done = poll_until(cloned, timeout_s, poll_s, progress=progress, every_s=status_every_s,
+                          status=lambda elapsed: f"   [{elapsed:.0f}s] Status: {current.creation_status or 'unknown'}")
+    except PollTimeout:
+        raise CAITimeoutError(f"git clone of project {project.id} not done after {timeout_s:.0f}s "
+                              f"(status {current.creation_status or 'unknown'})") from None
+    progress(f"   [{time.monotonic() - start:.0f}s] Status: {done.creation_status}: git clone complete")
+    return done
 
 
 def _publish(project_id: str, output_file: str | Path | None, progress: Callable[[str], None]) -> None:
