@@ -4,13 +4,16 @@
 register_engine`` keep working; the implementation lives in ``serve_apps`` and ``launchers``.
 """
 
-from ray_serve_cai.ray_backend import RayBackend
-
 __all__ = ["CAIClusterManager", "RayBackend"]
 
 
 def __getattr__(name: str):
-    # Lazy: importing the CML launcher costs ~0.7 s and most users never need it.
+    # Lazy: both pull in heavy libraries (Ray Serve; the CML launcher's HTTP stack), and the CLI
+    # (`ray-serve-cai --help`) must not pay for them.
+    if name == "RayBackend":
+        from ray_serve_cai.ray_backend import RayBackend
+
+        return RayBackend
     if name == "CAIClusterManager":
         from launchers.cai.cluster import CAIClusterManager
 

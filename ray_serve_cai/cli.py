@@ -1,7 +1,9 @@
 """The one command-line entry point: ``ray-serve-cai <command> ...``.
 
 Each command group lives in its own module exposing ``register(subparsers)``; this module only wires
-them together and turns expected failures into one readable line and a non-zero exit.
+them together and turns expected failures into one readable line and a non-zero exit: ``CLIError``
+from the face's own commands, and the launchers' own errors (mapped to exit codes here, so the
+launchers never import this package).
 """
 
 from __future__ import annotations
@@ -48,14 +50,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def exit_code(exc: BaseException) -> int | None:
+    """The exit code of an expected failure, None for a bug (which keeps its traceback)."""
+    if isinstance(exc, CLIError):
+        return exc.code
+    from launchers.cai.errors import CAIError, ClusterNotRunning  # a small module, no dependencies
+
+    if isinstance(exc, ClusterNotRunning):
+        return 3
+    if isinstance(exc, CAIError):
+        return 1
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except CLIError as exc:
+    except Exception as exc:
+        code = exit_code(exc)
+        if code is None:
+            raise
         print(f"ray-serve-cai: error: {exc}", file=sys.stderr)
-        return exc.code
+        return code
     except KeyboardInterrupt:
         print("ray-serve-cai: interrupted", file=sys.stderr)
         return 130

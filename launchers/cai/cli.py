@@ -1,34 +1,20 @@
 """``ray-serve-cai cai ...``: Ray clusters on CML applications and the CML jobs pipeline.
 
 Progress goes to stderr, results (JSON status, project id) to stdout; an expected failure is one
-line and a non-zero exit (``CAIError`` -> ``CLIError``).
+line and a non-zero exit: commands raise ``CAIError``, and ``ray-serve-cai``'s entry point turns it into
+an exit code (so this module never imports the package above it).
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import sys
-from collections.abc import Callable
 from typing import Any
 
 
 def _progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
-
-
-def _expected_errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    @functools.wraps(fn)
-    def wrapper(args: argparse.Namespace) -> int:
-        from launchers.cai.errors import CAIError
-        from ray_serve_cai.cli import CLIError  # lazy: no import cycle with the facade
-
-        try:
-            return fn(args)
-        except CAIError as exc:
-            raise CLIError(str(exc)) from None
-    return wrapper
 
 
 def _manager(args: argparse.Namespace) -> Any:
@@ -39,25 +25,22 @@ def _manager(args: argparse.Namespace) -> Any:
     return CAIClusterManager(load_config(config), progress=_progress)
 
 
-@_expected_errors
 def cmd_start(args: argparse.Namespace) -> int:
     info = _manager(args).start_cluster(info_file=args.info_file, serve_config=args.serve_config)
     print(info.model_dump_json(indent=2))
     return 0
 
 
-@_expected_errors
 def cmd_status(args: argparse.Namespace) -> int:
     status = _manager(args).status()
     print(status.model_dump_json(indent=2))
     if args.check and not status.running:
-        from ray_serve_cai.cli import CLIError
+        from launchers.cai.errors import ClusterNotRunning
 
-        raise CLIError(f"Ray cluster '{status.cluster_name}' is not running", code=3)
+        raise ClusterNotRunning(f"Ray cluster '{status.cluster_name}' is not running")
     return 0
 
 
-@_expected_errors
 def cmd_stop(args: argparse.Namespace) -> int:
     deleted = _manager(args).stop_cluster()
     _progress(f"Stopped and deleted {len(deleted)} application(s)")
@@ -114,7 +97,6 @@ def _project_name(args: argparse.Namespace) -> str:
     return name
 
 
-@_expected_errors
 def cmd_setup_project(args: argparse.Namespace) -> int:
     from launchers.cai.pipeline import setup_project
 
@@ -125,7 +107,6 @@ def cmd_setup_project(args: argparse.Namespace) -> int:
     return 0
 
 
-@_expected_errors
 def cmd_create_jobs(args: argparse.Namespace) -> int:
     from launchers.cai.pipeline import create_jobs, load_jobs_config
 
@@ -140,7 +121,6 @@ def _force(args: argparse.Namespace) -> bool:
     return bool(args.force) or os.environ.get("FORCE_REBUILD", "").strip().lower() == "true"
 
 
-@_expected_errors
 def cmd_trigger_jobs(args: argparse.Namespace) -> int:
     from launchers.cai.pipeline import load_jobs_config, trigger_jobs
 
@@ -150,7 +130,6 @@ def cmd_trigger_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
-@_expected_errors
 def cmd_deploy(args: argparse.Namespace) -> int:
     """deploy_to_cml: setup-project, create-jobs and trigger-jobs in one go."""
     from launchers.cai.pipeline import deploy_to_cml, load_jobs_config

@@ -31,3 +31,8 @@ class CMLConflictError(CMLAPIError):
 
 class CAITimeoutError(CAIError):
     """Something in CML did not reach the wanted state in time."""
+
+
+class ClusterNotRunning(CAIError):
+    """``status --check``: the cluster is not (fully) up. The CLI exits 3 for it, so scripts can tell
+    "not running" from "could not ask"."""
