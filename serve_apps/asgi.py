@@ -1,18 +1,122 @@
-"""Call an ASGI app in-process and get an ``EngineResponse`` back.
+"""ASGI plumbing for every app in the package: the types, reading a body, lifespan, the mount path,
+and calling an app in-process.
 
-Why: the replica serves the engine's own OpenAI app over HTTP (fast path), and DeploymentHandle
-callers (the router) and ``Engine.chat`` need the very same app and bytes without a socket.
+Why in-process calls: the replica serves the engine's own OpenAI app over HTTP (fast path), and
+DeploymentHandle callers (the router) and ``Engine.chat`` need the very same app and bytes without a
+socket.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from serve_apps.engines.base import ASGIApp, EngineResponse
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _DONE = object()
+
+
+class BodyTooLarge(Exception):
+    """The request body went over the limit given to ``read_body``."""
+
+
+async def _empty() -> AsyncIterator[bytes]:
+    return
+    yield b""  # pragma: no cover - makes this an async generator
+
+
+async def _single(payload: bytes) -> AsyncIterator[bytes]:
+    yield payload
+
+
+@dataclass
+class EngineResponse:
+    """A response as status, headers and body chunks. Close ``body`` if you stop reading early.
+
+    The response type of the ``Engine`` protocol and of ``call_asgi`` (an engine's answer is what its
+    ASGI app sends); header names and values are ``str`` because engines and their callers build them.
+    """
+
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: AsyncIterator[bytes] = field(default_factory=_empty)
+
+    async def read(self) -> bytes:
+        """Collect the whole body (for non-streaming callers and tests)."""
+        return b"".join([chunk async for chunk in self.body])
+
+    @classmethod
+    def complete(cls, status: int, content_type: str, payload: bytes) -> "EngineResponse":
+        """A response whose whole body is already in hand (JSON, or a finished SSE stream)."""
+        return cls(status, [("content-type", content_type)], _single(payload))
+
+    async def aclose(self) -> None:
+        aclose = getattr(self.body, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def route_path(scope: Scope) -> str:
+    """The path below the app's mount point (Serve sets ``root_path`` to the route prefix)."""
+    path: str = scope["path"]
+    root = scope.get("root_path") or ""
+    if root and root != "/" and path.startswith(root):
+        return path[len(root):] or "/"
+    return path
+
+
+async def read_body(receive: Receive, limit: int | None = None) -> bytes:
+    """The whole request body (empty if the client went away); ``BodyTooLarge`` above ``limit``."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if limit is not None and size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def lifespan(receive: Receive, send: Send) -> None:
+    """Acknowledge startup and shutdown: the apps here hold no state that lifespan would manage."""
+    while True:
+        message = await receive()
+        kind = message["type"].rsplit(".", 1)[-1]
+        await send({"type": f"lifespan.{kind}.complete"})
+        if kind == "shutdown":
+            return
+
+
+async def send_response(send: Send, status: int, headers: list[tuple[bytes, bytes]],
+                        body: bytes | AsyncIterator[bytes]) -> None:
+    """Send a whole response: bytes with a content-length in one body message, or a stream chunk by
+    chunk (closed afterwards, also when the client goes away)."""
+    if isinstance(body, bytes):
+        headers = headers + [(b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        return
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    try:
+        async for chunk in body:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    finally:
+        aclose = getattr(body, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 async def call_asgi(

@@ -10,8 +10,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from serve_apps.engines.base import ASGIApp, Receive, Send
-from serve_apps.openai_api import route_path, send_error
+from serve_apps.asgi import ASGIApp, Receive, Send, lifespan, route_path
+from serve_apps.openai_api import send_error
 
 logger = logging.getLogger("ray.serve")
 RETRY_AFTER_S = 5
@@ -39,7 +39,7 @@ class EngineGuard:
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            return await self._lifespan(receive, send)
+            return await lifespan(receive, send)
         if scope["type"] != "http":
             return
         if route_path(scope) == "/health":
@@ -65,14 +65,6 @@ class EngineGuard:
             logger.exception("engine app failed on %s", scope.get("path"))
             if not started:
                 await send_error(send, 500, "internal error in the engine; see the replica logs")
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            kind = message["type"].rsplit(".", 1)[-1]
-            await send({"type": f"lifespan.{kind}.complete"})
-            if kind == "shutdown":
-                return
 
     async def _health(self, send: Send) -> None:
         if self.state.ready and await self.healthy():

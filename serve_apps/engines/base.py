@@ -8,49 +8,12 @@ HTTP path all carry the same bytes without re-serialising them.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from serve_apps.asgi import ASGIApp, EngineResponse, Receive, Scope, Send
 from serve_apps.config import EngineConfig
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-async def _empty() -> AsyncIterator[bytes]:
-    return
-    yield b""  # pragma: no cover - makes this an async generator
-
-
-async def _single(payload: bytes) -> AsyncIterator[bytes]:
-    yield payload
-
-
-@dataclass
-class EngineResponse:
-    """A response as status, headers and body chunks. Close ``body`` if you stop reading early."""
-
-    status: int
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    body: AsyncIterator[bytes] = field(default_factory=_empty)
-
-    async def read(self) -> bytes:
-        """Collect the whole body (for non-streaming callers and tests)."""
-        return b"".join([chunk async for chunk in self.body])
-
-    @classmethod
-    def complete(cls, status: int, content_type: str, payload: bytes) -> "EngineResponse":
-        """A response whose whole body is already in hand (JSON, or a finished SSE stream)."""
-        return cls(status, [("content-type", content_type)], _single(payload))
-
-    async def aclose(self) -> None:
-        aclose = getattr(self.body, "aclose", None)
-        if aclose is not None:
-            await aclose()
+__all__ = ["ASGIApp", "Engine", "EngineResponse", "Receive", "Scope", "Send"]
 
 
 @runtime_checkable

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from serve_apps.openai_format import SSE_DONE, error_body, error_event
 from serve_apps.router import streaming
 from serve_apps.router.backends.base import (
     UNSUPPORTED,
@@ -22,7 +23,6 @@ from serve_apps.router.backends.base import (
     BackendRequest,
     BackendResponse,
     BackendUnavailable,
-    error_body,
 )
 from serve_apps.router.config import RouterConfig
 from serve_apps.router.health import CircuitBreaker, HealthMonitor
@@ -39,13 +39,17 @@ SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-
 
 @dataclass(slots=True)
 class Reply:
+    """What the router answers, ready for ASGI: bytes headers, and a body that is either complete
+    (JSON) or a stream the sender must ``aclose``. Why its own type: it is the one shape both doors
+    (Serve ingress, listener) and in-process callers get, whatever kind of backend produced it."""
+
     status: int
     headers: list[tuple[bytes, bytes]]
     body: bytes | AsyncIterator[bytes] = b""
 
 
 def error_reply(status: int, message: str, type_: str, code: Any = None, headers: list[tuple[bytes, bytes]] | None = None) -> Reply:
-    return Reply(status, JSON_HEADERS + (headers or []), error_body(message, type_, code if code is not None else status))
+    return Reply(status, JSON_HEADERS + (headers or []), error_body(status, message, type=type_, code=code))
 
 
 @dataclass(slots=True)
@@ -241,23 +245,23 @@ class Router:
                     self._failed(state, attempt, exc.reason)
                     outcome = False
                 if sent_blocks is None:
-                    yield streaming.error_event(f"backend {state.name} failed mid-stream and the request cannot be resumed")
+                    yield error_event(f"backend {state.name} failed mid-stream and the request cannot be resumed")
                     return
                 sent = streaming.summarise(sent_blocks, path)
                 if sent.done:
                     return
                 if sent.finished:
-                    yield streaming.SSE_DONE
+                    yield SSE_DONE
                     return
                 # nothing visible sent yet (only a role chunk): any backend may simply start over
                 new_payload = streaming.resume_payload(payload, path, sent) if sent.text else dict(payload)
                 if new_payload is None:
-                    yield streaming.error_event("backend failed after the token budget was spent", 502)
+                    yield error_event("backend failed after the token budget was spent", 502)
                     return
                 opened = await self._open_resume(new_payload, model, path, set(attempt.failed), state.name,
                                                  need_resume=bool(sent.text))
                 if opened is None:
-                    yield streaming.error_event(f"backend {state.name} failed mid-stream and no backend could resume it")
+                    yield error_event(f"backend {state.name} failed mid-stream and no backend could resume it")
                     return
                 state.outstanding -= 1
                 route, response, first = opened

@@ -21,14 +21,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from serve_apps.router.backends.base import (
-    CHAT_PATH,
-    COMPLETIONS_PATH,
-    SSE_DONE,
-    BackendResponse,
-    BackendUnavailable,
-    sse_event,
-)
+from serve_apps.openai_format import SSE_DONE, sse_event
+from serve_apps.router.backends.base import CHAT_PATH, COMPLETIONS_PATH, BackendResponse, BackendUnavailable
 
 ERROR_PREFIX = b'data: {"error"'
 
@@ -155,8 +149,4 @@ def rewrite_continuation(block: bytes, sent: Sent, state: dict[str, bool]) -> by
         out.append(sse_event(event))
     return b"".join(out)
 
-
-def error_event(message: str, code: int = 502) -> bytes:
-    payload = {"error": {"message": message, "type": "backend_error", "param": None, "code": code}}
-    return sse_event(payload) + SSE_DONE
 

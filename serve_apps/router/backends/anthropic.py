@@ -21,8 +21,9 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from serve_apps.router.backends import base
-from serve_apps.router.backends.base import Backend, BackendRequest, BackendResponse, BackendUnavailable, HTTPClient
+from serve_apps.router.backends import translate
+from serve_apps.router.backends.base import CHAT_PATH, Backend, BackendRequest, BackendResponse, BackendUnavailable
+from serve_apps.router.backends.http import HTTPClient, bearer_headers
 from serve_apps.router.config import BackendConfig
 
 FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
@@ -37,7 +38,7 @@ def to_anthropic(payload: dict[str, Any], default_max_tokens: int) -> tuple[dict
     messages: list[dict[str, Any]] = []
     for message in payload.get("messages") or []:
         role = message.get("role")
-        text = base.message_text(message.get("content"))
+        text = translate.message_text(message.get("content"))
         if role in ("system", "developer"):
             system.append(text)
         elif role in ("user", "assistant"):
@@ -57,7 +58,7 @@ def to_anthropic(payload: dict[str, Any], default_max_tokens: int) -> tuple[dict
     }
     if system:
         body["system"] = "\n\n".join(system)
-    stops = base.stop_list(payload.get("stop"))
+    stops = translate.stop_list(payload.get("stop"))
     if stops:
         body["stop_sequences"] = stops
     for key in ("temperature", "top_p", "top_k"):
@@ -73,7 +74,7 @@ def to_anthropic(payload: dict[str, Any], default_max_tokens: int) -> tuple[dict
 class AnthropicBackend(Backend):
     kind = "anthropic"
     can_resume = True  # prefill continues a trailing assistant message
-    paths = frozenset({base.CHAT_PATH})
+    paths = frozenset({CHAT_PATH})
 
     def __init__(self, config: BackendConfig) -> None:
         super().__init__(config)
@@ -91,7 +92,7 @@ class AnthropicBackend(Backend):
         try:
             body, trimmed = to_anthropic(payload, self.config.default_max_tokens)
         except ValueError as exc:
-            raise base.translation_refused(str(exc)) from None
+            raise translate.translation_refused(str(exc)) from None
         response = await self._client.send("POST", self.config.url + "/v1/messages", self._headers(), json.dumps(body).encode())
         if response.status != 200:
             return await self._error(response)
@@ -105,15 +106,15 @@ class AnthropicBackend(Backend):
             if trimmed and text.startswith(trimmed):
                 text = text[len(trimmed):]
             tokens = message.get("usage") or {}
-            completion = base.chat_completion(
+            completion = translate.chat_completion(
                 "chatcmpl-" + str(message.get("id", "")), model, text,
                 FINISH.get(message.get("stop_reason") or "end_turn", "stop"),
-                base.usage(int(tokens.get("input_tokens", 0)), int(tokens.get("output_tokens", 0))),
+                translate.usage(int(tokens.get("input_tokens", 0)), int(tokens.get("output_tokens", 0))),
             )
-            return base.json_response(200, completion)
+            return translate.json_response(200, completion)
         include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
         chunks = self._chunks(response, model, include_usage, trimmed)
-        return BackendResponse(200, [("content-type", "text/event-stream")], base.GeneratorStream(chunks, response.stream))
+        return translate.stream_response(chunks, response)
 
     async def _error(self, response: BackendResponse) -> BackendResponse:
         raw = await response.aread()
@@ -122,15 +123,13 @@ class AnthropicBackend(Backend):
         except (ValueError, AttributeError):
             error = {}
         message = error.get("message") or raw.decode(errors="replace")[:500]
-        headers = [("content-type", "application/json")] + [h for h in response.headers if h[0] == "retry-after"]
-        body = base.error_body(message, error.get("type") or "api_error", response.status)
-        return BackendResponse(response.status, headers, base.BytesStream(body))
+        return translate.error_response(response, message, error.get("type") or "api_error")
 
     async def _chunks(self, response: BackendResponse, model: str, include_usage: bool, trimmed: str) -> AsyncIterator[bytes]:
-        ident, created = base.completion_id(), 0
+        ident, created = translate.completion_id(), 0
         prompt_tokens = completion_tokens = 0
         finish: str | None = None
-        async for line in base.lines(response.stream):
+        async for line in translate.lines(response.stream):
             if not line.startswith(b"data:"):
                 continue  # "event:" names repeat the data's "type"; blank lines end events
             try:
@@ -143,24 +142,22 @@ class AnthropicBackend(Backend):
                 ident = "chatcmpl-" + str(message.get("id", ident))
                 created = int(time.time())
                 prompt_tokens = int((message.get("usage") or {}).get("input_tokens", 0))
-                yield base.chat_chunk(ident, created, model, {"role": "assistant", "content": ""})
+                yield translate.chat_chunk(ident, created, model, {"role": "assistant", "content": ""})
             elif kind == "content_block_delta":
                 delta = event.get("delta") or {}
                 text = delta.get("text") if delta.get("type") == "text_delta" else None
                 if text and trimmed:
                     text, trimmed = (text[len(trimmed):], "") if text.startswith(trimmed) else (text, "")
                 if text:
-                    yield base.chat_chunk(ident, created, model, {"content": text})
+                    yield translate.chat_chunk(ident, created, model, {"content": text})
             elif kind == "message_delta":
                 finish = FINISH.get((event.get("delta") or {}).get("stop_reason") or "end_turn", "stop")
                 completion_tokens = int((event.get("usage") or {}).get("output_tokens", completion_tokens))
-                yield base.chat_chunk(ident, created, model, {}, finish)
+                yield translate.chat_chunk(ident, created, model, {}, finish)
             elif kind == "message_stop":
                 if include_usage:
-                    yield base.sse_event({"id": ident, "object": "chat.completion.chunk", "created": created,
-                                          "model": model, "choices": [],
-                                          "usage": base.usage(prompt_tokens, completion_tokens)})
-                yield base.SSE_DONE
+                    yield translate.usage_chunk(ident, created, model, translate.usage(prompt_tokens, completion_tokens))
+                yield translate.SSE_DONE
                 return
             elif kind == "error":
                 raise BackendUnavailable("protocol", str((event.get("error") or {}).get("type", "error")))

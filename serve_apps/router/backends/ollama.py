@@ -15,8 +15,9 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from serve_apps.router.backends import base
-from serve_apps.router.backends.base import Backend, BackendRequest, BackendResponse, BackendUnavailable, HTTPClient
+from serve_apps.router.backends import translate
+from serve_apps.router.backends.base import CHAT_PATH, Backend, BackendRequest, BackendResponse, BackendUnavailable
+from serve_apps.router.backends.http import HTTPClient, bearer_headers
 from serve_apps.router.config import BackendConfig
 
 OPTION_KEYS = {"temperature": "temperature", "top_p": "top_p", "seed": "seed",
@@ -25,13 +26,13 @@ FINISH = {"stop": "stop", "length": "length", "load": "stop", "unload": "stop"}
 
 
 def to_ollama(payload: dict[str, Any]) -> dict[str, Any]:
-    messages = [{"role": m.get("role", "user"), "content": base.message_text(m.get("content"))}
+    messages = [{"role": m.get("role", "user"), "content": translate.message_text(m.get("content"))}
                 for m in payload.get("messages") or []]
     options = {ours: payload[theirs] for theirs, ours in OPTION_KEYS.items() if payload.get(theirs) is not None}
     max_tokens = payload.get("max_completion_tokens") or payload.get("max_tokens")
     if max_tokens is not None:
         options["num_predict"] = max_tokens
-    stops = base.stop_list(payload.get("stop"))
+    stops = translate.stop_list(payload.get("stop"))
     if stops:
         options["stop"] = stops
     body: dict[str, Any] = {"model": payload.get("model"), "messages": messages,
@@ -42,24 +43,24 @@ def to_ollama(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def _usage(answer: dict[str, Any]) -> dict[str, int]:
-    return base.usage(int(answer.get("prompt_eval_count") or 0), int(answer.get("eval_count") or 0))
+    return translate.usage(int(answer.get("prompt_eval_count") or 0), int(answer.get("eval_count") or 0))
 
 
 class OllamaBackend(Backend):
     kind = "ollama"
-    paths = frozenset({base.CHAT_PATH})
+    paths = frozenset({CHAT_PATH})
 
     def __init__(self, config: BackendConfig) -> None:
         super().__init__(config)
         self._client = HTTPClient(config)
-        self._headers = base.bearer_headers(lambda: config.api_key.resolve() if config.api_key else None)
+        self._headers = bearer_headers(lambda: config.api_key.resolve() if config.api_key else None)
 
     async def send(self, request: BackendRequest) -> BackendResponse:
         payload = request.payload or {}
         try:
             body = to_ollama(payload)
         except ValueError as exc:
-            raise base.translation_refused(str(exc)) from None
+            raise translate.translation_refused(str(exc)) from None
         response = await self._client.send("POST", self.config.url + "/api/chat", self._headers, json.dumps(body).encode())
         if response.status != 200:
             return await self._error(response)
@@ -68,13 +69,13 @@ class OllamaBackend(Backend):
                 answer = json.loads(await response.aread())
             except ValueError:
                 raise BackendUnavailable("protocol", "invalid JSON from backend") from None
-            completion = base.chat_completion(base.completion_id(), payload.get("model") or answer.get("model", ""),
+            completion = translate.chat_completion(translate.completion_id(), payload.get("model") or answer.get("model", ""),
                                               answer.get("message", {}).get("content", ""),
                                               FINISH.get(answer.get("done_reason", "stop"), "stop"), _usage(answer))
-            return base.json_response(200, completion)
+            return translate.json_response(200, completion)
         include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
         translated = self._chunks(response, payload.get("model") or "", include_usage)
-        return BackendResponse(200, [("content-type", "text/event-stream")], base.GeneratorStream(translated, response.stream))
+        return translate.stream_response(translated, response)
 
     async def _error(self, response: BackendResponse) -> BackendResponse:
         raw = await response.aread()
@@ -82,19 +83,18 @@ class OllamaBackend(Backend):
             message = json.loads(raw).get("error") or raw.decode(errors="replace")
         except ValueError:
             message = raw.decode(errors="replace")
-        headers = [("content-type", "application/json")] + [h for h in response.headers if h[0] == "retry-after"]
         type_ = "invalid_request_error" if response.status < 500 else "server_error"
-        return BackendResponse(response.status, headers, base.BytesStream(base.error_body(str(message), type_, response.status)))
+        return translate.error_response(response, str(message), type_)
 
     async def _chunks(self, response: BackendResponse, model: str, include_usage: bool) -> AsyncIterator[bytes]:
-        ident, created = base.completion_id(), int(time.time())
+        ident, created = translate.completion_id(), int(time.time())
         started = False  # the role chunk waits for Ollama's first line: until then a failure stays invisible
-        async for line in base.lines(response.stream):
+        async for line in translate.lines(response.stream):
             if not line.strip():
                 continue
             if not started:
                 started = True
-                yield base.chat_chunk(ident, created, model, {"role": "assistant", "content": ""})
+                yield translate.chat_chunk(ident, created, model, {"role": "assistant", "content": ""})
             try:
                 item = json.loads(line)
             except ValueError:
@@ -103,14 +103,13 @@ class OllamaBackend(Backend):
                 raise BackendUnavailable("protocol", "error line in stream")
             text = (item.get("message") or {}).get("content")
             if text:
-                yield base.chat_chunk(ident, created, model, {"content": text})
+                yield translate.chat_chunk(ident, created, model, {"content": text})
             if item.get("done"):
                 finish = FINISH.get(item.get("done_reason", "stop"), "stop")
-                yield base.chat_chunk(ident, created, model, {}, finish)
+                yield translate.chat_chunk(ident, created, model, {}, finish)
                 if include_usage:
-                    yield base.sse_event({"id": ident, "object": "chat.completion.chunk", "created": created,
-                                          "model": model, "choices": [], "usage": _usage(item)})
-                yield base.SSE_DONE
+                    yield translate.usage_chunk(ident, created, model, _usage(item))
+                yield translate.SSE_DONE
                 return
         raise BackendUnavailable("disconnect", "stream ended before done")
 

@@ -7,7 +7,8 @@ mid-stream resume targets unless ``resume_on_failure: false``.
 
 from __future__ import annotations
 
-from serve_apps.router.backends.base import Backend, BackendRequest, BackendResponse, HTTPClient, bearer_headers
+from serve_apps.router.backends.base import Backend, BackendRequest, BackendResponse
+from serve_apps.router.backends.http import HTTPClient, bearer_headers
 from serve_apps.router.config import BackendConfig
 
 

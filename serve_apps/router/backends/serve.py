@@ -27,8 +27,9 @@ from serve_apps.router.backends.base import (
     BackendResponse,
     BackendUnavailable,
     ByteStream,
-    HTTPClient,
+    IdleStream,
 )
+from serve_apps.router.backends.http import HTTPClient
 from serve_apps.router.config import BackendConfig
 
 FORWARD_HEADERS = [("content-type", "application/json")]
@@ -41,26 +42,22 @@ def _is_transport_error(exc: BaseException) -> bool:
     return module.startswith("ray") or isinstance(exc, (ConnectionError, OSError))
 
 
-class HandleStream(ByteStream):
-    def __init__(self, generator: Any, idle: float) -> None:
-        self._generator = generator
-        self._idle = idle
+class HandleStream(IdleStream):
+    """Body items of a streaming DeploymentHandle call."""
 
-    async def _iterate(self) -> AsyncIterator[bytes]:
-        while True:
-            try:
-                async with asyncio.timeout(self._idle):
-                    item = await self._generator.__anext__()
-            except StopAsyncIteration:
-                return
-            except TimeoutError:
-                raise BackendUnavailable("timeout", "no data within idle timeout") from None
-            except Exception as exc:
-                if not _is_transport_error(exc):
-                    raise
-                raise BackendUnavailable("disconnect", type(exc).__name__) from None
-            if item:
-                yield item
+    def __init__(self, generator: Any, idle: float) -> None:
+        super().__init__(idle)
+        self._generator = generator
+
+    async def _read(self) -> bytes | None:
+        try:
+            async with asyncio.timeout(self._idle):
+                return await self._generator.__anext__()
+        except StopAsyncIteration:
+            return None
+
+    def _broken(self, exc: Exception) -> str | None:
+        return type(exc).__name__ if _is_transport_error(exc) else None
 
     async def aclose(self) -> None:
         self._generator.cancel()

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from serve_apps.router.app import parse_router_args
+from serve_apps.checks import parse_router_args
 from serve_apps.router.backends.anthropic import to_anthropic
 from serve_apps.router.backends.base import BackendResponse, BackendUnavailable, BytesStream, ByteStream
 from serve_apps.router.backends.ollama import to_ollama

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from serve_apps.router.wire import WireError, WirePool
+from serve_apps.router.backends.wire import WireError, WirePool
 from tests.serve_apps.router.conftest import FakeBackend
 from tests.serve_apps.router.helpers import chat_body, expected_text
 
