@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from serve_apps.openai_format import SSE_DONE, error_body, error_event
@@ -26,6 +27,7 @@ from serve_apps.router.backends.base import (
 )
 from serve_apps.router.config import RouterConfig
 from serve_apps.router.health import CircuitBreaker, HealthMonitor
+from serve_apps.router.lease import Lease
 from serve_apps.router.metrics import RouterMetrics
 from serve_apps.router.pool import BackendPool, BackendState, Route, UnknownBackend
 
@@ -120,7 +122,8 @@ class Router:
         stream = bool(payload.get("stream"))
         attempt = Attempt()
         for route in routes[: self.config.max_attempts]:
-            reply = await self._try(route, path, raw, payload, model, body_backend is not None, stream, attempt)
+            body, routed = self._body_for(route, raw, payload, model, body_backend is not None)
+            reply = await self._try(route, BackendRequest("POST", path, body, routed, stream), model, attempt)
             if reply is not None:
                 return reply
         return self._exhausted(attempt)
@@ -132,55 +135,40 @@ class Router:
             payload = {**payload, "model": route.model}
         return json.dumps(payload).encode(), payload
 
-    async def _try(self, route: Route, path: str, raw: bytes, payload: dict[str, Any], model: str | None,
-                   modified: bool, stream: bool, attempt: Attempt) -> Reply | None:
+    def _lease(self, route: Route, attempt: Attempt) -> Lease:
+        return Lease(route.state, self.metrics, partial(self._failed, attempt))
+
+    async def _try(self, route: Route, request: BackendRequest, model: str | None, attempt: Attempt) -> Reply | None:
+        """One attempt; None means "try the next candidate" (the failure is noted in ``attempt``)."""
         state = route.state
-        state.breaker.acquire()
-        body, routed = self._body_for(route, raw, payload, model, modified)
-        request = BackendRequest("POST", path, body, routed, stream)
-        started = time.perf_counter()
-        state.outstanding += 1
-        handed_over = recorded = False
-        response: BackendResponse | None = None
+        lease = self._lease(route, attempt)
         try:
-            response = await state.backend.send(request)
+            lease.response = response = await state.backend.send(request)
             if response.status in BACKEND_FAULT_4XX or response.status >= 500:
-                await response.aclose()
-                recorded = True
-                self._failed(state, attempt, str(response.status), response)
+                await lease.fail(str(response.status))
                 return None
-            if stream and response.status == 200:
+            if request.stream and response.status == 200:
                 first = await _first_chunk(response)
-                self.metrics.first_byte(state.name, time.perf_counter() - started)
-                handed_over = True
-                relay = self._relay(route, response, first, path, routed, model, started, attempt)
+                self.metrics.first_byte(state.name, time.perf_counter() - lease.started)
+                relay = self._relay(lease, first, request, model, attempt)
+                lease = None  # the relay owns it now
                 return Reply(200, SSE_HEADERS + self._meta(state, attempt), relay)
             data = await response.aread()
-            recorded = True
+            await lease.succeed(response.status)
         except BackendUnavailable as exc:
-            recorded = True
-            if response is not None:
-                await response.aclose()
             if exc.reason == UNSUPPORTED:
                 attempt.unsupported.append(f"{state.name}: {exc}")
-            self._failed(state, attempt, exc.reason)
+            await lease.fail(exc.reason)  # type: ignore[union-attr] - only None after the return above
             return None
         finally:
-            if not handed_over:
-                state.outstanding -= 1
-                if not recorded:
-                    state.breaker.release()
-                    if response is not None:
-                        await response.aclose()
-        latency = time.perf_counter() - started
-        state.record(True, latency)
-        self.metrics.request(state.name, response.status, latency)
+            if lease is not None:
+                await lease.abandon()  # no-op after a verdict; frees the slot if cancelled
         headers = [(k.encode(), v.encode()) for k, v in response.headers if k == "content-type"] or JSON_HEADERS
         if response.status == 200 and data[:1] == b"{":
             data = _tag_backend(data, state.name)
         return Reply(response.status, headers + self._meta(state, attempt), data)
 
-    def _failed(self, state: BackendState, attempt: Attempt, reason: str, response: BackendResponse | None = None) -> None:
+    def _failed(self, attempt: Attempt, state: BackendState, reason: str, response: BackendResponse | None = None) -> None:
         attempt.reasons.append(f"{state.name}: {reason}")
         if reason == UNSUPPORTED:  # the request, not the backend: no breaker charge, no fallback note
             state.breaker.release()
@@ -217,35 +205,30 @@ class Router:
 
     # ------------------------------------------------------------------ streaming
 
-    async def _relay(self, route: Route, response: BackendResponse, first: bytes, path: str,
-                     payload: dict[str, Any], model: str | None, started: float, attempt: Attempt) -> AsyncIterator[bytes]:
-        """Relay a stream; on a break, continue it elsewhere (see ``streaming``). ``payload`` is the
+    async def _relay(self, lease: Lease, first: bytes, request: BackendRequest, model: str | None,
+                     attempt: Attempt) -> AsyncIterator[bytes]:
+        """Relay a stream; on a break, continue it elsewhere (see ``streaming``). ``request`` is the
         request as first sent; every continuation is built from it and *all* text sent so far."""
-        state = route.state
+        path, payload = request.path, request.payload or {}
         sent_blocks: list[bytes] | None = [] if streaming.resumable(payload, path) else None
         resumed: streaming.Sent | None = None
         rewrite_state: dict[str, bool] = {}
-        outcome: bool | None = None
         try:
             while True:
+                name = lease.state.name
                 try:
-                    async for block in streaming.event_blocks(first, response):
+                    async for block in streaming.event_blocks(first, lease.response):  # type: ignore[arg-type]
                         if resumed is not None:
                             block = streaming.rewrite_continuation(block, resumed, rewrite_state)
                         if sent_blocks is not None:
                             sent_blocks.append(block)
                         yield block
-                    outcome = True
-                    latency = time.perf_counter() - started
-                    state.record(True, latency)
-                    self.metrics.request(state.name, 200, latency)
+                    await lease.succeed(200)
                     return
                 except BackendUnavailable as exc:
-                    await response.aclose()
-                    self._failed(state, attempt, exc.reason)
-                    outcome = False
+                    await lease.fail(exc.reason)
                 if sent_blocks is None:
-                    yield error_event(f"backend {state.name} failed mid-stream and the request cannot be resumed")
+                    yield error_event(f"backend {name} failed mid-stream and the request cannot be resumed")
                     return
                 sent = streaming.summarise(sent_blocks, path)
                 if sent.done:
@@ -258,27 +241,19 @@ class Router:
                 if new_payload is None:
                     yield error_event("backend failed after the token budget was spent", 502)
                     return
-                opened = await self._open_resume(new_payload, model, path, set(attempt.failed), state.name,
+                opened = await self._open_resume(new_payload, model, path, set(attempt.failed), name,
                                                  need_resume=bool(sent.text))
                 if opened is None:
-                    yield error_event(f"backend {state.name} failed mid-stream and no backend could resume it")
+                    yield error_event(f"backend {name} failed mid-stream and no backend could resume it")
                     return
-                state.outstanding -= 1
-                route, response, first = opened
-                state = route.state
-                state.outstanding += 1
-                outcome = None
-                started = time.perf_counter()
+                lease, first = opened
                 resumed, rewrite_state = sent, {}
-                yield f": resumed on {state.name} after {len(sent.text)} chars\n\n".encode()
+                yield f": resumed on {lease.state.name} after {len(sent.text)} chars\n\n".encode()
         finally:
-            state.outstanding -= 1
-            if outcome is None:
-                state.breaker.release()
-                await response.aclose()
+            await lease.abandon()  # no-op after a verdict; the client went away otherwise
 
     async def _open_resume(self, payload: dict[str, Any], model: str | None, path: str, failed: set[str], source: str,
-                           need_resume: bool = True) -> tuple[Route, BackendResponse, bytes] | None:
+                           need_resume: bool = True) -> tuple[Lease, bytes] | None:
         """Find a backend that takes the continuation and has produced its first bytes."""
         for route in self.pool.plan(model, path):
             state = route.state
@@ -288,21 +263,23 @@ class Router:
             if route.model is not None:
                 body["model"] = route.model
             request = BackendRequest("POST", path, json.dumps(body).encode(), body, True)
-            state.breaker.acquire()
+            lease = self._lease(route, Attempt())
             try:
-                response = await state.backend.send(request)
+                lease.response = response = await state.backend.send(request)
                 if response.status != 200:
-                    await response.aclose()
-                    self._failed(state, Attempt(), str(response.status), response)
+                    await lease.fail(str(response.status))
                     failed.add(state.name)
                     continue
                 first = await _first_chunk(response)
             except BackendUnavailable as exc:
-                self._failed(state, Attempt(), exc.reason)
+                await lease.fail(exc.reason)  # closes the response that never produced a first chunk
                 failed.add(state.name)
                 continue
+            except BaseException:
+                await lease.abandon()
+                raise
             self.metrics.resume(source, state.name)
-            return route, response, first
+            return lease, first
         return None
 
     # ------------------------------------------------------------------ read-only endpoints
