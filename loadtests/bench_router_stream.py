@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from bench_router_lib import ROOT, Connection, LocalCluster, free_port, split_url, stop_on_sigterm, wait_http, write_result
+from launchers.polling import PollTimeout, poll_until
 
 
 async def streams(url: str, concurrency: int, tokens: int, headers: dict[str, str] | None) -> dict:
@@ -57,8 +58,7 @@ async def streams(url: str, concurrency: int, tokens: int, headers: dict[str, st
 
 def _engine_endpoint(router: str, timeout: float) -> str:
     """The engine worker's own port, as the router learned it (``/v1/backends``), once it generates."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def published() -> str | None:
         try:
             with urllib.request.urlopen(router + "/v1/backends", timeout=5) as response:
                 data = {b["name"]: b for b in json.loads(response.read())["data"]}
@@ -68,8 +68,12 @@ def _engine_endpoint(router: str, timeout: float) -> str:
                 return endpoints[0]
         except (OSError, KeyError, TimeoutError):
             pass
-        time.sleep(1)
-    raise TimeoutError("the engine worker never published an endpoint")
+        return None
+
+    try:
+        return poll_until(published, timeout, 1.0)
+    except PollTimeout:
+        raise TimeoutError("the engine worker never published an endpoint") from None
 
 
 def main() -> None:
