@@ -16,7 +16,7 @@ from serve_apps.checks import parse_router_args
 from serve_apps.listener import Listener, start_listener
 from serve_apps.router.asgi import RouterASGI
 from serve_apps.router.backends import create_backend
-from serve_apps.router.config import BackendConfig, BackendModel, ListenAddress, RouterAppArgs, RouterConfig
+from serve_apps.router.config import BackendConfig, BackendModel, ListenAddress, RouterConfig
 from serve_apps.router.router import Router
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from serve_apps.router.backends import translate
 from serve_apps.router.backends.base import CHAT_PATH, Backend, BackendRequest, BackendResponse, BackendUnavailable
-from serve_apps.router.backends.http import HTTPClient, bearer_headers
+from serve_apps.router.backends.http import HTTPClient
 from serve_apps.router.config import BackendConfig
 
 FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
