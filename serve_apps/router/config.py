@@ -9,37 +9,16 @@ reprs can be logged and committed safely.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
 
 from serve_apps.config import EngineConfig
+from serve_apps.matrix.config import MatrixConfig
+from serve_apps.secrets import SecretRef
 from serve_apps.validation import StrictModel
 
 BackendKind = Literal["serve", "openai", "ollama", "anthropic"]
-
-
-class SecretRef(StrictModel):
-    """Where a secret lives: an environment variable or a file (first non-empty wins)."""
-
-    env: str | None = None
-    file: Path | None = None
-
-    def resolve(self) -> str | None:
-        if self.env and os.environ.get(self.env, "").strip():
-            return os.environ[self.env].strip()
-        if self.file is not None:
-            path = self.file.expanduser()
-            if path.is_file():
-                return path.read_text().strip() or None
-        return None
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "SecretRef":
-        if not self.env and self.file is None:
-            raise ValueError("give env or file")
-        return self
 
 
 class Timeouts(StrictModel):
@@ -188,6 +167,7 @@ class RouterAppArgs(RouterConfig):
 
     engines: list[EngineConfig] = Field(default_factory=list)
     router: RouterDeploymentOptions = Field(default_factory=RouterDeploymentOptions)
+    matrix: MatrixConfig | None = Field(None, description="a Matrix chat bot answering through this router")
 
     @model_validator(mode="after")
     def _engines_exist(self) -> "RouterAppArgs":

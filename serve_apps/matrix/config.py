@@ -1,0 +1,113 @@
+"""Pydantic models for the ``matrix:`` section of the router app's args.
+
+Credentials are references (``SecretRef``: an env var or a file), never values, so the config, its
+repr and the logs stay safe to share. Allow-lists default to empty: nobody can use the bot until they
+are configured.
+"""
+
+from __future__ import annotations
+
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from serve_apps.validation import StrictModel
+from serve_apps.secrets import SecretRef
+
+
+class AllowList(StrictModel):
+    """Who may use the bot. ``users`` holds Matrix IDs or glob patterns: ``@alice:example.org``,
+    ``*:example.org`` (a whole server). ``rooms`` holds room IDs or patterns; empty = any room an
+    allowed user invites the bot to."""
+
+    users: list[str] = Field(default_factory=list)
+    rooms: list[str] = Field(default_factory=list)
+
+    def user_allowed(self, user_id: str) -> bool:
+        return any(fnmatchcase(user_id, pattern) for pattern in self.users)
+
+    def room_allowed(self, room_id: str) -> bool:
+        return not self.rooms or any(fnmatchcase(room_id, pattern) for pattern in self.rooms)
+
+    @model_validator(mode="after")
+    def _patterns(self) -> "AllowList":
+        for pattern in self.users:
+            if not pattern.startswith(("@", "*")) or ":" not in pattern:
+                raise ValueError(f"users: {pattern!r} is neither a user ID (@name:server) nor a pattern (*:server)")
+        for pattern in self.rooms:
+            if not pattern.startswith(("!", "*")):
+                raise ValueError(f"rooms: {pattern!r} is not a room ID (!id:server) or pattern")
+        return self
+
+
+class RateLimit(StrictModel):
+    """Per-user limit: at most ``requests`` commands in any ``per_seconds`` window."""
+
+    requests: int = Field(10, ge=1)
+    per_seconds: float = Field(60.0, gt=0)
+
+
+class StreamingConfig(StrictModel):
+    """Replies are posted at the first tokens and edited as tokens arrive (``m.replace``)."""
+
+    edit_interval: float = Field(1.5, ge=0.2, description="seconds between edits of one reply (rate limits)")
+    max_edits: int = Field(60, ge=0, description="edits per reply part; the final edit always goes out")
+    max_message_chars: int = Field(
+        16000, ge=500, le=30000,
+        description="split longer answers into several messages (Matrix events are capped at 64 KiB)")
+
+
+class SyncConfig(StrictModel):
+    timeout_ms: int = Field(30000, ge=0, description="long-poll time of one /sync")
+    backoff_initial: float = Field(1.0, gt=0)
+    backoff_max: float = Field(30.0, gt=0, description="cap of the reconnect backoff when the homeserver is down")
+    max_rate_limited: int = Field(3, ge=0, description="429 retries per request before giving up (nio: forever)")
+    max_timeouts: int = Field(2, ge=0, description="connection-error retries inside one request")
+    stale_after: float = Field(300.0, gt=0, description="health check fails when the loop made no progress this long")
+
+
+class LeaseConfig(StrictModel):
+    """Leader election between replicas: only the lease holder syncs and answers."""
+
+    ttl: float = Field(10.0, gt=0, description="a dead holder's lease expires after this")
+    renew_every: float = Field(2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _renew_before_expiry(self) -> "LeaseConfig":
+        if self.renew_every * 2 > self.ttl:
+            raise ValueError("renew_every must be at most half of ttl")
+        return self
+
+
+class MatrixConfig(StrictModel):
+    homeserver: str = Field(pattern=r"^https?://", description="client-server API base URL")
+    user_id: str = Field(pattern=r"^@[^:]+:.+$", description="the bot's Matrix ID, e.g. @infer-bot:example.org")
+    access_token: SecretRef | None = Field(None, description="the bot's access token (env var or file)")
+    password: SecretRef | None = Field(None, description="password login; the token is stored in store_path")
+    device_id: str | None = Field(None, description="with access_token: its device (looked up if unset)")
+    device_name: str = "ray-serve-cai bot"
+    store_path: Path = Field(description="sync token, login session and E2EE keys persist here (shared by replicas)")
+    encryption: bool = Field(False, description="answer in encrypted rooms (matrix-nio[e2e])")
+    allow: AllowList = Field(default_factory=AllowList)
+    rate_limit: RateLimit = Field(default_factory=RateLimit)
+    streaming: StreamingConfig = Field(default_factory=StreamingConfig)
+    sync: SyncConfig = Field(default_factory=SyncConfig)
+    lease: LeaseConfig = Field(default_factory=LeaseConfig)
+    command_prefix: str = Field("!", min_length=1, max_length=4)
+    model: str | None = Field(None, description="model asked for when a command names none (default: the first served)")
+    max_tokens: int = Field(256, ge=1, description="default max_tokens of !infer")
+    max_tokens_limit: int = Field(2048, ge=1, description="largest --max-tokens a user may ask for")
+    context_tokens: int = Field(2048, ge=0, description="token budget of a thread's earlier turns sent as context")
+    system_prompt: str | None = None
+    num_replicas: int = Field(1, ge=1, description="replicas of the bot deployment; one holds the lease")
+    num_cpus: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _credentials(self) -> "MatrixConfig":
+        if (self.access_token is None) == (self.password is None):
+            raise ValueError("give exactly one of access_token or password (as env/file references)")
+        if self.max_tokens > self.max_tokens_limit:
+            raise ValueError("max_tokens must not exceed max_tokens_limit")
+        self.homeserver = self.homeserver.rstrip("/")
+        return self
