@@ -9,11 +9,24 @@ from __future__ import annotations
 
 from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from serve_apps.validation import StrictModel
 from serve_apps.secrets import SecretRef
+
+
+def _user_pattern(pattern: str) -> str:
+    if not pattern.startswith(("@", "*")) or ":" not in pattern:
+        raise ValueError(f"{pattern!r} is neither a user ID (@name:server) nor a pattern (*:server)")
+    return pattern
+
+
+def _room_pattern(pattern: str) -> str:
+    if not pattern.startswith(("!", "*")):
+        raise ValueError(f"{pattern!r} is not a room ID (!id:server) or a pattern of room IDs")
+    return pattern
 
 
 class AllowList(StrictModel):
@@ -21,24 +34,14 @@ class AllowList(StrictModel):
     ``*:example.org`` (a whole server). ``rooms`` holds room IDs or patterns; empty = any room an
     allowed user invites the bot to."""
 
-    users: list[str] = Field(default_factory=list)
-    rooms: list[str] = Field(default_factory=list)
+    users: list[Annotated[str, AfterValidator(_user_pattern)]] = Field(default_factory=list)
+    rooms: list[Annotated[str, AfterValidator(_room_pattern)]] = Field(default_factory=list)
 
     def user_allowed(self, user_id: str) -> bool:
         return any(fnmatchcase(user_id, pattern) for pattern in self.users)
 
     def room_allowed(self, room_id: str) -> bool:
         return not self.rooms or any(fnmatchcase(room_id, pattern) for pattern in self.rooms)
-
-    @model_validator(mode="after")
-    def _patterns(self) -> "AllowList":
-        for pattern in self.users:
-            if not pattern.startswith(("@", "*")) or ":" not in pattern:
-                raise ValueError(f"users: {pattern!r} is neither a user ID (@name:server) nor a pattern (*:server)")
-        for pattern in self.rooms:
-            if not pattern.startswith(("!", "*")):
-                raise ValueError(f"rooms: {pattern!r} is not a room ID (!id:server) or pattern")
-        return self
 
 
 class RateLimit(StrictModel):
@@ -68,16 +71,11 @@ class SyncConfig(StrictModel):
 
 
 class LeaseConfig(StrictModel):
-    """Leader election between replicas: only the lease holder syncs and answers."""
+    """Leader election between replicas: only the lease holder syncs and answers. The lease dies with
+    its holder's process; followers look for a free lease every ``check_every`` seconds, which bounds
+    the take-over time."""
 
-    ttl: float = Field(10.0, gt=0, description="a dead holder's lease expires after this")
-    renew_every: float = Field(2.0, gt=0)
-
-    @model_validator(mode="after")
-    def _renew_before_expiry(self) -> "LeaseConfig":
-        if self.renew_every * 2 > self.ttl:
-            raise ValueError("renew_every must be at most half of ttl")
-        return self
+    check_every: float = Field(2.0, gt=0)
 
 
 class MatrixConfig(StrictModel):
@@ -100,6 +98,8 @@ class MatrixConfig(StrictModel):
     max_tokens_limit: int = Field(2048, ge=1, description="largest --max-tokens a user may ask for")
     context_tokens: int = Field(2048, ge=0, description="token budget of a thread's earlier turns sent as context")
     system_prompt: str | None = None
+    request_defaults: dict[str, Any] = Field(
+        default_factory=dict, description="extra fields of every chat request, e.g. temperature or top_p")
     num_replicas: int = Field(1, ge=1, description="replicas of the bot deployment; one holds the lease")
     num_cpus: float = Field(0.0, ge=0)
 

@@ -32,7 +32,7 @@ class MatrixInferenceBot:
         router = serve.get_deployment_handle(router_deployment, app_name=context.app_name)
         self.inference = RouterClient(router)
         holder = f"{context.replica_id.unique_id}@{os.getpid()}"
-        self.lease = Lease(lease_name(context.app_name, self.config.user_id), holder, self.config.lease.renew_every)
+        self.lease = Lease(lease_name(context.app_name, self.config.user_id), holder, self.config.lease.check_every)
         self.bot: MatrixBot | None = None
         self._task = asyncio.create_task(self._run())
 
@@ -40,13 +40,13 @@ class MatrixInferenceBot:
         """Follower: try for the lease now and then. Leader: run the bot until the lease is lost."""
         while True:
             if not await self.lease.try_acquire():
-                await asyncio.sleep(self.config.lease.renew_every)
+                await asyncio.sleep(self.config.lease.check_every)
                 continue
             self.bot = MatrixBot(self.config, self.inference)
             bot_task = asyncio.create_task(self.bot.run())
             try:
                 while await self.lease.still_held() and not bot_task.done():
-                    await asyncio.sleep(self.config.lease.renew_every)
+                    await asyncio.sleep(self.config.lease.check_every)
             finally:
                 bot_task.cancel()
                 await asyncio.gather(bot_task, return_exceptions=True)

@@ -13,7 +13,7 @@ from typing import Any
 from serve_apps.matrix.commands import Command, help_text
 from serve_apps.matrix.config import MatrixConfig
 from serve_apps.matrix.inference import Inference, InferenceError
-from serve_apps.matrix.replies import ReplyStream, SendFn, thread_relation, txn_id
+from serve_apps.matrix.replies import DONE_KEY, USAGE_KEY, ReplyStream, SendFn, thread_relation, txn_id
 from serve_apps.matrix.store import BotStore
 
 logger = logging.getLogger("ray.serve")
@@ -67,14 +67,15 @@ class CommandHandler:
             self.store.mark_answered(origin.event_id)
 
     async def say(self, origin: Origin, text: str, role: str = "part-0") -> None:
-        content = {"msgtype": "m.notice", "body": text,
+        content = {"msgtype": "m.notice", "body": text, DONE_KEY: True,
                    "m.relates_to": thread_relation(origin.thread_root, origin.event_id)}
         await self.send(origin.room_id, "m.room.message", content, txn_id(origin.event_id, role))
 
     async def _infer(self, command: Command, origin: Origin, request_id: str) -> None:
         model = command.model or self._default_model or await self._first_model()
-        body: dict[str, Any] = {"model": model, "messages": self._messages(origin.thread_root, command.prompt),
-                                "max_tokens": command.max_tokens or self.config.max_tokens}
+        body: dict[str, Any] = {**self.config.request_defaults, "model": model, "messages": self._messages(origin.thread_root, command.prompt),
+                                "max_tokens": command.max_tokens or self.config.max_tokens,
+                                "stream_options": {"include_usage": True}}
         logger.info("matrix bot [%s] !infer from %s in %s (model %s, backend %s)", request_id, origin.sender,
                     origin.room_id, model, command.backend or "any")
         await self._typing(origin.room_id, True)
@@ -87,7 +88,8 @@ class CommandHandler:
             async for delta in generation.deltas():
                 text += delta
                 await stream.update(_tagged(generation.backend, text))
-            await stream.finish(_tagged(generation.backend, text or "(empty answer)"))
+            extra = {USAGE_KEY: generation.usage} if generation.usage else {}
+            await stream.finish(_tagged(generation.backend, text or "(empty answer)"), **extra)
         finally:
             await self._typing(origin.room_id, False)
         self.store.add_turn(origin.thread_root, command.prompt, text, self.config.context_tokens * CHARS_PER_TOKEN)

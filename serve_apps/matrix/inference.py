@@ -33,6 +33,7 @@ class Generation:
     chunks: AsyncIterator[Any]
     resumed_from: list[str] = field(default_factory=list)
     finish_reason: str | None = None
+    usage: dict[str, int] | None = None
 
     async def deltas(self) -> AsyncIterator[str]:
         buffer = b""
@@ -64,7 +65,9 @@ class Generation:
                 error = payload["error"]
                 code = error.get("code")
                 raise InferenceError(code if isinstance(code, int) else 502, str(error.get("message", "stream failed")))
-            for choice in payload.get("choices", []):
+            if payload.get("usage"):
+                self.usage = payload["usage"]
+            for choice in payload.get("choices") or []:
                 text.append((choice.get("delta") or {}).get("content") or "")
                 self.finish_reason = choice.get("finish_reason") or self.finish_reason
         return "".join(text)

@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 logger = logging.getLogger("ray.serve")
+# Set on the final version of every reply message, so clients (and tests) know an answer is complete.
+DONE_KEY = "io.github.ray_serve_cai.done"
+USAGE_KEY = "io.github.ray_serve_cai.usage"  # token usage of the answer, on its final version
 # room_id, event type, content, transaction id -> event id (None: gave up)
 SendFn = Callable[[str, str, dict[str, Any], str], Awaitable[str | None]]
 
@@ -48,6 +51,7 @@ def thread_relation(thread_root: str, reply_to: str) -> dict[str, Any]:
 class _Part:
     event_id: str
     sent: str
+    done: bool
     edits: int = 0
 
 
@@ -64,6 +68,7 @@ class ReplyStream:
     max_chars: int
     clock: Callable[[], float] = time.monotonic
     parts: list[_Part] = field(default_factory=list)
+    final_fields: dict[str, Any] = field(default_factory=dict)  # added to the final version's content
     _last_edit: float = float("-inf")
 
     async def update(self, text: str) -> None:
@@ -75,8 +80,9 @@ class ReplyStream:
         elif self.clock() - self._last_edit >= self.edit_interval and self.parts[-1].edits < self.max_edits:
             await self._sync(pieces, final=False)
 
-    async def finish(self, text: str) -> list[str]:
+    async def finish(self, text: str, **final_fields: Any) -> list[str]:
         """Final edit(s); returns the event IDs of the reply's messages."""
+        self.final_fields = final_fields
         await self._sync(split_text(text, self.max_chars), final=True)
         return [part.event_id for part in self.parts]
 
@@ -85,29 +91,32 @@ class ReplyStream:
             if index >= len(self.parts):
                 content = {"msgtype": "m.text", "body": piece,
                            "m.relates_to": thread_relation(self.thread_root, self.command_event_id)}
+                if final:
+                    content.update({DONE_KEY: True, **self.final_fields})
                 event_id = await self.send(self.room_id, "m.room.message", content,
                                            txn_id(self.command_event_id, f"part-{index}"))
                 if event_id is None:
                     raise ConnectionError("could not post the reply")
-                self.parts.append(_Part(event_id, piece))
+                self.parts.append(_Part(event_id, piece, final))
                 self._last_edit = self.clock()
                 continue
             part = self.parts[index]
-            if part.sent == piece:
+            if part.sent == piece and (part.done or not final):
                 continue
-            last = index == len(pieces) - 1
-            if not final and last and (part.edits >= self.max_edits):
+            if not final and index == len(pieces) - 1 and part.edits >= self.max_edits:
                 continue
-            await self._edit(part, piece, index)
+            await self._edit(part, piece, index, final)
 
-    async def _edit(self, part: _Part, text: str, index: int) -> None:
+    async def _edit(self, part: _Part, text: str, index: int, final: bool) -> None:
         part.edits += 1
-        content = {"msgtype": "m.text", "body": "* " + text,
-                   "m.new_content": {"msgtype": "m.text", "body": text},
+        new_content: dict[str, Any] = {"msgtype": "m.text", "body": text}
+        if final:
+            new_content.update({DONE_KEY: True, **self.final_fields})
+        content = {"msgtype": "m.text", "body": "* " + text, "m.new_content": new_content,
                    "m.relates_to": {"rel_type": "m.replace", "event_id": part.event_id}}
         if await self.send(self.room_id, "m.room.message", content,
                            txn_id(self.command_event_id, f"part-{index}-edit-{part.edits}")) is not None:
-            part.sent = text
+            part.sent, part.done = text, final
         self._last_edit = self.clock()
 
 

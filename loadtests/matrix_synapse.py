@@ -1,5 +1,6 @@
-"""A real Synapse homeserver for tests: one process on 127.0.0.1, sqlite in a temp dir, started from
-the venv that ``scripts/setup-test-services.sh`` builds (Synapse is AGPL: run, never imported)."""
+"""A real Synapse homeserver for the Matrix bot tests and benchmark: one process on 127.0.0.1, sqlite in a
+temp dir, started from the venv that ``scripts/setup-test-services.sh`` builds (Synapse is AGPL: run,
+never imported)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import yaml
 
 from launchers.local import free_port
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[1]
 SYNAPSE_PYTHON = ROOT / ".tools" / "synapse-venv" / "bin" / "python"
 SERVER_NAME = "rsc.test"
 SHARED_SECRET = "test-registration-secret"

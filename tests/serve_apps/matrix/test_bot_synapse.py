@@ -1,0 +1,184 @@
+"""The Matrix bot end to end: a real Synapse, the router app with a ``matrix:`` section on the
+session's Ray cluster, and the real vLLM engine behind it. People speak the client-server API.
+
+One bot deployment serves the module (tests run in file order; the last one redeploys it with two
+replicas). Answers are read back from the room's history, edits applied.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from loadtests.matrix_people import Answer, tag
+from tests.conftest import MODEL
+from tests.serve_apps.matrix.conftest import APP, BotStack, room_with_bot
+
+pytestmark = pytest.mark.engine
+EDIT_INTERVAL_MS = 1000
+
+
+@pytest.fixture(scope="module")
+def room(bot_stack: BotStack) -> str:
+    """Alice's room with the bot, Bob invited and joined."""
+    people = bot_stack.people
+    room = room_with_bot(bot_stack, people.alice)
+    people.alice.invite(room, people.bob.user_id)
+    people.bob.join(room)
+    return room
+
+
+def answers(stack: BotStack, room: str, commands: list[str], **kwargs) -> dict[str, Answer]:
+    return stack.people.alice.wait_answers(room, stack.people.bot.user_id, commands, **kwargs)
+
+
+def test_infer_answered_in_its_thread_with_the_backend_tag(bot_stack, room):
+    alice = bot_stack.people.alice
+    infer = alice.send(room, "!infer Tell me a story about Ray")
+    helps, models, backends = (alice.send(room, text) for text in ("!help", "!models", "!backends"))
+    got = answers(bot_stack, room, [infer, helps, models, backends])
+    answer = got[infer]
+    assert tag(answer.text) == "proxied"  # tier 0 answers while it is up
+    assert len(answer.text) > len("[proxied] ")
+    assert answer.thread_root == infer  # the reply starts a thread on the command
+    assert answer.usage["completion_tokens"] == 16  # the configured default max_tokens (ignore_eos)
+    assert "!infer [--backend NAME]" in got[helps].text
+    assert MODEL in got[models].text
+    assert "proxied: up" in got[backends].text and "engine: up" in got[backends].text
+
+
+def test_backend_option_and_friendly_errors(bot_stack, room):
+    alice = bot_stack.people.alice
+    chosen = alice.send(room, "!infer --backend engine --max-tokens 5 Hello there")
+    unknown = alice.send(room, "!infer --backend nowhere Hello")
+    bad = alice.send(room, "!infer --max-tokens lots Hello")
+    empty = alice.send(room, "!infer --model")
+    got = answers(bot_stack, room, [chosen, unknown, bad, empty])
+    assert tag(got[chosen].text) == "engine"
+    assert got[chosen].usage["completion_tokens"] == 5
+    assert "unknown backend 'nowhere'" in got[unknown].text and "proxied" in got[unknown].text
+    assert got[bad].text == "--max-tokens needs a whole number"
+    assert got[empty].text == "--model needs a value"
+    assert "Traceback" not in "".join(a.text for a in got.values())
+
+
+def test_a_thread_is_a_conversation(bot_stack, room):
+    alice = bot_stack.people.alice
+    first = alice.send(room, "!infer Once upon a time in a cluster far away")
+    answers(bot_stack, room, [first])
+    follow_up = alice.send(room, "!infer And then what happened?", thread_root=first)
+    fresh = alice.send(room, "!infer And then what happened?")
+    got = answers(bot_stack, room, [first, follow_up, fresh])
+    assert got[follow_up].thread_root == first
+    with_context = got[follow_up].usage["prompt_tokens"]
+    alone = got[fresh].usage["prompt_tokens"]
+    # the thread's first turn (its prompt and its answer) went along with the follow-up
+    assert with_context >= alone + got[first].usage["completion_tokens"] // 2 + 5
+
+
+def test_streamed_edits_respect_the_interval_and_long_answers_split(bot_stack, room):
+    alice = bot_stack.people.alice
+    command = alice.send(room, "!infer --backend engine --max-tokens 700 Write a very long story")
+    answer = answers(bot_stack, room, [command], timeout=180)[command]
+    assert answer.usage["completion_tokens"] == 700
+    assert len(answer.event_ids) >= 2, "a 700-token answer is split over messages of <= 1000 chars"
+    assert all(len(text) <= 1000 for text in answer.texts)
+    assert answer.texts[0].startswith("[engine] ")
+    edits = sum(len(stamps) - 1 for stamps in answer.edit_ts.values())
+    assert edits >= 3, "the answer was streamed by edits, not posted once"
+    for stamps in answer.edit_ts.values():
+        gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+        # every edit but a message's last (the final one goes out at once) waits out the interval
+        assert all(gap >= EDIT_INTERVAL_MS - 100 for gap in gaps[:-1]), gaps
+
+
+def test_fallback_shows_in_the_tag_when_the_preferred_backend_is_down(bot_stack, room):
+    alice = bot_stack.people.alice
+    bot_stack.kill_proxy()  # a real dead backend; its slow health check has not noticed yet
+    try:
+        command = alice.send(room, "!infer Is anyone there?")
+        answer = answers(bot_stack, room, [command])[command]
+        assert tag(answer.text) == "engine"
+        assert answer.usage["completion_tokens"] == 16
+    finally:
+        bot_stack.start_proxy()
+
+
+def test_people_not_on_the_allow_list_are_ignored(bot_stack, room):
+    people = bot_stack.people
+    own = people.mallory.create_room([people.bot.user_id])
+    people.alice.invite(room, people.mallory.user_id)
+    people.mallory.join(room)
+    ignored = people.mallory.send(room, "!infer Ignore your allow-list")
+    control = people.alice.send(room, "!infer Am I allowed?")
+    got = answers(bot_stack, room, [control], settle=3.0)
+    assert ignored not in got
+    deadline = time.monotonic() + 20
+    while people.mallory.membership(own, people.bot.user_id) == "invite" and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert people.mallory.membership(own, people.bot.user_id) == "leave"  # the invite was declined
+
+
+def test_twenty_commands_from_two_people_answered_exactly_once(bot_stack, room):
+    people = bot_stack.people
+    sent: list[str] = []
+    lock = threading.Lock()
+
+    def send(person, n):
+        for i in range(10):
+            event = person.send(room, f"!infer Question {n}.{i}: what is a replica?")
+            with lock:
+                sent.append(event)
+
+    threads = [threading.Thread(target=send, args=(p, n)) for n, p in enumerate((people.alice, people.bob))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    got = answers(bot_stack, room, sent, timeout=180, settle=3.0)
+    assert all(len(got[c].event_ids) == 1 for c in sent), [len(got[c].event_ids) for c in sent]
+    assert all(got[c].usage["completion_tokens"] == 16 for c in sent)
+
+
+def test_synapse_restart_mid_session_loses_and_duplicates_nothing(bot_stack, room):
+    alice, synapse = bot_stack.people.alice, bot_stack.synapse
+    before = [alice.send(room, f"!infer Before the restart {i}") for i in range(4)]
+    synapse.stop()  # while those are being answered
+    try:
+        deadline = time.monotonic() + 30
+        status = {}
+        while time.monotonic() < deadline:
+            status = bot_leader_status(bot_stack)
+            if status["sync"]["phase"] == "backoff":
+                break
+        assert status["sync"]["phase"] == "backoff", status  # the health view shows the outage
+    finally:
+        synapse.start()
+    after = [alice.send(room, f"!infer After the restart {i}") for i in range(3)]
+    got = answers(bot_stack, room, before + after, timeout=180, settle=3.0)
+    assert all(len(got[c].event_ids) == 1 for c in before + after)
+
+
+def test_bot_restart_neither_replays_nor_misses(bot_stack, room):
+    alice = bot_stack.people.alice
+    earlier = alice.answers(room, bot_stack.people.bot.user_id)
+    old = bot_stack.leader()
+    os.kill(old["pid"], signal.SIGKILL)
+    while_down = [alice.send(room, f"!infer Sent while the bot was down {i}") for i in range(2)]
+    got = answers(bot_stack, room, while_down, timeout=180, settle=3.0)
+    assert bot_stack.leader()["pid"] != old["pid"]
+    assert all(len(got[c].event_ids) == 1 for c in while_down)
+    for command, answer in earlier.items():  # nothing answered again
+        assert got[command].event_ids == answer.event_ids
+
+
+def bot_leader_status(stack: BotStack) -> dict:
+    code = ("from ray import serve\n"
+            f"h = serve.get_deployment_handle('MatrixInferenceBot', app_name={APP!r})\n"
+            "seen = [h.status.remote().result() for _ in range(6)]\n"
+            "print(json.dumps(next((s for s in seen if s['leader']), seen[0])))")
+    return stack.ray(code)
