@@ -7,14 +7,17 @@ replicas). Answers are read back from the room's history, edits applied.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from loadtests.matrix_people import Answer, tag
+from serve_apps.matrix.replies import DONE_KEY, USAGE_KEY
 from tests.conftest import MODEL
 from tests.serve_apps.matrix.conftest import APP, BotStack, room_with_bot
 
@@ -182,3 +185,85 @@ def bot_leader_status(stack: BotStack) -> dict:
             "seen = [h.status.remote().result() for _ in range(6)]\n"
             "print(json.dumps(next((s for s in seen if s['leader']), seen[0])))")
     return stack.ray(code)
+
+
+def test_an_encrypted_room_is_answered_encrypted(bot_stack, tmp_path):
+    reply = asyncio.run(_ask_in_encrypted_room(bot_stack, tmp_path))
+    assert reply["done"] and tag(reply["text"]) in ("proxied", "engine")
+    assert reply["usage"]["completion_tokens"] == 16
+    bot = bot_stack.people.bot.user_id
+    on_the_wire = [e for e in bot_stack.people.alice.history(reply["room_id"]) if e["sender"] == bot
+                   and e["type"] in ("m.room.message", "m.room.encrypted")]
+    assert on_the_wire and all(e["type"] == "m.room.encrypted" for e in on_the_wire)
+    # relations stay readable to the server (threads, edits) while the text is not
+    assert any(e["content"].get("m.relates_to", {}).get("rel_type") == "m.thread" for e in on_the_wire)
+
+
+async def _ask_in_encrypted_room(stack: BotStack, store: Path) -> dict:
+    from nio import (
+        AsyncClient,
+        AsyncClientConfig,
+        LoginResponse,
+        RoomCreateResponse,
+        RoomSendResponse,
+    )
+
+    people, bot = stack.people, stack.people.bot.user_id
+    client = AsyncClient(stack.synapse.url, people.alice.user_id, store_path=str(store),
+                         config=AsyncClientConfig(encryption_enabled=True, store_sync_tokens=False))
+    try:
+        assert isinstance(await client.login("pw-0123456789", device_name="alice-e2ee"), LoginResponse)
+        await client.sync(timeout=0, full_state=True)
+        await client.keys_upload()
+        encryption = {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}
+        created = await client.room_create(invite=[bot], initial_state=[encryption])
+        assert isinstance(created, RoomCreateResponse)
+        room_id = created.room_id
+        await asyncio.to_thread(people.alice.wait_joined, room_id, bot)
+        await client.sync(timeout=0)
+        await client.joined_members(room_id)
+        await client.keys_query()
+        sent = await client.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "!infer A secret question"},
+                                      ignore_unverified_devices=True)
+        assert isinstance(sent, RoomSendResponse)
+        reply_id, latest = None, {}
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            response = await client.sync(timeout=1000)
+            joined = response.rooms.join.get(room_id) if hasattr(response, "rooms") else None
+            for event in joined.timeline.events if joined else []:
+                content = event.source.get("content", {})
+                if getattr(event, "sender", None) != bot or "body" not in content:
+                    continue  # our own messages, and anything still undecrypted
+                relates = content.get("m.relates_to", {})
+                if relates.get("m.in_reply_to", {}).get("event_id") == sent.event_id:
+                    reply_id, latest = event.event_id, content
+                elif relates.get("rel_type") == "m.replace" and relates.get("event_id") == reply_id:
+                    latest = content["m.new_content"]
+            if latest.get(DONE_KEY):
+                return {"room_id": room_id, "text": latest["body"], "done": True, "usage": latest.get(USAGE_KEY, {})}
+        raise TimeoutError(f"no final encrypted answer; last seen {latest}")
+    finally:
+        await client.close()
+
+
+def test_two_replicas_answer_once_and_the_other_takes_over(bot_stack, room):
+    people = bot_stack.people
+    bot_stack.deploy(bot_stack.matrix_args(num_replicas=2, access_token=None, password={"env": "MBOT_PASSWORD"}),
+                     env={"MBOT_PASSWORD": people.bot_password})
+    deadline = time.monotonic() + 120
+    while len(bot_stack.bot_pids()) != 2 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert len(bot_stack.bot_pids()) == 2
+    first = [people.alice.send(room, f"!infer Two replicas, question {i}") for i in range(4)]
+    answers(bot_stack, room, first, timeout=180)
+    leader = bot_stack.leader()
+    os.kill(leader["pid"], signal.SIGKILL)
+    after = [people.bob.send(room, f"!infer After the leader died, question {i}") for i in range(3)]
+    got = answers(bot_stack, room, first + after, timeout=180, settle=5.0)
+    new_leader = bot_stack.leader()
+    assert new_leader["pid"] != leader["pid"]
+    for command, answer in got.items():  # never two answers to one command, in the whole room
+        heads = [text for text in answer.texts if text.startswith("[") or text.startswith("Sorry")]
+        assert len(heads) <= 1, (command, answer.texts)
+    assert all(len(got[c].event_ids) == 1 for c in first + after)

@@ -1,0 +1,228 @@
+"""What does the Matrix bot path cost? ``!infer`` commands from several people in a room on a local
+Synapse, answered by the MatrixInferenceBot through the router, against the same prompts sent
+straight to the router over HTTP (streamed, read to ``[DONE]``).
+
+One Ray cluster with the router app (one engine replica of the tiny model, ``kind: serve`` backend)
+and its ``matrix:`` bot; one Synapse. Each round runs both paths (order alternating): ``--users``
+people each send ``--commands / --users`` commands one after another (closed loop). Bot latency is
+from sending the command to receiving the answer's final version (the edit marked done) on a /sync
+long-poll; direct latency is from the request to ``data: [DONE]``. p50/p95 per round, medians over
+rounds, and the bot path's p50 overhead. Results: loadtests/results/bench_matrix.json.
+
+    .venv/bin/python loadtests/bench_matrix.py [--rounds 6] [--commands 50] [--users 5] [--max-tokens 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from bench_router_lib import LocalCluster, ROOT, free_port, stop_on_sigterm, wait_http, write_result
+from matrix_people import API, Person
+from matrix_synapse import SERVER_NAME, Synapse
+
+from serve_apps.matrix.replies import DONE_KEY
+
+MODEL = "tiny-chat"
+
+
+class Observer(threading.Thread):
+    """Long-polls /sync as one room member and records when each command's final answer arrives."""
+
+    def __init__(self, person: Person, bot: str) -> None:
+        super().__init__(daemon=True)
+        self.person, self.bot = person, bot
+        self.reply_of: dict[str, str] = {}  # reply event -> command event
+        self.final_at: dict[str, float] = {}
+        self.changed = threading.Condition()
+        self.stopping = False
+        self.since = self._sync(None, 0)["next_batch"]
+
+    def _sync(self, since: str | None, timeout_ms: int) -> dict[str, Any]:
+        params = {"timeout": timeout_ms, **({"since": since} if since else {})}
+        response = httpx.get(self.person.base_url + API + "/sync", params=params, timeout=timeout_ms / 1000 + 30,
+                             headers={"authorization": f"Bearer {self.person.access_token}"})
+        response.raise_for_status()
+        return response.json()
+
+    def run(self) -> None:
+        while not self.stopping:
+            batch = self._sync(self.since, 5000)
+            now = time.perf_counter()
+            self.since = batch["next_batch"]
+            for room in batch.get("rooms", {}).get("join", {}).values():
+                for event in room.get("timeline", {}).get("events", []):
+                    self._seen(event, now)
+
+    def _seen(self, event: dict[str, Any], now: float) -> None:
+        if event.get("sender") != self.bot or event.get("type") != "m.room.message":
+            return
+        content = event["content"]
+        relates = content.get("m.relates_to") or {}
+        if relates.get("rel_type") == "m.replace":
+            command, final = self.reply_of.get(relates["event_id"]), content.get("m.new_content", {}).get(DONE_KEY)
+        else:
+            command = (relates.get("m.in_reply_to") or {}).get("event_id")
+            if command:
+                self.reply_of[event["event_id"]] = command
+            final = content.get(DONE_KEY)
+        if command and final:
+            with self.changed:
+                self.final_at.setdefault(command, now)
+                self.changed.notify_all()
+
+    def wait_final(self, command: str, timeout: float = 120) -> float:
+        with self.changed:
+            if not self.changed.wait_for(lambda: command in self.final_at, timeout):
+                raise TimeoutError(f"no final answer to {command}")
+            return self.final_at[command]
+
+
+def prompts(count: int) -> list[str]:
+    return [f"Question {i}: tell me about replica number {i}" for i in range(count)]
+
+
+def run_people(people: list[Person], per_person: int, work) -> list[float]:
+    """``work(person, prompt) -> latency`` for every person in parallel, each one prompt after another."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    texts = prompts(per_person * len(people))
+
+    def one(index: int, person: Person) -> None:
+        for prompt in texts[index::len(people)]:
+            latency = work(person, prompt)
+            with lock:
+                latencies.append(latency)
+
+    threads = [threading.Thread(target=one, args=(i, p)) for i, p in enumerate(people)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return latencies
+
+
+def summary(latencies: list[float]) -> dict[str, float]:
+    ordered = sorted(latencies)
+    return {"n": len(ordered), "p50_ms": statistics.median(ordered) * 1000,
+            "p95_ms": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] * 1000}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--commands", type=int, default=50, help="commands per path per round")
+    parser.add_argument("--users", type=int, default=5)
+    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--pause", type=float, default=2.0, help="seconds between runs (engine busy-poll)")
+    parser.add_argument("--name", default="bench_matrix", help="results file name under loadtests/results/")
+    args = parser.parse_args()
+    if args.commands % args.users:
+        parser.error("--commands must be a multiple of --users")
+    stop_on_sigterm()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-matrix-"))
+    synapse = Synapse(workdir / "synapse").start()
+    cluster = LocalCluster(extra_env={"PYTHONPATH": str(ROOT)}, log_path=workdir / "ray.log")
+    rounds: list[dict[str, Any]] = []
+    observer = None
+    try:
+        print(f"synapse up on {synapse.url}; starting Ray and the router app (the engine takes ~1-2 min)", flush=True)
+        bot_account = synapse.register("bot")
+        people = [Person(synapse.url, a["user_id"], a["access_token"])
+                  for a in (synapse.register(f"user{i}") for i in range(args.users))]
+        token_file = workdir / "bot-token"
+        token_file.write_text(bot_account["access_token"])
+        cluster.start()
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        defaults = {"ignore_eos": True, "temperature": 0}
+        matrix = {"homeserver": synapse.url, "user_id": bot_account["user_id"], "access_token": {"file": str(token_file)},
+                  "store_path": str(workdir / "bot-store"), "allow": {"users": ["*:" + SERVER_NAME]},
+                  "rate_limit": {"requests": 10000, "per_seconds": 60}, "max_tokens": args.max_tokens,
+                  "request_defaults": defaults}
+        config = {"http_options": {"host": "127.0.0.1", "port": port}, "applications": [
+            {"name": "router", "route_prefix": "/", "import_path": "serve_apps.router.app:build_router_app",
+             "runtime_env": {"env_vars": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}}, "args": {
+                 "engines": [{"name": MODEL, "model": "builtin:tiny-chat", "kv_cache_gb": 1}],
+                 "backends": [{"name": "engine", "kind": "serve", "engine": MODEL}], "matrix": matrix}}]}
+        (workdir / "serve.yaml").write_text(yaml.safe_dump(config))
+        cluster.deploy(workdir / "serve.yaml")
+        wait_http(base + "/health", 900)
+        body = {**defaults, "model": MODEL, "max_tokens": args.max_tokens, "stream": True,
+                "stream_options": {"include_usage": True}}
+        direct_once(base, body, "warm up")
+        owner = people[0]
+        room = owner.create_room([bot_account["user_id"]] + [p.user_id for p in people[1:]])
+        for person in people[1:]:
+            person.join(room)
+        owner.wait_joined(room, bot_account["user_id"], timeout=120)
+        observer = Observer(owner, bot_account["user_id"])
+        observer.start()
+
+        def via_bot(person: Person, prompt: str) -> float:
+            started = time.perf_counter()
+            command = person.send(room, f"!infer {prompt}")
+            return observer.wait_final(command) - started
+
+        def direct(person: Person, prompt: str) -> float:
+            return direct_once(base, body, prompt)
+
+        via_bot(owner, "warm up the bot")
+        per_person = args.commands // args.users
+        for index in range(args.rounds):
+            order = [("bot", via_bot), ("direct", direct)]
+            if index % 2:
+                order.reverse()
+            result: dict[str, Any] = {"round": index}
+            for name, work in order:
+                time.sleep(args.pause)
+                latencies = run_people(people, per_person, work)
+                result[name] = {**summary(latencies), "latencies_ms": [round(x * 1000, 2) for x in latencies]}
+                print(f"round {index} {name:6} p50 {result[name]['p50_ms']:7.1f} ms  p95 {result[name]['p95_ms']:7.1f} ms",
+                      flush=True)
+            result["overhead_p50_ms"] = result["bot"]["p50_ms"] - result["direct"]["p50_ms"]
+            rounds.append(result)
+    finally:
+        if observer is not None:
+            observer.stopping = True
+        cluster.stop()
+        synapse.stop()
+    medians = {
+        "bot_p50_ms": statistics.median(r["bot"]["p50_ms"] for r in rounds),
+        "bot_p95_ms": statistics.median(r["bot"]["p95_ms"] for r in rounds),
+        "direct_p50_ms": statistics.median(r["direct"]["p50_ms"] for r in rounds),
+        "direct_p95_ms": statistics.median(r["direct"]["p95_ms"] for r in rounds),
+        "overhead_p50_ms": statistics.median(r["overhead_p50_ms"] for r in rounds),
+    }
+    for key, value in medians.items():
+        print(f"{key}: {value:.1f}")
+    path = write_result(args.name, {"summary": medians, "rounds": rounds, "commands": args.commands, "users": args.users,
+                                    "max_tokens": args.max_tokens, "load_avg": open("/proc/loadavg").read().split()[:3],
+                                    "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    print(f"wrote {path}")
+
+
+def direct_once(base: str, body: dict[str, Any], prompt: str) -> float:
+    payload = {**body, "messages": [{"role": "user", "content": prompt}]}
+    request = urllib.request.Request(base + "/v1/chat/completions", data=json.dumps(payload).encode(),
+                                     headers={"content-type": "application/json"})
+    started = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=120) as response:
+        data = response.read()
+    if not data.rstrip().endswith(b"data: [DONE]"):
+        raise RuntimeError(f"direct request did not finish: {data[-200:]!r}")
+    return time.perf_counter() - started
+
+
+if __name__ == "__main__":
+    main()
