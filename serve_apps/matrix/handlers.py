@@ -39,6 +39,7 @@ class CommandHandler:
         self.send = send
         self.typing = typing  # async (room_id, on: bool) -> None, best effort
         self._default_model: str | None = config.model
+        self._notices: set[asyncio.Task[None]] = set()
 
     async def handle(self, command: Command, origin: Origin) -> None:
         request_id = uuid.uuid4().hex[:8]
@@ -78,7 +79,7 @@ class CommandHandler:
                                 "stream_options": {"include_usage": True}}
         logger.info("matrix bot [%s] !infer from %s in %s (model %s, backend %s)", request_id, origin.sender,
                     origin.room_id, model, command.backend or "any")
-        await self._typing(origin.room_id, True)
+        self._typing(origin.room_id, True)  # not awaited: a notice must not delay the answer
         try:
             generation = await self.inference.chat(body, command.backend)
             stream = ReplyStream(self.send, origin.room_id, origin.event_id, origin.thread_root,
@@ -91,7 +92,7 @@ class CommandHandler:
             extra = {USAGE_KEY: generation.usage} if generation.usage else {}
             await stream.finish(_tagged(generation.backend, text or "(empty answer)"), **extra)
         finally:
-            await self._typing(origin.room_id, False)
+            self._typing(origin.room_id, False)
         self.store.add_turn(origin.thread_root, command.prompt, text, self.config.context_tokens * CHARS_PER_TOKEN)
         logger.info("matrix bot [%s] answered by %s (%d chars, finish %s)", request_id, generation.backend,
                     len(text), generation.finish_reason)
@@ -114,12 +115,17 @@ class CommandHandler:
         self._default_model = models[0]["id"] if models else None
         return self._default_model
 
-    async def _typing(self, room_id: str, on: bool) -> None:
+    def _typing(self, room_id: str, on: bool) -> None:
         if self.typing is not None:
-            try:
-                await self.typing(room_id, on)
-            except Exception:  # a typing notice is decoration; never fail an answer for it
-                logger.debug("matrix bot: typing notice failed", exc_info=True)
+            task = asyncio.ensure_future(self._notice(room_id, on))
+            self._notices.add(task)
+            task.add_done_callback(self._notices.discard)
+
+    async def _notice(self, room_id: str, on: bool) -> None:
+        try:
+            await self.typing(room_id, on)
+        except Exception:  # a typing notice is decoration; never fail an answer for it
+            logger.debug("matrix bot: typing notice failed", exc_info=True)
 
     @staticmethod
     def _backends_text(backends: list[dict[str, Any]]) -> str:

@@ -49,7 +49,12 @@ class Lease:
             return False
         try:
             await actor.whois.remote()
-        except ray.exceptions.RayError:
+            # two creators can both pass Ray's name check; the name's registration picks one
+            current = await asyncio.to_thread(ray.get_actor, self.name)
+        except (ray.exceptions.RayError, ValueError):
+            return False
+        if current._actor_id != actor._actor_id:
+            ray.kill(actor, no_restart=True)
             return False
         self._actor = actor
         logger.info("matrix bot: %s took the lease %s", self.holder, self.name)

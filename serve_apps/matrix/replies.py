@@ -72,13 +72,12 @@ class ReplyStream:
     _last_edit: float = float("-inf")
 
     async def update(self, text: str) -> None:
+        """Post at the first text; after that, at most one round of changes per ``edit_interval``."""
         if not text.strip():
             return
-        pieces = split_text(text, self.max_chars)
-        if not self.parts or len(pieces) > len(self.parts):
-            await self._sync(pieces, final=False)
-        elif self.clock() - self._last_edit >= self.edit_interval and self.parts[-1].edits < self.max_edits:
-            await self._sync(pieces, final=False)
+        if self.parts and self.clock() - self._last_edit < self.edit_interval:
+            return
+        await self._sync(split_text(text, self.max_chars), final=False)
 
     async def finish(self, text: str, **final_fields: Any) -> list[str]:
         """Final edit(s); returns the event IDs of the reply's messages."""
@@ -88,24 +87,25 @@ class ReplyStream:
 
     async def _sync(self, pieces: list[str], final: bool) -> None:
         for index, piece in enumerate(pieces):
+            done = final or index < len(pieces) - 1  # a piece followed by another will not change
             if index >= len(self.parts):
                 content = {"msgtype": "m.text", "body": piece,
                            "m.relates_to": thread_relation(self.thread_root, self.command_event_id)}
-                if final:
+                if done:
                     content.update({DONE_KEY: True, **self.final_fields})
                 event_id = await self.send(self.room_id, "m.room.message", content,
                                            txn_id(self.command_event_id, f"part-{index}"))
                 if event_id is None:
                     raise ConnectionError("could not post the reply")
-                self.parts.append(_Part(event_id, piece, final))
+                self.parts.append(_Part(event_id, piece, done))
                 self._last_edit = self.clock()
                 continue
             part = self.parts[index]
-            if part.sent == piece and (part.done or not final):
+            if part.sent == piece and (part.done or not done):
                 continue
-            if not final and index == len(pieces) - 1 and part.edits >= self.max_edits:
+            if not done and part.edits >= self.max_edits:
                 continue
-            await self._edit(part, piece, index, final)
+            await self._edit(part, piece, index, done)
 
     async def _edit(self, part: _Part, text: str, index: int, final: bool) -> None:
         part.edits += 1

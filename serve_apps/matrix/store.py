@@ -42,9 +42,10 @@ def _read(path: Path) -> dict[str, Any]:
 class BotStore:
     def __init__(self, root: Path) -> None:
         self.root = root.expanduser()
-        self.root.mkdir(parents=True, exist_ok=True)
+        # private: the session token and the E2EE keys live here
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.crypto_dir = self.root / "crypto"
-        self.crypto_dir.mkdir(exist_ok=True)
+        self.crypto_dir.mkdir(mode=0o700, exist_ok=True)
         self._state_path = self.root / "state.json"
         self._session_path = self.root / "session.json"
         state = _read(self._state_path)
