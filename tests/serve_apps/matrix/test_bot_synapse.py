@@ -180,10 +180,12 @@ def test_bot_restart_neither_replays_nor_misses(bot_stack, room):
 
 
 def bot_leader_status(stack: BotStack) -> dict:
-    code = ("from ray import serve\n"
-            f"h = serve.get_deployment_handle('MatrixInferenceBot', app_name={APP!r})\n"
-            "seen = [h.status.remote().result() for _ in range(6)]\n"
-            "print(json.dumps(next((s for s in seen if s['leader']), seen[0])))")
+    code = ("import asyncio\nfrom ray import serve\n"
+            "async def main():\n"
+            f"    h = serve.get_deployment_handle('MatrixInferenceBot', app_name={APP!r})\n"
+            "    seen = [await h.status.remote() for _ in range(6)]\n"
+            "    return next((s for s in seen if s['leader']), seen[0])\n"
+            "print(json.dumps(asyncio.run(main())))")
     return stack.ray(code)
 
 
