@@ -15,6 +15,9 @@ import logging
 import ray
 
 logger = logging.getLogger("ray.serve")
+# An explicit namespace: a replica's own namespace is Serve's business, and operators (and tests)
+# look the lease up from drivers of their own.
+LEASE_NAMESPACE = "ray-serve-cai"
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
@@ -44,13 +47,13 @@ class Lease:
     async def try_acquire(self) -> bool:
         """Create the lease actor; False when another live holder has it."""
         try:
-            actor = _LeaseActor.options(name=self.name, lifetime=None).remote(self.holder)
+            actor = _LeaseActor.options(name=self.name, namespace=LEASE_NAMESPACE, lifetime=None).remote(self.holder)
         except ValueError:  # the name is taken: someone holds the lease
             return False
         try:
             await actor.whois.remote()
             # two creators can both pass Ray's name check; the name's registration picks one
-            current = await asyncio.to_thread(ray.get_actor, self.name)
+            current = await asyncio.to_thread(ray.get_actor, self.name, LEASE_NAMESPACE)
         except (ray.exceptions.RayError, ValueError):
             return False
         if current._actor_id != actor._actor_id:

@@ -125,6 +125,11 @@ class BotStack:
         self.serve_stack.cluster.deploy(self.config_path)
         self.serve_stack.cluster.wait_ready(f"{self.serve_stack.base_url}/{APP}/health", timeout_s=180)
 
+    def remove(self) -> None:
+        """Back to the session's own apps: later modules share this cluster."""
+        port = int(self.serve_stack.base_url.rsplit(":", 1)[1])
+        self.serve_stack.cluster.deploy(write_serve_config(self.tmp / "base.yaml", port, self.serve_stack.ready_file))
+
     def ray(self, code: str) -> Any:
         """Run ``code`` (which prints one JSON line) in a driver attached to the cluster."""
         script = "import json, ray\nray.init(address='auto', namespace='serve', logging_level='ERROR')\n" + code
@@ -136,8 +141,8 @@ class BotStack:
 
     def leader(self) -> dict[str, Any]:
         """The lease holder ("replica@pid") read from the lease actor itself."""
-        code = ("from serve_apps.matrix.lease import lease_name\n"
-                f"actor = ray.get_actor(lease_name({APP!r}, {self.people.bot.user_id!r}))\n"
+        code = ("from serve_apps.matrix.lease import LEASE_NAMESPACE, lease_name\n"
+                f"actor = ray.get_actor(lease_name({APP!r}, {self.people.bot.user_id!r}), LEASE_NAMESPACE)\n"
                 "print(json.dumps(ray.get(actor.whois.remote())))")
         holder = self.ray(code)
         return {"holder": holder, "pid": int(holder.rsplit("@", 1)[1])}
@@ -158,6 +163,7 @@ def bot_stack(serve_stack, synapse, people, tmp_path_factory) -> Iterator[BotSta
         yield stack
     finally:
         stack.kill_proxy()
+        stack.remove()
 
 
 def room_with_bot(stack: BotStack, owner: Person, encrypted: bool = False) -> str:

@@ -252,9 +252,12 @@ async def _ask_in_encrypted_room(stack: BotStack, store: Path) -> dict:
 
 
 def test_two_replicas_answer_once_and_the_other_takes_over(bot_stack, room):
+    """A fresh store and a password login (a new device): the room's history, every command in it
+    already answered, must not be answered again; then one answer per command from two replicas."""
     people = bot_stack.people
-    bot_stack.deploy(bot_stack.matrix_args(num_replicas=2, access_token=None, password={"env": "MBOT_PASSWORD"}),
-                     env={"MBOT_PASSWORD": people.bot_password})
+    fresh = {"num_replicas": 2, "access_token": None, "password": {"env": "MBOT_PASSWORD"},
+             "store_path": str(bot_stack.tmp / "store-ha")}
+    bot_stack.deploy(bot_stack.matrix_args(**fresh), env={"MBOT_PASSWORD": people.bot_password})
     deadline = time.monotonic() + 120
     while len(bot_stack.bot_pids()) != 2 and time.monotonic() < deadline:
         time.sleep(1)
