@@ -57,6 +57,7 @@ class MatrixBot:
         self.client: AsyncClient | None = None
         self.handler: CommandHandler | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._inflight: set[str] = set()  # command event IDs being answered by this process
         self._started = False
         if not config.allow.users:
             logger.warning("matrix bot: allow.users is empty, so nobody can use the bot until it is configured")
@@ -155,6 +156,9 @@ class MatrixBot:
         if skip_timeline:
             return
         for room_id, info in response.rooms.join.items():
+            if info.timeline.limited:
+                logger.warning("matrix bot: more than %d events in %s since the last sync; older ones are skipped",
+                               SYNC_FILTER["room"]["timeline"]["limit"], room_id)
             for event in info.timeline.events:
                 self._guard(self._event, room_id, event)
 
@@ -162,14 +166,15 @@ class MatrixBot:
         try:
             handler(*args)
         except Exception:  # one bad event must not stop the loop
-            logger.exception("matrix bot: failed to handle an event in %s", args[0])
+            logger.exception("matrix bot: failed to handle an event (%s)", args[0])
 
     def _invited(self, room_id: str, invite_state: list[Any]) -> None:
         inviter = next((e.sender for e in invite_state if isinstance(e, InviteMemberEvent)
                         and e.state_key == self.config.user_id and e.membership == "invite"), None)
         allowed = inviter is not None and self.config.allow.user_allowed(inviter) and self.config.allow.room_allowed(room_id)
         logger.info("matrix bot: invited to %s by %s: %s", room_id, inviter, "joining" if allowed else "declining")
-        assert self.client is not None
+        if self.client is None:
+            return
         self._spawn(self.client.join(room_id) if allowed else self.client.room_leave(room_id))
 
     def _event(self, room_id: str, event: Any) -> None:
@@ -188,7 +193,7 @@ class MatrixBot:
 
     def _command(self, origin: Origin, body: str, resumed: bool = False) -> None:
         assert self.handler is not None
-        if self.store.answered(origin.event_id):
+        if self.store.answered(origin.event_id) or origin.event_id in self._inflight:
             return
         try:
             command = parse(body, self.config.command_prefix, self.config.max_tokens_limit)
@@ -208,14 +213,25 @@ class MatrixBot:
             if self.client is not None:
                 self._spawn(self.client.room_read_markers(origin.room_id, origin.event_id, origin.event_id))
         self.state.commands += 1
-        self._spawn(self.handler.handle(command, origin))
+        self._inflight.add(origin.event_id)
+        self._spawn(self._answer(command, origin))
+
+    async def _answer(self, command: Any, origin: Origin) -> None:
+        assert self.handler is not None
+        try:
+            await self.handler.handle(command, origin)
+        finally:
+            self._inflight.discard(origin.event_id)
 
     def _resume_pending(self) -> None:
         """Commands taken but not answered before a crash or a leader change."""
         for event_id, record in self.store.pending().items():
             logger.info("matrix bot: resuming unanswered command %s", event_id)
             origin = Origin(record["room_id"], event_id, record["sender"], record["thread_root"])
-            self._guard(lambda *_: self._command(origin, record["body"], resumed=True), origin.room_id)
+            self._guard(self._resume, origin, record["body"])
+
+    def _resume(self, origin: Origin, body: str) -> None:
+        self._command(origin, body, resumed=True)
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.ensure_future(coroutine)
