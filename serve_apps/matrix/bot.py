@@ -20,7 +20,7 @@ from typing import Any
 from nio import AsyncClient, InviteMemberEvent, MegolmEvent, RoomMessageText, SyncResponse
 
 from serve_apps.matrix import client as matrix_client
-from serve_apps.matrix.commands import CommandError, parse
+from serve_apps.matrix.commands import Command, CommandError, parse
 from serve_apps.matrix.config import MatrixConfig
 from serve_apps.matrix.handlers import CommandHandler, Origin
 from serve_apps.matrix.inference import Inference
@@ -216,7 +216,7 @@ class MatrixBot:
         self._inflight.add(origin.event_id)
         self._spawn(self._answer(command, origin))
 
-    async def _answer(self, command: Any, origin: Origin) -> None:
+    async def _answer(self, command: Command, origin: Origin) -> None:
         assert self.handler is not None
         try:
             await self.handler.handle(command, origin)
