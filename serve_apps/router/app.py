@@ -99,8 +99,10 @@ def build_router_app(args: dict[str, Any]) -> Application:
     options = parsed.router
     companions = []
     if parsed.matrix is not None:
-        from serve_apps.matrix.deployment import MatrixInferenceBot  # needs matrix-nio (extra `matrix`)
-
+        try:
+            from serve_apps.matrix.deployment import MatrixInferenceBot
+        except ImportError as exc:
+            raise ValueError(f"the matrix section needs matrix-nio: pip install 'ray-serve-cai[matrix]' ({exc})") from None
         companions.append(MatrixInferenceBot.options(
             num_replicas=parsed.matrix.num_replicas, ray_actor_options={"num_cpus": parsed.matrix.num_cpus},
         ).bind(parsed.matrix.model_dump(mode="json")))
