@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 import httpx
 
+from launchers.polling import PollTimeout, poll_until
 from serve_apps.matrix.replies import DONE_KEY, USAGE_KEY
 
 API = "/_matrix/client/v3"
@@ -55,11 +56,7 @@ class Person:
         return list(self._call("GET", f"/rooms/{quote(room_id)}/joined_members")["joined"])
 
     def wait_joined(self, room_id: str, user_id: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while user_id not in self.joined(room_id):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{user_id} did not join {room_id}")
-            time.sleep(0.2)
+        poll_until(lambda: user_id in self.joined(room_id), timeout, 0.2)
 
     def membership(self, room_id: str, user_id: str) -> str | None:
         state = self._call("GET", f"/rooms/{quote(room_id)}/state")
@@ -127,18 +124,18 @@ class Person:
                      settle: float = 0.0) -> dict[str, Answer]:
         """Wait until every command has a final answer; ``settle``: then look again after that long
         (to see anything arriving late, e.g. a duplicate)."""
-        deadline = time.monotonic() + timeout
-        while True:
+        def complete() -> dict[str, Answer] | None:
             answers = self.answers(room_id, bot)
-            if all(c in answers and _final(answers[c]) for c in commands):
-                if settle:
-                    time.sleep(settle)
-                    answers = self.answers(room_id, bot)
-                return answers
-            if time.monotonic() > deadline:
-                missing = [c for c in commands if c not in answers]
-                raise TimeoutError(f"{len(missing)} of {len(commands)} commands unanswered: {missing[:3]}")
-            time.sleep(0.3)
+            return answers if all(c in answers and _final(answers[c]) for c in commands) else None
+
+        try:
+            poll_until(complete, timeout, 0.3)
+        except PollTimeout:
+            answers = self.answers(room_id, bot)
+            missing = [c for c in commands if c not in answers or not _final(answers[c])]
+            raise TimeoutError(f"{len(missing)} of {len(commands)} commands without a final answer: {missing[:3]}") from None
+        time.sleep(settle)
+        return self.answers(room_id, bot)
 
 
 def _final(answer: Answer) -> bool:

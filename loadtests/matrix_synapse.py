@@ -9,7 +9,6 @@ import hmac
 import os
 import signal
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import httpx
 import yaml
 
 from launchers.local import free_port
+from launchers.polling import poll_until
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNAPSE_PYTHON = ROOT / ".tools" / "synapse-venv" / "bin" / "python"
@@ -83,17 +83,17 @@ class Synapse:
             cwd=self.directory, stdout=subprocess.DEVNULL, stderr=open(self.directory / "stderr.log", "ab"),
             env={k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")},
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"synapse exited: {(self.directory / 'stderr.log').read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/_matrix/client/versions", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError("synapse did not start")
+        poll_until(self._ready, timeout, 0.1)
+        return self
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"synapse exited: {(self.directory / 'stderr.log').read_text()[-2000:]}")
+        try:
+            return httpx.get(f"{self.url}/_matrix/client/versions", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from launchers.local import free_port
+from launchers.polling import poll_until
 from loadtests.matrix_people import Person
 from loadtests.matrix_synapse import Synapse
 from tests.conftest import MODEL, write_serve_config
@@ -73,15 +74,14 @@ class BotStack:
     def start_proxy(self) -> None:
         target = self.serve_stack.base_url.split("://")[1]
         self.proxy = subprocess.Popen([sys.executable, str(PROXY), str(self.proxy_port), target])
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{self.proxy_port}/health", timeout=2)
-                return
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        poll_until(self._proxy_up, 10, 0.1)
+
+    def _proxy_up(self) -> bool:
+        try:
+            httpx.get(f"http://127.0.0.1:{self.proxy_port}/health", timeout=2)
+            return True
+        except httpx.HTTPError:
+            return False
 
     def kill_proxy(self) -> None:
         if self.proxy is not None and self.proxy.poll() is None:

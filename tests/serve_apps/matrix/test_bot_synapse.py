@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from launchers.polling import poll_until
 from loadtests.matrix_people import Answer, tag
 from serve_apps.matrix.replies import DONE_KEY, USAGE_KEY
 from tests.conftest import MODEL
@@ -120,10 +121,8 @@ def test_people_not_on_the_allow_list_are_ignored(bot_stack, room):
     control = people.alice.send(room, "!infer Am I allowed?")
     got = answers(bot_stack, room, [control], settle=3.0)
     assert ignored not in got
-    deadline = time.monotonic() + 20
-    while people.mallory.membership(own, people.bot.user_id) == "invite" and time.monotonic() < deadline:
-        time.sleep(0.3)
-    assert people.mallory.membership(own, people.bot.user_id) == "leave"  # the invite was declined
+    declined = poll_until(lambda: people.mallory.membership(own, people.bot.user_id) != "invite", 20, 0.3)
+    assert declined and people.mallory.membership(own, people.bot.user_id) == "leave"
 
 
 def test_twenty_commands_from_two_people_answered_exactly_once(bot_stack, room):
@@ -152,13 +151,8 @@ def test_synapse_restart_mid_session_loses_and_duplicates_nothing(bot_stack, roo
     before = [alice.send(room, f"!infer Before the restart {i}") for i in range(4)]
     synapse.stop()  # while those are being answered
     try:
-        deadline = time.monotonic() + 30
-        status = {}
-        while time.monotonic() < deadline:
-            status = bot_leader_status(bot_stack)
-            if status["sync"]["phase"] == "backoff":
-                break
-        assert status["sync"]["phase"] == "backoff", status  # the health view shows the outage
+        status = poll_until(lambda: _in_backoff(bot_leader_status(bot_stack)), 60, 0.5)
+        assert status["sync"]["failures"] >= 1 and status["sync"]["last_error"]  # the health view shows the outage
     finally:
         synapse.start()
     after = [alice.send(room, f"!infer After the restart {i}") for i in range(3)]
@@ -177,6 +171,10 @@ def test_bot_restart_neither_replays_nor_misses(bot_stack, room):
     assert all(len(got[c].event_ids) == 1 for c in while_down)
     for command, answer in earlier.items():  # nothing answered again
         assert got[command].event_ids == answer.event_ids
+
+
+def _in_backoff(status: dict) -> dict | None:
+    return status if status["sync"]["phase"] == "backoff" else None
 
 
 def bot_leader_status(stack: BotStack) -> dict:
@@ -258,10 +256,7 @@ def test_two_replicas_answer_once_and_the_other_takes_over(bot_stack, room):
     fresh = {"num_replicas": 2, "access_token": None, "password": {"env": "MBOT_PASSWORD"},
              "store_path": str(bot_stack.tmp / "store-ha")}
     bot_stack.deploy(bot_stack.matrix_args(**fresh), env={"MBOT_PASSWORD": people.bot_password})
-    deadline = time.monotonic() + 120
-    while len(bot_stack.bot_pids()) != 2 and time.monotonic() < deadline:
-        time.sleep(1)
-    assert len(bot_stack.bot_pids()) == 2
+    poll_until(lambda: len(bot_stack.bot_pids()) == 2, 120, 1)
     first = [people.alice.send(room, f"!infer Two replicas, question {i}") for i in range(4)]
     answers(bot_stack, room, first, timeout=180)
     leader = bot_stack.leader()

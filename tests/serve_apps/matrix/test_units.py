@@ -4,18 +4,18 @@ persistent store, reply splitting and edit throttling, and the SSE reading of ro
 from __future__ import annotations
 
 import asyncio
-import json
 import stat
 
 import pytest
 from pydantic import ValidationError
 
-from serve_apps.config import format_validation_error
+from serve_apps.validation import format_validation_error
 from serve_apps.matrix.config import MatrixConfig
 from serve_apps.matrix.inference import Generation, InferenceError
 from serve_apps.matrix.policy import RateLimiter
 from serve_apps.matrix.replies import DONE_KEY, ReplyStream, split_text, txn_id
 from serve_apps.matrix.store import BotStore
+from serve_apps.openai_format import error_event, sse_event
 from serve_apps.router.config import RouterAppArgs
 
 BASE = {"homeserver": "http://127.0.0.1:8008/", "user_id": "@bot:example.org",
@@ -196,8 +196,9 @@ async def chunks(*items: bytes):
         yield item
 
 
-def sse(payload: dict) -> bytes:
-    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+sse = sse_event  # what the router emits
+
+
 
 
 def test_generation_reads_split_events_usage_and_resume():
@@ -216,7 +217,7 @@ def test_generation_reads_split_events_usage_and_resume():
 
 
 def test_generation_raises_a_mid_stream_error():
-    error = sse({"error": {"message": "backend a failed mid-stream", "type": "backend_error", "param": None, "code": 502}})
+    error = error_event("backend a failed mid-stream")  # the router's own end of a broken stream
     generation = Generation("a", [], chunks(sse({"choices": [{"delta": {"content": "x"}}]}), error))
 
     async def run():
