@@ -139,7 +139,8 @@ class Person:
 
 
 def _final(answer: Answer) -> bool:
-    return bool(answer.done) and all(answer.done)
+    """The bot marks only the last message's final version: everything before it is already there."""
+    return bool(answer.done) and answer.done[-1]
 
 
 def tag(text: str) -> str:

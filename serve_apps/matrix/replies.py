@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 logger = logging.getLogger("ray.serve")
-# Set on the final version of every reply message, so clients (and tests) know an answer is complete.
+# Set on the final version of an answer's last message, so clients (and tests) know it is complete.
 DONE_KEY = "io.github.ray_serve_cai.done"
 USAGE_KEY = "io.github.ray_serve_cai.usage"  # token usage of the answer, on its final version
 # room_id, event type, content, transaction id -> event id (None: gave up)
@@ -87,36 +87,38 @@ class ReplyStream:
 
     async def _sync(self, pieces: list[str], final: bool) -> None:
         for index, piece in enumerate(pieces):
-            done = final or index < len(pieces) - 1  # a piece followed by another will not change
+            last = index == len(pieces) - 1
+            complete = final or not last  # a piece followed by another will not change
+            marked = final and last  # only the answer's very last version says it is done
             if index >= len(self.parts):
                 content = {"msgtype": "m.text", "body": piece,
                            "m.relates_to": thread_relation(self.thread_root, self.command_event_id)}
-                if done:
+                if marked:
                     content.update({DONE_KEY: True, **self.final_fields})
                 event_id = await self.send(self.room_id, "m.room.message", content,
                                            txn_id(self.command_event_id, f"part-{index}"))
                 if event_id is None:
                     raise ConnectionError("could not post the reply")
-                self.parts.append(_Part(event_id, piece, done))
+                self.parts.append(_Part(event_id, piece, complete))
                 self._last_edit = self.clock()
                 continue
             part = self.parts[index]
-            if part.sent == piece and (part.done or not done):
+            if part.sent == piece and (part.done or not complete) and not marked:
                 continue
-            if not done and part.edits >= self.max_edits:
+            if not complete and part.edits >= self.max_edits:
                 continue
-            await self._edit(part, piece, index, done)
+            await self._edit(part, piece, index, complete, marked)
 
-    async def _edit(self, part: _Part, text: str, index: int, final: bool) -> None:
+    async def _edit(self, part: _Part, text: str, index: int, complete: bool, marked: bool) -> None:
         part.edits += 1
         new_content: dict[str, Any] = {"msgtype": "m.text", "body": text}
-        if final:
+        if marked:
             new_content.update({DONE_KEY: True, **self.final_fields})
         content = {"msgtype": "m.text", "body": "* " + text, "m.new_content": new_content,
                    "m.relates_to": {"rel_type": "m.replace", "event_id": part.event_id}}
         if await self.send(self.room_id, "m.room.message", content,
                            txn_id(self.command_event_id, f"part-{index}-edit-{part.edits}")) is not None:
-            part.sent, part.done = text, final
+            part.sent, part.done = text, complete
         self._last_edit = self.clock()
 
 

@@ -257,6 +257,8 @@ def test_two_replicas_answer_once_and_the_other_takes_over(bot_stack, room):
              "store_path": str(bot_stack.tmp / "store-ha")}
     bot_stack.deploy(bot_stack.matrix_args(**fresh), env={"MBOT_PASSWORD": people.bot_password})
     poll_until(lambda: len(bot_stack.bot_pids()) == 2, 120, 1)
+    # what arrives before the new bot's first sync is history to it: wait until it syncs
+    poll_until(lambda: bot_leader_status(bot_stack)["sync"]["phase"] == "syncing", 120, 1)
     first = [people.alice.send(room, f"!infer Two replicas, question {i}") for i in range(4)]
     answers(bot_stack, room, first, timeout=180)
     leader = bot_stack.leader()
