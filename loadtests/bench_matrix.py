@@ -20,6 +20,7 @@ import statistics
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from typing import Any
 import httpx
 import yaml
 
-from bench_router_lib import LocalCluster, ROOT, free_port, stop_on_sigterm, wait_http, write_result
+from bench_router_lib import ROOT, LocalCluster, free_port, poll_until, stop_on_sigterm, wait_http, write_result
 from matrix_people import API, Person
 from matrix_synapse import SERVER_NAME, Synapse
 
@@ -160,7 +161,7 @@ def main() -> None:
         wait_http(base + "/health", 900)
         body = {**defaults, "model": MODEL, "max_tokens": args.max_tokens, "stream": True,
                 "stream_options": {"include_usage": True}}
-        direct_once(base, body, "warm up")
+        poll_until(lambda: generates(base, body), 900, 2)  # the router is up before its engine
         owner = people[0]
         room = owner.create_room([bot_account["user_id"]] + [p.user_id for p in people[1:]])
         for person in people[1:]:
@@ -210,6 +211,14 @@ def main() -> None:
                                     "max_tokens": args.max_tokens, "load_avg": open("/proc/loadavg").read().split()[:3],
                                     "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     print(f"wrote {path}")
+
+
+def generates(base: str, body: dict[str, Any]) -> bool:
+    try:
+        direct_once(base, body, "warm up")
+        return True
+    except urllib.error.URLError:  # HTTPError (503 while the engine loads) included
+        return False
 
 
 def direct_once(base: str, body: dict[str, Any], prompt: str) -> float:
