@@ -1,4 +1,4 @@
-"""The CML API contract, read from the shared Swagger file: routing and strict validation.
+"""The CML API contract, read from the vendored Swagger file (specs/cml): routing and validation.
 
 The real API (grpc-gateway over protobuf) refuses unknown fields and wrong JSON types, so every
 object schema is made strict here (``additionalProperties: false``), int64 fields must be decimal
@@ -17,7 +17,7 @@ from typing import Any
 import jsonschema
 
 REPO = Path(__file__).resolve().parents[4]
-SPEC_PATH = REPO.parent / "shared" / "specs" / "cml" / "swagger.json"
+SPEC_PATH = REPO / "specs" / "cml" / "swagger.json"
 INT32 = (-(2**31), 2**31 - 1)
 
 
