@@ -12,7 +12,7 @@ from cml_emulator import CMLEmulator
 from cml_emulator.workloads import wait_gone
 
 from launchers.cai.client import CMLClient
-from launchers.cai.errors import CMLAPIError, CMLAuthError, CMLNotFoundError
+from launchers.cai.errors import CAIError, CMLAPIError, CMLAuthError, CMLNotFoundError
 from launchers.cai.http import RetryPolicy
 
 
@@ -102,8 +102,39 @@ def test_upload_never_overwrites(emulator: CMLEmulator, client: CMLClient) -> No
     client.upload_file(project, "dir/run.py", b"one")
     client.upload_file(project, "dir/run.py", b"two")
     names = sorted(f.path for f in client.list_files(project, "dir"))
-    assert names == ["dir/run(1).py", "dir/run.py"]
+    assert names == ["run(1).py", "run.py"]  # entries are names relative to the listed directory
     assert client.download_file(project, "dir/run.py") == b"one"
+
+
+def test_file_exists_at_every_depth(emulator: CMLEmulator, client: CMLClient) -> None:
+    project = emulator.add_project("exists")
+    client.upload_file(project, "top.txt", b"x")
+    client.upload_file(project, "dir/sub/deep.txt", b"y")
+    assert client.file_exists(project, "top.txt") is True
+    assert client.file_exists(project, "./top.txt") is True
+    assert client.file_exists(project, "dir/sub/deep.txt") is True
+    assert client.file_exists(project, "dir/sub") is False  # a directory is not a file
+    assert client.file_exists(project, "top.txt/x") is False
+    assert client.file_exists(project, "no/such/file.txt") is False
+    assert sorted(f.path for f in client.list_files(project, "")) == ["dir", "top.txt"]
+    # Every listing named a path the API defines: the root as %2F, never a bare ".../files".
+    listings = _calls(emulator, f"GET /api/v2/projects/{project}/files")
+    assert listings and all(c.split()[1].startswith(f"/api/v2/projects/{project}/files/") for c in listings)
+    assert all(c.endswith("-> 200") for c in listings)
+
+
+def test_file_exists_raises_what_it_cannot_answer(emulator: CMLEmulator, client: CMLClient) -> None:
+    with pytest.raises(CMLNotFoundError, match="project nope-nope-nope-nope not found"):
+        client.file_exists("nope-nope-nope-nope", "top.txt")
+    project = emulator.add_project("errors")
+    emulator.inject(f"GET /api/v2/projects/{project}/files/", status=500, count=4)  # every attempt
+    with pytest.raises(CMLAPIError, match="returned HTTP 500"):
+        client.file_exists(project, "top.txt")
+    emulator.inject(f"GET /api/v2/projects/{project}/files/", status=400, count=1)
+    with pytest.raises(CMLAPIError, match="returned HTTP 400"):
+        client.file_exists(project, "top.txt")
+    with pytest.raises(CAIError, match="may not contain '..'"):
+        client.file_exists(project, "../etc/passwd")
 
 
 @pytest.mark.parametrize("body, problem", [

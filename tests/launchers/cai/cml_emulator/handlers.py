@@ -262,10 +262,9 @@ def list_project_files(store: Store, project_id: str, path: str) -> dict:
     target = _safe(store, project_id, "" if unquote(path) in (".", "/") else path)
     if not target.is_dir():
         raise APIError(404, 5, f"directory {unquote(path)!r} not found")
-    root = store.project_dir(project_id).resolve()
     files = []
-    for entry in sorted(target.iterdir()):
-        info: dict[str, Any] = {"path": str(entry.relative_to(root)), "is_dir": entry.is_dir()}
+    for entry in sorted(target.iterdir()):  # names relative to the listed directory, like CML
+        info: dict[str, Any] = {"path": entry.name, "is_dir": entry.is_dir()}
         if entry.is_file():
             info["file_size"] = str(entry.stat().st_size)
         files.append(info)
