@@ -17,6 +17,7 @@ def emulator(tmp_path: Path) -> Iterator[CMLEmulator]:
     with CMLEmulator(tmp_path / "cml", timing=Timing(app_start=0.1, run_schedule=0.1, clone=0.2, stop_grace=3)) as cml:
         yield cml
         assert cml.app.violations == [], "the emulator answered outside the contract"
+        assert cml.app.ignored == [], "the client sent fields or parameters the API does not define"
 
 
 @pytest.fixture
