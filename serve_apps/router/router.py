@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any
 from serve_apps.openai_format import SSE_DONE, error_body, error_event
 from serve_apps.router import streaming
 from serve_apps.router.backends.base import (
+    STARTING,
     UNSUPPORTED,
     Backend,
     BackendRequest,
@@ -80,6 +82,7 @@ class Router:
     def start(self) -> None:
         for state in self.pool.states.values():
             self.metrics.set_breaker(state.name, state.breaker.state)
+            self.metrics.set_health(state.name, False)  # every series exists from the start; a probe follows at once
         self._monitor.start()
 
     async def aclose(self) -> None:
@@ -93,10 +96,26 @@ class Router:
             logger.info("backend %s is now %s", backend.name, "healthy" if healthy else "unhealthy")
         state.healthy = healthy
         self.metrics.set_health(backend.name, healthy)
+        # Re-published every round, not only on change: a gauge recorded once, before the node's
+        # metrics agent is connected, never reaches Prometheus.
+        self.metrics.set_breaker(backend.name, state.breaker.state)
+
+    @property
+    def ready(self) -> bool:
+        """Every backend has had its first health probe, so a request gets a considered answer."""
+        return self._monitor.first_round_done
 
     # ------------------------------------------------------------------ generation
 
     async def generate(self, path: str, raw: bytes, header_backend: str | None) -> Reply:
+        try:
+            return await self._generate(path, raw, header_backend)
+        except RecursionError:
+            # Only a client's nesting makes the JSON codec (or a translation) recurse this deep; the
+            # depth at which it happens depends on the caller's stack, so catch it wherever it is.
+            return error_reply(400, "request body is nested too deeply", "invalid_request_error")
+
+    async def _generate(self, path: str, raw: bytes, header_backend: str | None) -> Reply:
         try:
             payload = json.loads(raw)
         except ValueError as exc:
@@ -173,6 +192,11 @@ class Router:
         if reason == UNSUPPORTED:  # the request, not the backend: no breaker charge, no fallback note
             state.breaker.release()
             return
+        if reason == STARTING:  # not up yet: no breaker charge (it would stay open after start-up)
+            state.breaker.release()
+            self.metrics.error(state.name, reason)
+            attempt.failed.append(state.name)
+            return
         state.record(False, error=reason)
         self.metrics.error(state.name, reason)
         if response is not None:
@@ -201,7 +225,9 @@ class Router:
         if attempt.reasons and all(r.endswith(": 429") for r in attempt.reasons):
             retry = str(max(1, round(attempt.retry_after or 1))).encode()
             return error_reply(429, message, "rate_limit_error", headers=[(b"retry-after", retry)])
-        return error_reply(503, message, "backend_unavailable")
+        # a client may retry once the backends' next health round has had a chance to see them back
+        retry = str(max(1, math.ceil(min((s.backend.config.health.interval for s in self.pool.states.values()), default=1))))
+        return error_reply(503, message, "backend_unavailable", headers=[(b"retry-after", retry.encode())])
 
     # ------------------------------------------------------------------ streaming
 

@@ -6,7 +6,7 @@ the client has. Only when a stream breaks after the first byte are those events 
 the text already sent; the request is then re-sent to a backend that can continue a final assistant
 message (vLLM: ``continue_final_message: true`` + ``add_generation_prompt: false``; Anthropic: a
 trailing assistant message is a prefill) and the continuation's events are rewritten to carry the
-original ``id``/``created``/``model``, without a second role chunk. The client sees one stream with no
+original ``id``/``created``/``model``, without a second role chunk, and its usage restated as the client's own request's. The client sees one stream with no
 duplicated and no lost text. Where no backend can continue, the stream ends with an OpenAI-style error
 event and ``[DONE]`` -- never a silent truncation.
 
@@ -140,6 +140,9 @@ def rewrite_continuation(block: bytes, sent: Sent, state: dict[str, bool]) -> by
         event = json.loads(data)
         if sent.id is not None:
             event["id"], event["created"], event["model"] = sent.id, sent.created, sent.model
+        usage = event.get("usage")
+        if isinstance(usage, dict):
+            _restate_usage(usage, sent.pieces)
         choices = event.get("choices") or []
         if not state.get("role_skipped") and choices:
             delta = choices[0].get("delta")
@@ -150,3 +153,13 @@ def rewrite_continuation(block: bytes, sent: Sent, state: dict[str, bool]) -> by
     return b"".join(out)
 
 
+
+
+def _restate_usage(usage: dict[str, Any], delivered: int) -> None:
+    """A continuation counts the text already delivered as prompt; the client asked for its own
+    request's numbers: its prompt, and every completion token it received (one per text event, the
+    same count the continuation's ``max_tokens`` budget is cut by)."""
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if isinstance(prompt, int) and isinstance(completion, int):
+        usage["prompt_tokens"] = max(0, prompt - delivered)
+        usage["completion_tokens"] = completion + delivered

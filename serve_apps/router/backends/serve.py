@@ -75,6 +75,9 @@ class ServeBackend(Backend):
         self._stream_handle = handle.options(stream=True)
         self._health_path = config.health.path or "/health"
         self._endpoints: dict[str, _Endpoint] = {}
+        # Until a health probe passes, calls through the handle would queue behind replicas that are
+        # still loading their engine (a minute or more): refuse at once instead, so the client gets 503.
+        self._up = False
 
     def describe(self) -> dict[str, object]:
         # endpoints are only ever learned with transport auto, so they alone say which path is in use
@@ -120,6 +123,8 @@ class ServeBackend(Backend):
             else:
                 response.stream = _CountedStream(response.stream, endpoint)
                 return response
+        if not self._up:
+            raise BackendUnavailable("starting", "engine replicas are still starting")
         return await self._open(request.method, request.path, request.body, self.config.timeouts.first_byte)
 
     def _pick(self) -> "_Endpoint | None":
@@ -135,6 +140,8 @@ class ServeBackend(Backend):
             await response.aread()
         except BackendUnavailable:
             return False
+        if response.status == 200:
+            self._up = True
         return response.status == 200
 
     async def _refresh_endpoints(self) -> None:

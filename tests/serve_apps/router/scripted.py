@@ -20,6 +20,7 @@ from serve_apps.router.config import BackendConfig
 
 TOKENS = [f" w{i}" for i in range(8)]
 ANSWER = "".join(TOKENS)
+PROMPT_TOKENS = 11  # what a request's own prompt counts; a continuation adds the prefix's tokens
 
 
 @dataclass
@@ -101,5 +102,11 @@ def _events(payload: dict[str, Any]) -> list[bytes]:
         return sse_event({"id": "chatcmpl-x", "object": "chat.completion.chunk", "created": 1, "model": "m",
                           "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
 
+    usage: list[bytes] = []
+    if (payload.get("stream_options") or {}).get("include_usage"):  # as vLLM counts: the prefix is prompt
+        usage = [sse_event({"id": "chatcmpl-x", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                            "choices": [], "usage": {"prompt_tokens": PROMPT_TOKENS + done,
+                                                     "completion_tokens": len(TOKENS) - done,
+                                                     "total_tokens": PROMPT_TOKENS + len(TOKENS)}})]
     return ([chunk({"role": "assistant", "content": ""})] + [chunk({"content": t}) for t in TOKENS[done:]]
-            + [chunk({}, "stop"), SSE_DONE])
+            + [chunk({}, "stop"), *usage, SSE_DONE])
