@@ -4,8 +4,8 @@ through their DeploymentHandle.
 Two transports, one body format (exactly what vLLM's HTTP server sends):
 
 - HTTP (``transport: auto``, the default, wherever replicas publish a port): each engine worker
-  serves its guarded OpenAI app on an ephemeral port of its node and says where through
-  ``endpoint()``. The backend learns the endpoints
+  serves its guarded OpenAI app on an ephemeral port of its node and says where (and the token that
+  port requires) through ``endpoint()``. The backend learns the endpoints
   on every health round (asking the handle a few times, so every replica is met) and spreads requests
   over them, least outstanding first. Measured faster for streams: one socket write per chunk.
 - the handle: ``forward(method, path, headers, body)`` streams a head dict then body bytes; each
@@ -110,7 +110,7 @@ class ServeBackend(Backend):
             endpoint.outstanding += 1
             try:
                 response = await endpoint.client.send(request.method, endpoint.url + request.path,
-                                                      FORWARD_HEADERS_DICT, request.body)
+                                                      endpoint.headers, request.body)
             except BackendUnavailable as exc:
                 endpoint.outstanding -= 1
                 if exc.reason != "connect":
@@ -154,7 +154,8 @@ class ServeBackend(Backend):
                                                return_exceptions=True)
         except TimeoutError:
             return
-        seen = {a for a in answers if isinstance(a, str) and a.startswith("http://")}
+        seen = {a["url"]: a["token"] for a in answers
+                if isinstance(a, dict) and str(a.get("url", "")).startswith("http://") and a.get("token")}
         if not seen:
             return  # no listener anywhere (or calls failed): keep what we had; connect errors prune it
         for url, endpoint in list(self._endpoints.items()):
@@ -164,8 +165,9 @@ class ServeBackend(Backend):
                 endpoint.missed += 1
                 if endpoint.missed >= 3:  # not met in three rounds: the replica is gone
                     await self._endpoints.pop(url).client.aclose()
-        for url in seen - self._endpoints.keys():
-            self._endpoints[url] = _Endpoint(url, HTTPClient(self.config.model_copy(update={"url": url})))
+        for url in seen.keys() - self._endpoints.keys():
+            headers = {**FORWARD_HEADERS_DICT, "authorization": f"Bearer {seen[url]}"}
+            self._endpoints[url] = _Endpoint(url, HTTPClient(self.config.model_copy(update={"url": url})), headers)
 
     async def aclose(self) -> None:
         for endpoint in self._endpoints.values():
@@ -199,9 +201,9 @@ class _CountedStream(ByteStream):
 
 
 class _Endpoint:
-    __slots__ = ("url", "client", "outstanding", "missed")
+    __slots__ = ("url", "client", "headers", "outstanding", "missed")
 
-    def __init__(self, url: str, client: HTTPClient) -> None:
-        self.url, self.client = url, client
+    def __init__(self, url: str, client: HTTPClient, headers: dict[str, str]) -> None:
+        self.url, self.client, self.headers = url, client, headers  # headers carry the replica's token
         self.outstanding = 0
         self.missed = 0
