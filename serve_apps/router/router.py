@@ -8,6 +8,7 @@ request to the next candidate (a 429's Retry-After keeps that backend out for th
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -272,14 +273,16 @@ class Router:
                 if opened is None:
                     yield error_event(f"backend {name} failed mid-stream and no backend could resume it")
                     return
-                lease, first = opened
+                lease, first, routed_model = opened
+                if sent.text and streaming.wants_usage(payload):
+                    sent.prompt_tokens = await self._prompt_tokens(lease, payload, path, routed_model)
                 resumed, rewrite_state = sent, {}
                 yield f": resumed on {lease.state.name} after {len(sent.text)} chars\n\n".encode()
         finally:
             await lease.abandon()  # no-op after a verdict; the client went away otherwise
 
     async def _open_resume(self, payload: dict[str, Any], model: str | None, path: str, failed: set[str], source: str,
-                           need_resume: bool = True) -> tuple[Lease, bytes] | None:
+                           need_resume: bool = True) -> tuple[Lease, bytes, str | None] | None:
         """Find a backend that takes the continuation and has produced its first bytes."""
         for route in self.pool.plan(model, path):
             state = route.state
@@ -305,8 +308,20 @@ class Router:
                 await lease.abandon()
                 raise
             self.metrics.resume(source, state.name)
-            return lease, first
+            return lease, first, body.get("model")
         return None
+
+    async def _prompt_tokens(self, lease: Lease, payload: dict[str, Any], path: str, model: str | None) -> int | None:
+        """The client's own prompt tokens, counted by the backend that continues the stream (vLLM's
+        ``/tokenize``); None where it cannot count (the usage is then estimated, see ``streaming``)."""
+        request = streaming.tokenize_request(payload, path, model)
+        try:
+            async with asyncio.timeout(lease.state.backend.config.timeouts.first_byte):
+                response = await lease.state.backend.send(request)
+                data = await response.aread()
+        except (BackendUnavailable, TimeoutError):
+            return None
+        return streaming.token_count(data) if response.status == 200 else None
 
     # ------------------------------------------------------------------ read-only endpoints
 

@@ -197,8 +197,10 @@ def usage_of(raw: bytes) -> dict:
     return usages[0]
 
 
-def test_usage_after_a_resume_is_the_clients_own_request():
+@pytest.mark.parametrize("tokenize", [True, False])
+def test_usage_after_a_resume_is_the_clients_own_request(tokenize: bool):
     router, backends = make_router([Step(die_after=4)], [Step()])  # role chunk + 3 tokens, then dies
+    backends[1].tokenize = tokenize
 
     async def run() -> bytes:
         return await drain(await router.generate(CHAT, body(stream=True, stream_options={"include_usage": True}), None))
@@ -209,6 +211,17 @@ def test_usage_after_a_resume_is_the_clients_own_request():
     assert usage_of(raw) == {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": len(TOKENS),
                              "total_tokens": PROMPT_TOKENS + len(TOKENS)}
     settled(router, backends)
+
+
+def test_usage_prompt_is_counted_by_the_continuing_backend_when_the_text_retokenizes_differently():
+    router, backends = make_router([Step(die_after=4)], [Step()])
+    backends[1].retokenized_extra = 2  # e.g. BPE merges the delivered pieces differently
+
+    async def run() -> bytes:
+        return await drain(await router.generate(CHAT, body(stream=True, stream_options={"include_usage": True}), None))
+
+    usage = usage_of(asyncio.run(run()))
+    assert usage["prompt_tokens"] == PROMPT_TOKENS and usage["completion_tokens"] == len(TOKENS)
 
 
 def test_all_failing_503_says_when_to_retry():
