@@ -130,6 +130,9 @@ class Router:
             return error_reply(400, "`model` must be a string", "invalid_request_error")
         if explicit is not None and not isinstance(explicit, str):
             return error_reply(400, "`backend` must be a string", "invalid_request_error")
+        wrong = _wrong_type(payload)
+        if wrong is not None:
+            return error_reply(400, wrong, "invalid_request_error")
         if not self.pool.knows_model(model):
             return error_reply(404, f"The model `{model}` does not exist.", "invalid_request_error", "model_not_found")
         try:
@@ -350,6 +353,23 @@ async def _first_chunk(response: BackendResponse) -> bytes:
         if chunk:
             return chunk
     raise BackendUnavailable("disconnect", "empty stream")
+
+
+# Fields an engine reads as an object or a list before validating them: vLLM 0.32 answers 500 to
+# ``"structured_outputs": [...]`` (found by the fuzz test). Checked here, where the body is parsed
+# anyway, so a wrong type is the client's 400 on every backend.
+_CONTAINER_FIELDS: tuple[tuple[str, type, str], ...] = (
+    ("messages", list, "an array"), ("structured_outputs", dict, "an object"), ("response_format", dict, "an object"),
+    ("stream_options", dict, "an object"), ("kv_transfer_params", dict, "an object"), ("tools", list, "an array"),
+)
+
+
+def _wrong_type(payload: dict[str, Any]) -> str | None:
+    for name, kind, spelled in _CONTAINER_FIELDS:
+        value = payload.get(name)
+        if value is not None and not isinstance(value, kind):
+            return f"`{name}` must be {spelled}"
+    return None
 
 
 def _tag_backend(data: bytes, name: str) -> bytes:

@@ -107,3 +107,12 @@ def test_a_huge_string_is_passed_on_not_choked_on():
 def test_a_backend_header_that_is_not_utf8_is_a_client_error():
     status, raw = post(json.dumps({"model": "m", "messages": []}).encode(), headers=(("x-backend", "\xff\xfe"),))
     assert_client_error_or_answer(status, raw)
+
+
+@pytest.mark.parametrize("field,value", [("structured_outputs", [None, None]), ("response_format", "json"),
+                                         ("stream_options", [1]), ("messages", {"role": "user"}), ("tools", {})])
+def test_a_container_field_of_the_wrong_type_is_the_clients_400(field: str, value):
+    """vLLM answers 500 to some of these (``structured_outputs`` as a list); the router says 400 first."""
+    status, raw = post(json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], field: value}).encode())
+    assert status == 400 and json.loads(raw)["error"]["message"] == f"`{field}` must be " + (
+        "an array" if field in ("messages", "tools") else "an object")
