@@ -83,13 +83,18 @@ def test_up_serves_the_shipped_local_config_and_tears_down(tmp_path):
         probe.stop.set()
         probe.join(15)
         # While the engine loads, every door answers at once: 503 + Retry-After + an OpenAI error from
-        # the router (Serve's proxy says 404 until the router app exists).
-        routed = {url: [] for url in probe.urls}
+        # the router. Serve's proxy says 404 until the router app exists, then holds the first request
+        # until the router replica has been constructed (Serve's own queueing, before any of our code
+        # runs): that one answer on Serve's door may take a few seconds.
+        routed: dict[str, list[httpx.Response]] = {url: [] for url in probe.urls}
+        timeline = "\n".join(f"{u} {e:.2f}s {getattr(a, 'status_code', a)!r}" for u, e, a in probe.seen)
         for url, elapsed, answer in probe.seen:
-            assert isinstance(answer, httpx.Response), f"{url}: {answer!r} after {elapsed:.1f} s"
-            assert elapsed < 3, f"{url} took {elapsed:.1f} s to answer during start-up"
-            if answer.status_code == 404 and url.endswith(str(port)) and "error" not in answer.text:
+            assert isinstance(answer, httpx.Response), f"{url}: {answer!r} after {elapsed:.1f} s\n{timeline}"
+            serve_door = url.endswith(f":{port}")
+            if serve_door and answer.status_code == 404 and "error" not in answer.text:
                 continue
+            first_from_router = serve_door and not routed[url]
+            assert elapsed < (30 if first_from_router else 3), f"{url} took {elapsed:.1f} s during start-up\n{timeline}"
             routed[url].append(answer)
         for url, answers in routed.items():
             early = [a for a in answers if a.status_code != 200]
