@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+from collections.abc import Awaitable, Callable
 
 from serve_apps.asgi import BodyTooLarge, Receive, Scope, Send, lifespan, read_body, route_path, send_response
 from serve_apps.router.backends.base import CHAT_PATH, COMPLETIONS_PATH
@@ -18,14 +19,17 @@ from serve_apps.router import openapi
 from serve_apps.router.router import JSON_HEADERS, Reply, Router, error_reply
 
 logger = logging.getLogger("ray.serve")
+# Extra routes (batch): (method, path, scope, receive) -> a reply, or None when the path is not theirs.
+RouteHook = Callable[[str, str, Scope, Receive], Awaitable["Reply | None"]]
 GENERATE_PATHS = frozenset({CHAT_PATH, COMPLETIONS_PATH})
 # The API description is public (as on vLLM's own server): no key needed to read it.
 DOCUMENT_PATHS = frozenset({"/openapi.json", "/docs"})
 
 
 class RouterASGI:
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, hook: RouteHook | None = None) -> None:
         self.router = router
+        self.hook = hook
         self._keys = [key.encode() for key in router.api_keys]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -68,6 +72,13 @@ class RouterASGI:
                 return error_reply(405, f"{method} not allowed on {path}", "invalid_request_error")
             payload = self.router.models() if path == "/v1/models" else self.router.backends()
             return Reply(200, JSON_HEADERS, json.dumps(payload).encode())
+        if self.hook is not None:
+            try:
+                reply = await self.hook(method, path, scope, receive)
+            except BodyTooLarge:
+                return error_reply(413, "request body too large", "invalid_request_error")
+            if reply is not None:
+                return reply
         return error_reply(404, f"no route {path}", "invalid_request_error")
 
     def _authorized(self, header: bytes | None) -> bool:

@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from serve_apps.batch.config import BatchConfig
 from serve_apps.config import EngineConfig
 from serve_apps.validation import StrictModel
 
@@ -188,6 +189,7 @@ class RouterAppArgs(RouterConfig):
 
     engines: list[EngineConfig] = Field(default_factory=list)
     router: RouterDeploymentOptions = Field(default_factory=RouterDeploymentOptions)
+    batch: BatchConfig = Field(default_factory=BatchConfig, description="/v1/batch and the OpenAI Batch API")
 
     @model_validator(mode="after")
     def _engines_exist(self) -> "RouterAppArgs":
