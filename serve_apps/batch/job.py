@@ -132,7 +132,7 @@ class JobRunner:
         await self._flush(force=True)
         if self.cancelled:
             return await self._save_status("cancelling")
-        return await self._save_status("expired" if expired else "finalizing")
+        return await self._save_status("finalizing")  # past expires_at, finalising makes it "expired"
 
     async def _tick(self) -> None:
         """Flush on time as well as on size, and notice a cancel requested through storage."""
@@ -214,7 +214,9 @@ class JobRunner:
 
     def _finalise(self, batch: Batch) -> Batch:
         """Merge the parts into the output and error files (deterministic ids: a rerun overwrites)."""
-        final = {"cancelling": "cancelled", "expired": "expired"}.get(batch.status, "completed")
+        final = "cancelled" if batch.status == "cancelling" else "completed"
+        if final == "completed" and batch.expires_at is not None and (batch.finalizing_at or 0) > batch.expires_at:
+            final = "expired"  # lines past the window went to the error file as batch_expired
         suffix = batch.id.removeprefix("batch_")
         names = {OUTPUT: (f"file-{suffix}-output", f"{batch.id}_output.jsonl"),
                  ERROR: (f"file-{suffix}-error", f"{batch.id}_error.jsonl")}

@@ -41,6 +41,7 @@ class Storage:
         return "/".join([self.root, *parts])
 
     def _write_atomic(self, path: str, data: bytes) -> None:
+        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)  # a no-op on object stores
         tmp = f"{path}.tmp-{secrets.token_hex(4)}"
         with self.fs.open(tmp, "wb") as handle:
             handle.write(data)
