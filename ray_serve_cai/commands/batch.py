@@ -38,6 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--resume", action="store_true", help="continue OUT: skip custom_ids it already holds")
     run.add_argument("--address", default=None,
                      help="an existing Ray cluster (host:6379 or ray://host:10001) instead of a private one")
+    run.add_argument("--summary-json", type=Path, default=None, metavar="FILE",
+                     help="also write the run's counts and throughput to FILE as JSON")
     run.set_defaults(func=_run)
 
 
@@ -84,5 +86,11 @@ def _run(args: argparse.Namespace) -> int:
         print(f"resumed: {summary.skipped} requests were already in {args.output}", file=sys.stderr)
     print(f"wrote {summary.written} lines to {args.output} ({summary.failed} errors) in {summary.seconds:.1f} s: "
           f"{summary.written / summary.seconds if summary.seconds else 0:.1f} req/s, "
-          f"{summary.tokens_per_second:.0f} output tokens/s", file=sys.stderr)
+          f"{summary.tokens_per_second:.0f} output tokens/s; after engine start "
+          f"{summary.steady_tokens_per_second:.0f} output tokens/s", file=sys.stderr)
+    if args.summary_json is not None:
+        from dataclasses import asdict
+
+        args.summary_json.write_text(json.dumps({**asdict(summary), "tokens_per_second": summary.tokens_per_second,
+                                                 "steady_tokens_per_second": summary.steady_tokens_per_second}))
     return 0  # per-line errors are results (in OUT, like the Batch API's error file), not a failed run

@@ -46,10 +46,17 @@ class Summary:
     failed: int
     output_tokens: int
     seconds: float
+    # After the first written block: the engines are up, so this is the generation rate without start-up.
+    steady_tokens: int = 0
+    steady_seconds: float = 0.0
 
     @property
     def tokens_per_second(self) -> float:
         return self.output_tokens / self.seconds if self.seconds else 0.0
+
+    @property
+    def steady_tokens_per_second(self) -> float:
+        return self.steady_tokens / self.steady_seconds if self.steady_seconds else 0.0
 
 
 def check_input(job: OfflineJob) -> int:
@@ -95,6 +102,8 @@ def run(job: OfflineJob, on_progress: Callable[[int, int], None] | None = None) 
     todo = total - len(done)
     started = time.monotonic()
     written = failed = tokens = 0
+    first_block_at: float | None = None
+    first_block_tokens = 0
     if todo > 0:
         import ray
 
@@ -125,9 +134,13 @@ def run(job: OfflineJob, on_progress: Callable[[int, int], None] | None = None) 
                     written += len(block["line"])
                     failed += int((~block["ok"]).sum())
                     tokens += block_tokens
+                    if first_block_at is None:
+                        first_block_at, first_block_tokens = time.monotonic(), block_tokens
                     if on_progress:
                         on_progress(len(block["line"]), block_tokens)
         finally:
             if own_cluster:
                 ray.shutdown()
-    return Summary(total, len(done), written, failed, tokens, time.monotonic() - started)
+    ended = time.monotonic()
+    return Summary(total, len(done), written, failed, tokens, ended - started,
+                   tokens - first_block_tokens, ended - first_block_at if first_block_at is not None else 0.0)
