@@ -25,6 +25,9 @@ logger = logging.getLogger("ray.serve")
 # (path, raw JSON body) -> (HTTP status, response body). Raises when the router cannot be reached.
 Send = Callable[[str, bytes], Awaitable[tuple[int, bytes]]]
 RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
+# A router gone this long (its app deleted?) ends the run; the batch stays resumable in storage and the
+# next router replica that comes up with the same storage picks it up again.
+GIVE_UP_AFTER_S = 600.0
 EXPIRED_ERROR = {"code": "batch_expired",
                  "message": "This request could not be executed before the completion window expired."}
 
@@ -155,7 +158,7 @@ class JobRunner:
         if payload.pop("stream", None):  # results are whole responses; a stream has nowhere to go
             payload.pop("stream_options", None)
         raw = json.dumps(payload).encode()
-        attempt, unreachable = 0, 0
+        attempt, unreachable, since = 0, 0, time.monotonic()
         while True:
             try:
                 status, data = await self.send(request.url, raw)
@@ -163,6 +166,8 @@ class JobRunner:
                 raise
             except Exception as exc:  # router replica restarting or gone: wait for it, lose nothing
                 unreachable += 1
+                if time.monotonic() - since > GIVE_UP_AFTER_S:
+                    raise RuntimeError(f"router unreachable for {GIVE_UP_AFTER_S:.0f} s") from exc
                 if unreachable == 1 or unreachable % 20 == 0:
                     logger.warning("batch %s: router unreachable (%s); retrying", self.batch_id, exc)
                 await asyncio.sleep(min(5.0, 0.2 * 2 ** min(unreachable, 5)))

@@ -10,11 +10,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
 from tests.conftest import MODEL, write_serve_config
+from tests.serve_apps.router.helpers import backends, wait_for
 
 APP = "batchrouter"
 
@@ -53,12 +53,8 @@ def batch_router(serve_stack, tmp_path_factory) -> BatchRouter:
     serve_stack.cluster.deploy(path)
     url = f"{serve_stack.base_url}/{APP}"
     serve_stack.cluster.wait_ready(f"{url}/health", timeout_s=180)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:  # the live backend is healthy (the dead one never will be)
-        states = {s["name"]: s for s in httpx.get(url + "/v1/backends", timeout=10).json()["data"]}
-        if states["replica"]["healthy"]:
-            break
-        time.sleep(0.5)
+    # the live backend is healthy (the dead one never will be)
+    wait_for(lambda: backends(url)["replica"]["healthy"], timeout=60, message="the engine backend healthy")
     return BatchRouter(url, storage)
 
 
