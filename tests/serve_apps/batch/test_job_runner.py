@@ -64,13 +64,18 @@ def config(tmp_path: Path, **extra) -> BatchConfig:
     return BatchConfig(storage=str(tmp_path), flush_lines=5, flush_seconds=0.05, concurrency=4, **extra)
 
 
-def test_lifecycle_counts_and_order(tmp_path):
-    storage = Storage(str(tmp_path))
+@pytest.mark.parametrize("where", ["directory", "memory"])
+def test_lifecycle_counts_and_order(tmp_path, where):
+    # fsspec's in-memory filesystem stands for an object store: no local paths, rename is copy + delete
+    uri = str(tmp_path) if where == "directory" else f"memory://batch-{tmp_path.name}"
+    storage = Storage(uri)
     lines = [request(i) for i in range(20)] + [request(20, model="nope")]
     batch = make_batch(storage, lines)
     router = Router(delay=0.01)
-    status = asyncio.run(JobRunner(config(tmp_path), storage, batch.id, router).run())
+    settings = BatchConfig(storage=uri, flush_lines=5, flush_seconds=0.05, concurrency=4)
+    status = asyncio.run(JobRunner(settings, storage, batch.id, router).run())
     assert status == "completed"
+    assert len(storage.part_paths(batch.id)) >= 4  # checkpointed as it went, not once at the end
     done = storage.get_batch(batch.id)
     assert done.request_counts.model_dump() == {"total": 21, "completed": 20, "failed": 1}
     assert done.in_progress_at and done.finalizing_at and done.completed_at
