@@ -31,6 +31,7 @@ from serve_apps.batch.models import (
 )
 from serve_apps.batch.storage import Storage
 from serve_apps.router.asgi import BodyTooLarge, Receive, Scope, _read_body
+from serve_apps.router.backends.base import error_body
 from serve_apps.router.router import JSON_HEADERS, Reply, error_reply
 
 JSON_LIMIT = 1024 * 1024
@@ -41,10 +42,7 @@ def _json(payload: Any, status: int = 200) -> Reply:
 
 
 def _invalid(message: str, param: str | None = None, status: int = 400, code: str | None = None) -> Reply:
-    reply = error_reply(status, message, "invalid_request_error", code)
-    body = json.loads(reply.body)  # type: ignore[arg-type]
-    body["error"]["param"] = param
-    return Reply(reply.status, reply.headers, json.dumps(body).encode())
+    return Reply(status, list(JSON_HEADERS), error_body(message, "invalid_request_error", code or status, param))
 
 
 def _not_found(kind: str, object_id: str) -> Reply:
