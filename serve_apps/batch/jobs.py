@@ -9,6 +9,7 @@ whole new cluster) is started again from its checkpoint within ``supervise_secon
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any
 
@@ -38,7 +39,9 @@ class JobSupervisor:
     def actor_name(self, batch_id: str) -> str:
         return f"{self.router_app}-{batch_id}"
 
-    def _actor(self) -> Any:
+    @staticmethod
+    @functools.cache
+    def _actor() -> Any:
         import ray
 
         from serve_apps.batch.job import BatchJob
