@@ -16,6 +16,7 @@ from urllib.parse import parse_qs
 
 from pydantic import ValidationError
 
+from serve_apps.asgi import BodyTooLarge, Receive, Scope, read_body
 from serve_apps.batch.config import BatchConfig
 from serve_apps.batch.jobs import JobSupervisor
 from serve_apps.batch.models import (
@@ -30,8 +31,7 @@ from serve_apps.batch.models import (
     now,
 )
 from serve_apps.batch.storage import Storage
-from serve_apps.router.asgi import BodyTooLarge, Receive, Scope, _read_body
-from serve_apps.router.backends.base import error_body
+from serve_apps.openai_format import error_body
 from serve_apps.router.router import JSON_HEADERS, Reply, error_reply
 
 JSON_LIMIT = 1024 * 1024
@@ -42,7 +42,7 @@ def _json(payload: Any, status: int = 200) -> Reply:
 
 
 def _invalid(message: str, param: str | None = None, status: int = 400, code: str | None = None) -> Reply:
-    return Reply(status, list(JSON_HEADERS), error_body(message, "invalid_request_error", code or status, param))
+    return Reply(status, list(JSON_HEADERS), error_body(status, message, type="invalid_request_error", code=code, param=param))
 
 
 def _not_found(kind: str, object_id: str) -> Reply:
@@ -147,7 +147,7 @@ class BatchAPI:
 
     async def _create(self, receive: Receive) -> Reply:
         try:
-            raw = await _read_body(receive, JSON_LIMIT)
+            raw = await read_body(receive, JSON_LIMIT)
             body = json.loads(raw)
         except BodyTooLarge:
             return _invalid("request body too large", None, 413)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from serve_apps.config import StrictModel
+from serve_apps.validation import StrictModel
 
 DEFAULT_STORAGE = "~/.cache/ray-serve-cai/batch"
 

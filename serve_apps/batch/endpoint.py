@@ -15,11 +15,11 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
+from serve_apps.asgi import BodyTooLarge, Receive, read_body
 from serve_apps.batch.config import BatchConfig
 from serve_apps.batch.models import CHAT_PATH
-from serve_apps.config import StrictModel
-from serve_apps.router.asgi import BodyTooLarge, Receive, _read_body
 from serve_apps.router.router import JSON_HEADERS, Reply, Router, error_reply
+from serve_apps.validation import StrictModel
 
 
 class BatchPrompts(StrictModel):
@@ -38,7 +38,7 @@ class PromptsEndpoint:
         if method != "POST":
             return error_reply(405, f"{method} not allowed on /v1/batch", "invalid_request_error")
         try:
-            raw = await _read_body(receive, self.config.endpoint_max_bytes)
+            raw = await read_body(receive, self.config.endpoint_max_bytes)
         except BodyTooLarge:
             return error_reply(413, f"request body over {self.config.endpoint_max_bytes} bytes", "invalid_request_error")
         try:

@@ -9,7 +9,7 @@ from serve_apps.batch.config import BatchConfig
 from serve_apps.batch.endpoint import PromptsEndpoint
 from serve_apps.batch.jobs import JobSupervisor
 from serve_apps.batch.storage import Storage
-from serve_apps.router.asgi import Receive, Scope
+from serve_apps.asgi import Receive, Scope
 from serve_apps.router.router import Reply, Router
 
 PREFIXES = ("/v1/batch", "/v1/batches", "/v1/files")

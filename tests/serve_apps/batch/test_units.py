@@ -10,7 +10,7 @@ import pytest
 from serve_apps.batch.lines import scan
 from serve_apps.batch.predictor import LineError, sampling_kwargs
 from serve_apps.batch.storage import Storage
-from serve_apps.router.app import parse_router_args
+from serve_apps.checks import parse_router_args
 
 BACKENDS = [{"name": "a", "kind": "openai", "url": "http://127.0.0.1:9"}]
 
