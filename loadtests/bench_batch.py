@@ -31,8 +31,9 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from loadtests.bench_router_lib import ROOT, Connection, stop_on_sigterm, wait_http, write_result  # noqa: E402
+from loadtests.bench_router_lib import ROOT, Connection, stop_on_sigterm, write_result  # noqa: E402
 from launchers.local import LocalCluster, free_port  # noqa: E402
+from launchers.polling import poll_until  # noqa: E402
 
 BASELINE = """
 import json, sys, time, os
@@ -113,26 +114,21 @@ def start_stack(work: Path, concurrency: int) -> tuple[LocalCluster, str]:
         cluster.deploy(work / "stack.yaml")
         url = f"http://127.0.0.1:{port}"
         cluster.wait_ready(url + "/health", 900)
-        body = json.dumps({"model": "tiny-chat", "prompt": "warm", "max_tokens": 4}).encode()
-        asyncio.run(_post_until_ok(url, body))
+        poll_until(lambda: _generates(url), timeout_s=600, interval_s=1)  # healthy is not yet generating
     except Exception:
         cluster.stop()
         raise
     return cluster, url
 
 
-async def _post_until_ok(url: str, body: bytes, timeout: float = 600) -> None:
-    host, port = url.split("//")[1].split(":")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            status, _, _ = await Connection(host, int(port)).post("/v1/completions", body)
-            if status == 200:
-                return
-        except OSError:
-            pass
-        await asyncio.sleep(1)
-    raise TimeoutError("engine never answered")
+def _generates(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.post(url + "/v1/completions", json={"model": "tiny-chat", "prompt": "warm", "max_tokens": 4},
+                          timeout=60).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 async def client_load(url: str, texts: list[str], max_tokens: int, concurrency: int) -> dict[str, Any]:
