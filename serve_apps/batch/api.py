@@ -1,6 +1,6 @@
 """OpenAI's Files and Batch APIs over ``Storage`` and ``JobSupervisor``, as router routes.
 
-``POST /v1/files`` (multipart, ``purpose=batch``), ``GET /v1/files/{id}``, ``GET /v1/files/{id}/content``,
+``POST /v1/files`` (multipart, ``purpose=batch``), ``GET /v1/files``, ``GET /v1/files/{id}``, ``GET /v1/files/{id}/content``,
 ``DELETE /v1/files/{id}``, ``POST /v1/batches``, ``GET /v1/batches/{id}``, ``GET /v1/batches``
 (``after``, ``limit``), ``POST /v1/batches/{id}/cancel``. The HTTP request only records intent in
 storage; the work happens in the batch's job actor.
@@ -64,6 +64,31 @@ def _limited(receive: Receive, limit: int) -> Receive:
     return wrapped
 
 
+def _page(query: str, ids: list[str], view: Any, max_limit: int) -> Reply:
+    """One page of a newest-first listing: ``limit`` (1..max_limit), ``after`` (an id on the last page)."""
+    params = {k: v[-1] for k, v in parse_qs(query).items()}
+    try:
+        limit = int(params.get("limit", 20))
+    except ValueError:
+        return _invalid("limit must be an integer", "limit")
+    if not 1 <= limit <= max_limit:
+        return _invalid(f"limit must be between 1 and {max_limit}", "limit")
+    after = params.get("after")
+    if after:
+        ids = [i for i in ids if i < after]  # ids sort by creation time
+    data: list[dict[str, Any]] = []
+    rest = iter(ids)
+    for object_id in rest:
+        item = view(object_id)
+        if item is not None:
+            data.append(item.model_dump())
+            if len(data) == limit:
+                break
+    has_more = any(view(i) is not None for i in rest) if len(data) == limit else False
+    return _json({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+                  "last_id": data[-1]["id"] if data else None, "has_more": has_more})
+
+
 class BatchAPI:
     def __init__(self, config: BatchConfig, storage: Storage, supervisor: JobSupervisor) -> None:
         self.config = config
@@ -73,6 +98,8 @@ class BatchAPI:
     async def files(self, method: str, path: str, scope: Scope, receive: Receive) -> Reply:
         parts = path.strip("/").split("/")  # v1, files, [id, [content]]
         if len(parts) == 2:
+            if method == "GET":
+                return await asyncio.to_thread(self._list_files, scope.get("query_string", b"").decode())
             if method != "POST":
                 return error_reply(405, f"{method} not allowed on {path}", "invalid_request_error")
             return await self._upload(scope, receive)
@@ -185,21 +212,17 @@ class BatchAPI:
         return batch
 
     def _list(self, query: str) -> Reply:
-        params = {k: v[-1] for k, v in parse_qs(query).items()}
-        try:
-            limit = int(params.get("limit", 20))
-        except ValueError:
-            return _invalid("limit must be an integer", "limit")
-        if not 1 <= limit <= 100:
-            return _invalid("limit must be between 1 and 100", "limit")
-        ids = self.storage.batch_ids()
-        after = params.get("after")
-        if after:
-            ids = [i for i in ids if i < after]  # ids sort by creation time; newest first
-        page = [b for b in (self._view(i) for i in ids[:limit]) if b is not None]
-        data = [b.model_dump() for b in page]
-        return _json({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-                      "last_id": data[-1]["id"] if data else None, "has_more": len(ids) > limit})
+        return _page(query, self.storage.batch_ids(), self._view, 100)
+
+    def _list_files(self, query: str) -> Reply:
+        purpose = parse_qs(query).get("purpose", [None])[-1]
+        ids = self.storage.file_ids()
+
+        def view(file_id: str) -> FileObject | None:
+            meta = self.storage.get_file(file_id)
+            return meta if meta is not None and purpose in (None, meta.purpose) else None
+
+        return _page(query, ids, view, 10_000)
 
     def _cancel(self, batch_id: str) -> Reply:
         batch = self._view(batch_id)

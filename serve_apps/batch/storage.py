@@ -79,6 +79,11 @@ class Storage:
         data = self._read_json(self._path("files", f"{file_id}.json"))
         return FileObject.model_validate(data) if data is not None else None
 
+    def file_ids(self) -> list[str]:
+        """Every stored file id, newest first (ids are time-ordered)."""
+        names = [p.rsplit("/", 1)[-1] for p in self.fs.ls(self._path("files"), detail=False)]
+        return sorted((n[:-5] for n in names if n.endswith(".json")), reverse=True)
+
     def open_file(self, file_id: str) -> IO[bytes]:
         return self.fs.open(self._path("files", f"{file_id}.jsonl"), "rb")
 

@@ -82,6 +82,10 @@ def test_list_pages_newest_first_and_outputs(api):
         assert done.status == "completed" and done.request_counts.completed == 3
         content = await client.files.content(done.output_file_id)
         assert [json.loads(x)["response"]["body"]["echo"] for x in content.text.splitlines()] == ["m0", "m1", "m2"]
+        inputs = await client.files.list(purpose="batch")
+        assert [f.id for f in inputs.data] == [file.id]
+        outputs = await client.files.list(purpose="batch_output", limit=2)
+        assert len(outputs.data) == 2 and outputs.has_more and outputs.data[0].id > outputs.data[1].id
     asyncio.run(scenario())
 
 
@@ -94,7 +98,7 @@ def test_upload_limits_and_wrong_methods(api):
         with pytest.raises(openai.BadRequestError):
             await client.files.create(file=("a.jsonl", lines(1)), purpose="assistants")
         raw = client._client  # the SDK's httpx client, for requests the SDK cannot make
-        response = await raw.get("http://test/v1/files")
+        response = await raw.put("http://test/v1/files")
         assert response.status_code == 405 and response.json()["error"]["type"] == "invalid_request_error"
         response = await raw.get("http://test/v1/batches?limit=0")
         assert response.status_code == 400 and response.json()["error"]["param"] == "limit"
