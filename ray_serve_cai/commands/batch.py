@@ -23,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "starts. Killed or interrupted, run it again with --resume: lines already in OUT are skipped, "
         "nothing is written twice. Without --address it starts a private Ray instance on 127.0.0.1.",
     )
-    run.add_argument("input", type=Path, metavar="IN", help="batch input file (JSONL)")
+    run.add_argument("input", metavar="IN",
+                     help="batch input file (JSONL): a path, or a URI every cluster node can read with --address")
     run.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="output file (JSONL)")
     run.add_argument("--model", required=True, help="model directory, hub id, or builtin:tiny-chat")
     run.add_argument("--served-name", default=None,
@@ -59,7 +60,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from serve_apps.batch.offline import OfflineError, OfflineJob, check_input, run
 
-    job = OfflineJob(input=args.input, output=args.output, model=args.model, served_name=args.served_name,
+    job = OfflineJob(input=str(args.input), output=args.output, model=args.model, served_name=args.served_name,
                      replicas=args.replicas, batch_size=args.batch_size, resume=args.resume, address=args.address,
                      kv_cache_gb=args.kv_cache_gb, cpus_per_replica=args.cpus_per_replica,
                      engine_kwargs=args.engine_kwargs)

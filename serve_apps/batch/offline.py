@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import fsspec
+
 from serve_apps.batch.lines import scan
 
 
@@ -25,7 +27,7 @@ class OfflineError(Exception):
 
 @dataclass
 class OfflineJob:
-    input: Path
+    input: str  # a path, or an fsspec URI that every node of the cluster can read (s3://, a shared mount)
     output: Path
     model: str
     served_name: str | None = None
@@ -61,10 +63,11 @@ class Summary:
 
 def check_input(job: OfflineJob) -> int:
     """Validate every line before any engine starts (streamed); returns the request count."""
-    if not job.input.is_file():
-        raise OfflineError(f"input file {job.input} does not exist")
-    with job.input.open("rb") as stream:
-        result = scan(stream, None, max_line_bytes=64 * 1024 * 1024, max_requests=10**9)
+    try:
+        with fsspec.open(job.input, "rb") as stream:
+            result = scan(stream, None, max_line_bytes=64 * 1024 * 1024, max_requests=10**9)
+    except FileNotFoundError:
+        raise OfflineError(f"input file {job.input} does not exist") from None
     if result.errors:
         shown = "; ".join(f"line {e.line}: {e.message}" if e.line else str(e.message) for e in result.errors[:5])
         more = f" (and {result.error_count - 5} more)" if result.error_count > 5 else ""
@@ -118,7 +121,8 @@ def run(job: OfflineJob, on_progress: Callable[[int, int], None] | None = None) 
             context.enable_progress_bars = False
             context.execution_options.preserve_order = False
             skip = frozenset(done)
-            dataset = ray.data.read_text(str(job.input.resolve())).filter(
+            source = job.input if "://" in job.input else str(Path(job.input).resolve())
+            dataset = ray.data.read_text(source).filter(
                 lambda row: bool(row["text"].strip()) and json.loads(row["text"])["custom_id"] not in skip)
             results = dataset.map_batches(
                 Predictor, batch_size=job.batch_size, num_cpus=job.cpus_per_replica,
