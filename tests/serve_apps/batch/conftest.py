@@ -38,7 +38,7 @@ def batch_router(serve_stack, tmp_path_factory) -> BatchRouter:
     port = int(serve_stack.base_url.rsplit(":", 1)[1])
     config = yaml.safe_load(write_serve_config(tmp / "base.yaml", port, serve_stack.ready_file).read_text())
     fast = {"timeouts": {"connect": 2, "first_byte": 60, "idle": 30}, "health": {"interval": 1, "timeout": 5}}
-    backends = [
+    router_backends = [
         {"name": "down", "kind": "openai", "url": f"http://127.0.0.1:{closed_port()}", "models": [MODEL], "tier": 0, **fast},
         {"name": "replica", "kind": "serve", "app": "llm", "deployment": f"engine-{MODEL}", "models": [MODEL],
          "tier": 1, **fast},
@@ -47,7 +47,7 @@ def batch_router(serve_stack, tmp_path_factory) -> BatchRouter:
     batch = {"storage": str(storage), "flush_lines": 8, "flush_seconds": 0.2, "supervise_seconds": 1,
              "concurrency": 8, "endpoint_max_items": 50, "endpoint_max_bytes": 200_000, "max_requests": 1000}
     config["applications"].append({"name": APP, "route_prefix": f"/{APP}", "import_path": "serve_apps.router.app:build_router_app",
-                                   "args": {"backends": backends, "batch": batch}})
+                                   "args": {"backends": router_backends, "batch": batch}})
     path = tmp / "with-batch-router.yaml"
     path.write_text(yaml.safe_dump(config))
     serve_stack.cluster.deploy(path)
