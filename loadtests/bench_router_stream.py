@@ -91,7 +91,6 @@ def main() -> None:
     cluster = LocalCluster(haproxy=True, extra_env={"PYTHONPATH": str(ROOT)}, log_path=workdir / "ray.log")
     cluster.start()
     port = free_port()
-    base = f"http://127.0.0.1:{port}"
     listen = free_port()
     router = f"http://127.0.0.1:{listen}"
     backends = [{"name": name, "kind": "serve", "engine": "tiny-chat", "transport": transport}

@@ -32,7 +32,8 @@ from serve_apps.batch.models import (
 )
 from serve_apps.batch.storage import Storage
 from serve_apps.openai_format import error_body
-from serve_apps.router.router import JSON_HEADERS, Reply, error_reply
+from serve_apps.asgi import JSON_HEADERS, Reply
+from serve_apps.openai_format import error_reply
 
 JSON_LIMIT = 1024 * 1024
 

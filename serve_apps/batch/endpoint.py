@@ -18,7 +18,9 @@ from pydantic import Field, ValidationError
 from serve_apps.asgi import BodyTooLarge, Receive, read_body
 from serve_apps.batch.config import BatchConfig
 from serve_apps.batch.models import CHAT_PATH
-from serve_apps.router.router import JSON_HEADERS, Reply, Router, error_reply
+from serve_apps.asgi import JSON_HEADERS, Reply
+from serve_apps.openai_format import error_reply
+from serve_apps.router.router import Router
 from serve_apps.validation import StrictModel
 
 

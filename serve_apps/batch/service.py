@@ -10,7 +10,8 @@ from serve_apps.batch.endpoint import PromptsEndpoint
 from serve_apps.batch.jobs import JobSupervisor
 from serve_apps.batch.storage import Storage
 from serve_apps.asgi import Receive, Scope
-from serve_apps.router.router import Reply, Router
+from serve_apps.asgi import Reply
+from serve_apps.router.router import Router
 
 PREFIXES = ("/v1/batch", "/v1/batches", "/v1/files")
 

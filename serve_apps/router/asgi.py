@@ -16,7 +16,9 @@ from collections.abc import Awaitable, Callable
 from serve_apps.asgi import BodyTooLarge, Receive, Scope, Send, lifespan, read_body, route_path, send_response
 from serve_apps.router.backends.base import CHAT_PATH, COMPLETIONS_PATH
 from serve_apps.router import openapi
-from serve_apps.router.router import JSON_HEADERS, Reply, Router, error_reply
+from serve_apps.asgi import JSON_HEADERS, Reply
+from serve_apps.openai_format import error_reply
+from serve_apps.router.router import Router
 
 logger = logging.getLogger("ray.serve")
 # Extra routes (batch): (method, path, scope, receive) -> a reply, or None when the path is not theirs.

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from serve_apps.openai_format import SSE_DONE, error_body, error_event
+from serve_apps.asgi import JSON_HEADERS, Reply
+from serve_apps.openai_format import SSE_DONE, error_event, error_reply
 from serve_apps.router import streaming
 from serve_apps.router.backends.base import (
     STARTING,
@@ -38,23 +39,7 @@ logger = logging.getLogger("ray.serve")
 # 429: overloaded. 401/403: the backend refused the router's own credentials (client credentials are
 # never forwarded), which no client can fix. Every other 4xx is the client's and goes back to it.
 BACKEND_FAULT_4XX = frozenset({401, 403, 429})
-JSON_HEADERS = [(b"content-type", b"application/json")]
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
-
-
-@dataclass(slots=True)
-class Reply:
-    """What the router answers, ready for ASGI: bytes headers, and a body that is either complete
-    (JSON) or a stream the sender must ``aclose``. Why its own type: it is the one shape both doors
-    (Serve ingress, listener) and in-process callers get, whatever kind of backend produced it."""
-
-    status: int
-    headers: list[tuple[bytes, bytes]]
-    body: bytes | AsyncIterator[bytes] = b""
-
-
-def error_reply(status: int, message: str, type_: str, code: Any = None, headers: list[tuple[bytes, bytes]] | None = None) -> Reply:
-    return Reply(status, JSON_HEADERS + (headers or []), error_body(status, message, type=type_, code=code))
 
 
 @dataclass(slots=True)

@@ -10,7 +10,8 @@ import pytest
 
 from serve_apps.router.config import RouterConfig
 from serve_apps.router.health import BreakerState
-from serve_apps.router.router import Reply, Router
+from serve_apps.asgi import Reply
+from serve_apps.router.router import Router
 from tests.serve_apps.router.scripted import ANSWER, PROMPT_TOKENS, TOKENS, ScriptedBackend, Step
 
 CHAT = "/v1/chat/completions"
