@@ -1,7 +1,7 @@
 """The router's HTTP face: a bare ASGI callable (no framework on the hot path).
 
 Routes: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``,
-``GET /v1/backends``, ``GET /health`` (503 until every backend had its first probe), ``GET /openapi.json``
+``GET /v1/backends``, ``GET /health`` (503 until every backend had its first probe), the batch routes when configured, ``GET /openapi.json``
 and ``GET /docs`` (the API description, see ``openapi.py``). Optional Bearer keys guard every ``/v1/`` route; errors are
 OpenAI-style JSON with the right status, never a stack trace.
 """

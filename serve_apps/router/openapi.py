@@ -108,6 +108,95 @@ def _get_operation(summary: str, model: str, auth: bool = True) -> dict[str, Any
     return operation
 
 
+_BATCH_NOTE = " Served when the router app has a `batch:` section (404 otherwise)."
+
+
+def _json_response(description: str, model: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": REF.format(model=model)}}}}
+
+
+def _batch_operation(summary: str, model: str, errors: tuple[str, ...], body: dict[str, Any] | None = None,
+                     parameters: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    responses: dict[str, Any] = {"200": _json_response(summary, model), "401": _GENERATE_ERRORS["401"],
+                                 "404": _error("unknown id, or batch not configured")}
+    for status in errors:
+        responses[status] = _error({"400": "invalid request", "409": "not in a state that allows this",
+                                    "413": "body or file over the configured limit"}[status])
+    operation: dict[str, Any] = {"summary": summary, "description": summary + "." + _BATCH_NOTE, "responses": responses}
+    if body is not None:
+        operation["requestBody"] = {"required": True, "content": body}
+    if parameters:
+        operation["parameters"] = parameters
+    return operation
+
+
+def _id(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+_PAGING = [{"name": "after", "in": "query", "required": False, "schema": {"type": "string"}},
+           {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 100}}]
+
+
+def _batch_paths() -> dict[str, Any]:
+    """The OpenAI Files and Batch API and the ``/v1/batch`` endpoint, from ``serve_apps.batch``'s models."""
+    upload = {"multipart/form-data": {"schema": {"type": "object", "required": ["file", "purpose"], "properties": {
+        "file": {"type": "string", "format": "binary"}, "purpose": {"type": "string", "enum": ["batch"]}}}}}
+    content = {"description": "the file's bytes (JSONL)", "content": {"application/octet-stream": {"schema": {"type": "string"}}}}
+    return {
+        "/v1/batch": {"post": _batch_operation("Run many prompts through the router, answered in input order",
+                                               "BatchPromptsResponse", ("400", "413"),
+                                               {"application/json": {"schema": {"$ref": REF.format(model="BatchPrompts")}}})},
+        "/v1/files": {"post": _batch_operation("Upload a batch input file", "FileObject", ("400", "413"), upload),
+                      "get": _batch_operation("List files", "FileList", ("400",), parameters=_PAGING)},
+        "/v1/files/{file_id}": {"get": _batch_operation("Retrieve a file", "FileObject", (), parameters=[_id("file_id")]),
+                                "delete": _batch_operation("Delete a file", "FileDeleted", (), parameters=[_id("file_id")])},
+        "/v1/files/{file_id}/content": {"get": {**_batch_operation("Retrieve a file's content", "FileObject", (),
+                                                                   parameters=[_id("file_id")]),
+                                                "responses": {"200": content, "401": _GENERATE_ERRORS["401"],
+                                                              "404": _error("unknown id, or batch not configured")}}},
+        "/v1/batches": {"post": _batch_operation("Create a batch", "Batch", ("400",),
+                                                 {"application/json": {"schema": {"$ref": REF.format(model="CreateBatch")}}}),
+                        "get": _batch_operation("List batches", "BatchList", ("400",), parameters=_PAGING)},
+        "/v1/batches/{batch_id}": {"get": _batch_operation("Retrieve a batch", "Batch", (), parameters=[_id("batch_id")])},
+        "/v1/batches/{batch_id}/cancel": {"post": _batch_operation("Cancel a batch", "Batch", ("409",),
+                                                                   parameters=[_id("batch_id")])},
+    }
+
+
+class FileDeleted(BaseModel):
+    id: str
+    object: str = "file"
+    deleted: bool
+
+
+class _Page(BaseModel):
+    object: str = "list"
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+def _batch_models() -> list[tuple[type[BaseModel], Any]]:
+    from serve_apps.batch.endpoint import BatchPrompts
+    from serve_apps.batch.models import Batch, CreateBatch, FileObject
+
+    class FileList(_Page):
+        data: list[FileObject]
+
+    class BatchList(_Page):
+        data: list[Batch]
+
+    class BatchPromptsResponse(BaseModel):
+        results: list[dict[str, Any]] = Field(description="a chat completion (with `_backend`) or an OpenAI error object per prompt")
+        count: int
+        backend: str | None
+
+    return [(BatchPrompts, "validation"), (BatchPromptsResponse, "serialization"), (FileObject, "serialization"),
+            (FileList, "serialization"), (FileDeleted, "serialization"), (CreateBatch, "validation"),
+            (Batch, "serialization"), (BatchList, "serialization")]
+
+
 def _with_backend_field(schema: dict[str, Any]) -> dict[str, Any]:
     """The router's one request extension: ``backend`` pins a backend and is removed before forwarding."""
     properties = dict(schema.get("properties", {}))
@@ -135,7 +224,7 @@ def build_document() -> dict[str, Any]:
         (ChatCompletionResponse, "serialization"), (ChatCompletionStreamResponse, "serialization"),
         (CompletionResponse, "serialization"), (CompletionStreamResponse, "serialization"),
         (ModelList, "serialization"), (ErrorResponse, "serialization"), (BackendList, "serialization"),
-        (Health, "serialization"),
+        (Health, "serialization"), *_batch_models(),
     ]
     _, schema = models_json_schema(models, ref_template=REF)
     schemas = schema["$defs"]
@@ -159,6 +248,7 @@ def build_document() -> dict[str, Any]:
             "/v1/models": {"get": _get_operation("the models every backend serves, aliases included", "ModelList")},
             "/v1/backends": {"get": _get_operation("each backend's health, breaker and load", "BackendList")},
             "/health": {"get": _get_operation("the router process is up", "Health", auth=False)},
+            **_batch_paths(),
         },
         "components": {
             "schemas": schemas,

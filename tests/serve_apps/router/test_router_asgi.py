@@ -57,7 +57,9 @@ def test_openapi_document_is_served_without_a_key_and_is_valid_openapi_3_1(monke
     document = json.loads(body)
     validate(document)
     assert document["openapi"].startswith("3.1")
-    assert {"/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/backends", "/health"} <= set(document["paths"])
+    assert {"/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/backends", "/health", "/v1/batch",
+            "/v1/files", "/v1/files/{file_id}/content", "/v1/batches", "/v1/batches/{batch_id}/cancel"} <= set(document["paths"])
+    assert "purpose" in document["components"]["schemas"]["FileObject"]["properties"]
     chat = document["components"]["schemas"]["ChatCompletionRequest"]
     assert {"messages", "model", "stream", "backend"} <= set(chat["properties"])
 
