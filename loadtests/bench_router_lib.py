@@ -293,6 +293,20 @@ def start_litellm(backend_urls: list[str], workdir: Path, provider: str = "hoste
     return spawn(cmd, env, workdir / "litellm.log", port, "/health/liveliness", 180)
 
 
+def worker_token(cluster: LocalCluster, app: str, deployment: str, url: str, attempts: int = 20) -> str:
+    """The token an engine worker's own port requires, asked through the deployment handle (as the router
+    does) from a separate driver process, so this process never joins the cluster."""
+    code = ("import json, sys, ray; from ray import serve; ray.init(address='auto', logging_level='ERROR');"
+            f"h = serve.get_deployment_handle({deployment!r}, app_name={app!r});"
+            f"answers = [h.endpoint.remote().result() for _ in range({attempts})];"
+            f"print(json.dumps([a for a in answers if a and a['url'] == {url!r}][:1]))")
+    out = subprocess.run([sys.executable, "-c", code], env=cluster.env(), capture_output=True, text=True, timeout=120)
+    found = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 and out.stdout.strip() else []
+    if not found:
+        raise RuntimeError(f"no replica of {app}/{deployment} answered for {url}: {out.stderr[-500:]}")
+    return found[0]["token"]
+
+
 def stop_on_sigterm() -> None:
     """Turn SIGTERM into SystemExit so ``finally`` blocks stop the clusters and servers we started."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

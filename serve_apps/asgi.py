@@ -62,6 +62,21 @@ class EngineResponse:
             await aclose()
 
 
+JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+@dataclass(slots=True)
+class Reply:
+    """An HTTP answer ready for ASGI: bytes headers, and a body that is either complete (JSON) or a
+    stream the sender must ``aclose``. Why its own type (beside ``EngineResponse``): it is the one shape
+    the router's doors, its batch routes and in-process callers get, whatever kind of backend produced
+    it, with headers already in the bytes form ASGI sends."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes | AsyncIterator[bytes] = b""
+
+
 def route_path(scope: Scope) -> str:
     """The path below the app's mount point (Serve sets ``root_path`` to the route prefix)."""
     path: str = scope["path"]

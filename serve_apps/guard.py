@@ -6,6 +6,7 @@ one) at the cost of one function call per request, and answers before the engine
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -115,3 +116,27 @@ class EngineGuard:
 
 class _BodyTooLarge(Exception):
     pass
+
+
+class RequireToken:
+    """In front of an engine worker's own port, which listens on the node's address: only callers that
+    hold the replica's secret (the router, which gets it through the deployment handle) may use it.
+    ``/health`` stays open, so node-level probes and operators can still see that the port is alive."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self._expected = b"bearer " + token.encode()
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and route_path(scope) != "/health" and not self._authorized(scope):
+            await send_error(send, 401, "this port is the router's: send the replica's token as "
+                                        "`Authorization: Bearer <token>`")
+            return
+        await self.app(scope, receive, send)
+
+    def _authorized(self, scope: dict[str, Any]) -> bool:
+        for key, value in scope.get("headers", ()):
+            if key == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                return hmac.compare_digest(scheme.lower() + b" " + token.strip(), self._expected)
+        return False

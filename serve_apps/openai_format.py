@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from serve_apps.asgi import JSON_HEADERS, Reply
+
 # HTTP status -> OpenAI error "type", as the OpenAI API and vLLM name them.
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -46,3 +48,9 @@ def sse_event(payload: Any) -> bytes:
 def error_event(message: str, code: int = 502) -> bytes:
     """The end of a stream that failed after its first bytes: an error event, then ``[DONE]``."""
     return sse_event(error_payload(code, message, type="backend_error")) + SSE_DONE
+
+
+def error_reply(status: int, message: str, type_: str, code: Any = None,
+                headers: list[tuple[bytes, bytes]] | None = None) -> Reply:
+    """``error_body`` as a complete ``Reply`` (JSON content type, plus ``headers``)."""
+    return Reply(status, JSON_HEADERS + (headers or []), error_body(status, message, type=type_, code=code))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,7 +19,7 @@ from ray.util import get_node_ip_address
 from serve_apps.asgi import call_asgi
 from serve_apps.config import EngineConfig
 from serve_apps.engines.registry import get_registry
-from serve_apps.guard import EngineGuard, EngineState
+from serve_apps.guard import EngineGuard, EngineState, RequireToken
 from serve_apps.listener import Listener, start_listener
 from serve_apps.openai_api import build_openai_app
 
@@ -92,11 +93,12 @@ class _EngineReplica:
                 pump_task.cancel()
             await response.aclose()
 
-    async def endpoint(self) -> str | None:
-        """``http://node-ip:port`` of this replica's own listener (engine workers), else None."""
+    async def endpoint(self) -> dict[str, str] | None:
+        """``{"url": "http://node-ip:port", "token": ...}`` of this replica's own listener (engine
+        workers), else None. The token travels only over the handle; the port refuses calls without it."""
         if self.listener is None or not self.listener.serving:
             return None
-        return f"http://{self.listener.host}:{self.listener.port}"
+        return {"url": f"http://{self.listener.host}:{self.listener.port}", "token": self._token}
 
     async def __del__(self) -> None:
         self._start_task.cancel()
@@ -112,8 +114,9 @@ class _EngineWorker(_EngineReplica):
 
     async def __init__(self, config: dict[str, Any]) -> None:
         await super().__init__(config)
+        self._token = secrets.token_urlsafe(32)  # per replica, generated here, never logged
         try:
-            self.listener = await start_listener(self.guard, get_node_ip_address(), 0)
+            self.listener = await start_listener(RequireToken(self.guard, self._token), get_node_ip_address(), 0)
         except OSError as exc:  # the handle path still works: degrade, don't fail the replica
             logger.warning("engine HTTP listener unavailable (%s); the router will use the handle", exc)
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from launchers.cai.errors import CMLNotFoundError
+from launchers.cai.errors import CAIError
 from launchers.cai.http import CMLHTTP, RetryPolicy
 from launchers.cai.models import Application, FileInfo, Job, JobRun, Project, Runtime
 
@@ -140,23 +140,50 @@ class CMLClient:
         self.http.request("POST", f"{API}/projects/{project_id}/files", files=files)
 
     def list_files(self, project_id: str, path: str) -> list[FileInfo]:
-        body = self.http.request("GET", f"{API}/projects/{project_id}/files/{quote(path, safe='')}")
+        """One directory (not paged by the API); ``""`` or ``"."`` is the project root."""
+        body = self.http.request("GET", f"{API}/projects/{project_id}/files/{_file_segment(path)}")
         return [FileInfo.model_validate(f) for f in body.get("files") or []]
 
     def file_exists(self, project_id: str, path: str) -> bool:
-        parent, _, name = path.rpartition("/")
-        try:
-            return any(f.path.rsplit("/", 1)[-1] == name for f in self.list_files(project_id, parent or "."))
-        except CMLNotFoundError:
-            return False
+        """Whether ``path`` is a file. Lists from the root down, only directories seen to exist: the
+        spec promises no status for a missing directory (only a ``default`` error), so every error,
+        a missing project included, is raised rather than read as "absent"."""
+        parts = _file_parts(path)
+        directory = ""
+        for depth, name in enumerate(parts):
+            entries = {_basename(f.path): f for f in self.list_files(project_id, directory)}
+            entry = entries.get(name)
+            if entry is None or entry.is_dir == (depth == len(parts) - 1):
+                return False
+            directory = f"{directory}/{name}".lstrip("/")
+        return bool(parts)
 
     def download_file(self, project_id: str, path: str) -> bytes:
-        return self.http.request("POST", f"{API}/projects/{project_id}/files/{quote(path, safe='')}:download", raw=True)
+        path = f"{API}/projects/{project_id}/files/{_file_segment(path)}:download"
+        return self.http.request("POST", path, raw=True)
 
     # -- runtimes ---------------------------------------------------------------------------------
     def list_runtimes(self, **search: str) -> list[Runtime]:
         runtimes = self._pages(f"{API}/runtimes", "runtimes", Runtime, search or None)
         return [r for r in runtimes if all(getattr(r, k, None) == v for k, v in search.items())]
+
+
+def _file_parts(path: str) -> list[str]:
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise CAIError(f"project file path may not contain '..': {path!r}")
+    return parts
+
+
+def _file_segment(path: str) -> str:
+    """``path`` as the one URL segment of ``{path}``. The root is "/" (sent as %2F): a bare "." or an
+    empty segment is removed by URL normalisation, leaving ``.../files``, which the API does not define."""
+    return quote("/".join(_file_parts(path)) or "/", safe="")
+
+
+def _basename(path: str) -> str:
+    """Listings name entries relative to the listed directory; tolerate full paths too."""
+    return path.rstrip("/").rsplit("/", 1)[-1]
 
 
 def _clean(fields: Mapping[str, Any]) -> dict[str, Any]:

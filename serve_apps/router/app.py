@@ -13,6 +13,8 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
+from serve_apps.batch.config import BatchConfig
+from serve_apps.batch.service import BatchService
 from serve_apps.checks import parse_router_args
 from serve_apps.listener import Listener, start_listener
 from serve_apps.router.asgi import RouterASGI
@@ -25,13 +27,21 @@ from serve_apps.router.router import Router
 @serve.ingress()
 class MultiBackendRouter:
     async def __init__(self, config: dict[str, Any], engines: dict[str, Any] | None = None,
-                       listen: dict[str, Any] | None = None, companions: list[Any] | None = None) -> None:
+                       listen: dict[str, Any] | None = None, batch: dict[str, Any] | None = None,
+                       companions: list[Any] | None = None) -> None:
         parsed = RouterConfig.model_validate(config)
         handles = engines or {}
         backends = [create_backend(b, self._handle(b, handles)) for b in parsed.backends]
         self.router = Router(parsed, backends)
         self.router.start()
-        self.asgi = RouterASGI(self.router)  # one app, two doors: Serve's ingress and the listener
+        self.batch: BatchService | None = None
+        batch_config = BatchConfig.model_validate(batch or {})
+        if batch_config.enabled:
+            app_name = serve.get_replica_context().app_name
+            self.batch = BatchService(batch_config, self.router, app_name, "MultiBackendRouter")
+            self.batch.start()
+        # one app, two doors: Serve's ingress and the listener
+        self.asgi = RouterASGI(self.router, self.batch)
         self.listener: Listener | None = None
         self.companions = companions or []  # deployments of this app that call the router by handle
         if listen is not None:
@@ -70,6 +80,12 @@ class MultiBackendRouter:
     async def model_list(self) -> dict[str, Any]:
         return self.router.models()
 
+    async def batch_call(self, path: str, raw: bytes) -> tuple[int, bytes]:
+        """A batch job's request (job actors call this through the deployment handle)."""
+        if self.batch is None:
+            raise RuntimeError("batch is disabled on this router")
+        return await self.batch.call(path, raw)
+
     async def check_health(self) -> None:
         if self.listener is not None and not self.listener.serving:
             raise RuntimeError(f"router listener on port {self.listener.port} stopped serving")
@@ -77,6 +93,8 @@ class MultiBackendRouter:
     async def __del__(self) -> None:
         if self.listener is not None:
             await self.listener.close()
+        if self.batch is not None:
+            await self.batch.aclose()
         await self.router.aclose()
 
 
@@ -94,7 +112,7 @@ def build_router_app(args: dict[str, Any]) -> Application:
             engine = by_name[backend.engine]
             backend.models = [BackendModel(name=engine.name, aliases=list(engine.aliases))]
     config = RouterConfig.model_validate(
-        parsed.model_dump(mode="json", exclude={"engines", "router", "matrix"})
+        parsed.model_dump(mode="json", exclude={"engines", "router", "batch", "matrix"})
     ).model_dump(mode="json")
     options = parsed.router
     companions = []
@@ -112,4 +130,4 @@ def build_router_app(args: dict[str, Any]) -> Application:
         ray_actor_options={"num_cpus": options.num_cpus},
         logging_config={"enable_access_log": options.access_log},
     ).bind(config, engines=engine_apps, listen=options.listen.model_dump() if options.listen else None,
-           companions=companions)
+           batch=parsed.batch.model_dump(), companions=companions)

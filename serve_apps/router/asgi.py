@@ -1,7 +1,8 @@
 """The router's HTTP face: a bare ASGI callable (no framework on the hot path).
 
 Routes: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``,
-``GET /v1/backends``, ``GET /health``. Optional Bearer keys guard every ``/v1/`` route; errors are
+``GET /v1/backends``, ``GET /health`` (503 until every backend had its first probe), the batch routes when configured, ``GET /openapi.json``
+and ``GET /docs`` (the API description, see ``openapi.py``). Optional Bearer keys guard every ``/v1/`` route; errors are
 OpenAI-style JSON with the right status, never a stack trace.
 """
 
@@ -10,18 +11,27 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+from collections.abc import Awaitable, Callable
 
 from serve_apps.asgi import BodyTooLarge, Receive, Scope, Send, lifespan, read_body, route_path, send_response
 from serve_apps.router.backends.base import CHAT_PATH, COMPLETIONS_PATH
-from serve_apps.router.router import JSON_HEADERS, Reply, Router, error_reply
+from serve_apps.router import openapi
+from serve_apps.asgi import JSON_HEADERS, Reply
+from serve_apps.openai_format import error_reply
+from serve_apps.router.router import Router
 
 logger = logging.getLogger("ray.serve")
+# Extra routes (batch): (method, path, scope, receive) -> a reply, or None when the path is not theirs.
+RouteHook = Callable[[str, str, Scope, Receive], Awaitable["Reply | None"]]
 GENERATE_PATHS = frozenset({CHAT_PATH, COMPLETIONS_PATH})
+# The API description is public (as on vLLM's own server): no key needed to read it.
+DOCUMENT_PATHS = frozenset({"/openapi.json", "/docs"})
 
 
 class RouterASGI:
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, hook: RouteHook | None = None) -> None:
         self.router = router
+        self.hook = hook
         self._keys = [key.encode() for key in router.api_keys]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -41,7 +51,11 @@ class RouterASGI:
         path = route_path(scope)
         method: str = scope["method"]
         if path == "/health":
+            if not self.router.ready:  # first health round still running (at most one probe timeout)
+                return Reply(503, JSON_HEADERS + [(b"retry-after", b"1")], b'{"status":"starting"}')
             return Reply(200, JSON_HEADERS, b'{"status":"ok"}')
+        if path in DOCUMENT_PATHS:
+            return _document(path, method)
         headers = dict(scope["headers"])
         if self._keys and not self._authorized(headers.get(b"authorization")):
             return error_reply(401, "Incorrect or missing API key. Send it as `Authorization: Bearer <key>`.",
@@ -54,12 +68,19 @@ class RouterASGI:
             except BodyTooLarge:
                 return error_reply(413, "request body too large", "invalid_request_error")
             header_backend = headers.get(b"x-backend")
-            return await self.router.generate(path, body, header_backend.decode() if header_backend else None)
+            return await self.router.generate(path, body, header_backend.decode("latin-1") if header_backend else None)
         if path in ("/v1/models", "/v1/backends"):
             if method != "GET":
                 return error_reply(405, f"{method} not allowed on {path}", "invalid_request_error")
             payload = self.router.models() if path == "/v1/models" else self.router.backends()
             return Reply(200, JSON_HEADERS, json.dumps(payload).encode())
+        if self.hook is not None:
+            try:
+                reply = await self.hook(method, path, scope, receive)
+            except BodyTooLarge:
+                return error_reply(413, "request body too large", "invalid_request_error")
+            if reply is not None:
+                return reply
         return error_reply(404, f"no route {path}", "invalid_request_error")
 
     def _authorized(self, header: bytes | None) -> bool:
@@ -69,3 +90,11 @@ class RouterASGI:
         # compare against every key, without an early exit, so timing says nothing
         return any([hmac.compare_digest(token, key) for key in self._keys])
 
+
+
+def _document(path: str, method: str) -> Reply:
+    if method not in ("GET", "HEAD"):
+        return error_reply(405, f"{method} not allowed on {path}", "invalid_request_error")
+    if path == "/openapi.json":
+        return Reply(200, JSON_HEADERS, openapi.document_bytes())
+    return Reply(200, [(b"content-type", b"text/html; charset=utf-8")], openapi.DOCS_PAGE)

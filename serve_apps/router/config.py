@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from serve_apps.batch.config import BatchConfig
 from serve_apps.config import EngineConfig
 from serve_apps.matrix.config import MatrixConfig
 from serve_apps.secrets import SecretRef
@@ -167,6 +168,7 @@ class RouterAppArgs(RouterConfig):
 
     engines: list[EngineConfig] = Field(default_factory=list)
     router: RouterDeploymentOptions = Field(default_factory=RouterDeploymentOptions)
+    batch: BatchConfig = Field(default_factory=BatchConfig, description="/v1/batch and the OpenAI Batch API")
     matrix: MatrixConfig | None = Field(None, description="a Matrix chat bot answering through this router")
 
     @model_validator(mode="after")

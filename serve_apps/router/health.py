@@ -97,6 +97,12 @@ class HealthMonitor:
         self._backends = list(backends)
         self._on_result = on_result
         self._tasks: list[asyncio.Task[None]] = []
+        self._unprobed = {b.name for b in self._backends}
+
+    @property
+    def first_round_done(self) -> bool:
+        """Every backend has been probed once (whatever the answer): the router knows where it stands."""
+        return not self._unprobed
 
     def start(self) -> None:
         if not self._tasks:
@@ -112,6 +118,7 @@ class HealthMonitor:
             except Exception as exc:  # a probe must never kill the monitor
                 logger.debug("health probe of %s failed: %s", backend.name, type(exc).__name__)
                 ok = False
+            self._unprobed.discard(backend.name)
             failures = 0 if ok else failures + 1
             if ok or failures >= health.unhealthy_after:
                 self._on_result(backend, ok)

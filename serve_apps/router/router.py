@@ -8,17 +8,21 @@ request to the next candidate (a 429's Retry-After keeps that backend out for th
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from serve_apps.openai_format import SSE_DONE, error_body, error_event
+from serve_apps.asgi import JSON_HEADERS, Reply
+from serve_apps.openai_format import SSE_DONE, error_event, error_reply
 from serve_apps.router import streaming
 from serve_apps.router.backends.base import (
+    STARTING,
     UNSUPPORTED,
     Backend,
     BackendRequest,
@@ -35,23 +39,7 @@ logger = logging.getLogger("ray.serve")
 # 429: overloaded. 401/403: the backend refused the router's own credentials (client credentials are
 # never forwarded), which no client can fix. Every other 4xx is the client's and goes back to it.
 BACKEND_FAULT_4XX = frozenset({401, 403, 429})
-JSON_HEADERS = [(b"content-type", b"application/json")]
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
-
-
-@dataclass(slots=True)
-class Reply:
-    """What the router answers, ready for ASGI: bytes headers, and a body that is either complete
-    (JSON) or a stream the sender must ``aclose``. Why its own type: it is the one shape both doors
-    (Serve ingress, listener) and in-process callers get, whatever kind of backend produced it."""
-
-    status: int
-    headers: list[tuple[bytes, bytes]]
-    body: bytes | AsyncIterator[bytes] = b""
-
-
-def error_reply(status: int, message: str, type_: str, code: Any = None, headers: list[tuple[bytes, bytes]] | None = None) -> Reply:
-    return Reply(status, JSON_HEADERS + (headers or []), error_body(status, message, type=type_, code=code))
 
 
 @dataclass(slots=True)
@@ -80,6 +68,7 @@ class Router:
     def start(self) -> None:
         for state in self.pool.states.values():
             self.metrics.set_breaker(state.name, state.breaker.state)
+            self.metrics.set_health(state.name, False)  # every series exists from the start; a probe follows at once
         self._monitor.start()
 
     async def aclose(self) -> None:
@@ -93,10 +82,26 @@ class Router:
             logger.info("backend %s is now %s", backend.name, "healthy" if healthy else "unhealthy")
         state.healthy = healthy
         self.metrics.set_health(backend.name, healthy)
+        # Re-published every round, not only on change: a gauge recorded once, before the node's
+        # metrics agent is connected, never reaches Prometheus.
+        self.metrics.set_breaker(backend.name, state.breaker.state)
+
+    @property
+    def ready(self) -> bool:
+        """Every backend has had its first health probe, so a request gets a considered answer."""
+        return self._monitor.first_round_done
 
     # ------------------------------------------------------------------ generation
 
     async def generate(self, path: str, raw: bytes, header_backend: str | None) -> Reply:
+        try:
+            return await self._generate(path, raw, header_backend)
+        except RecursionError:
+            # Only a client's nesting makes the JSON codec (or a translation) recurse this deep; the
+            # depth at which it happens depends on the caller's stack, so catch it wherever it is.
+            return error_reply(400, "request body is nested too deeply", "invalid_request_error")
+
+    async def _generate(self, path: str, raw: bytes, header_backend: str | None) -> Reply:
         try:
             payload = json.loads(raw)
         except ValueError as exc:
@@ -110,6 +115,9 @@ class Router:
             return error_reply(400, "`model` must be a string", "invalid_request_error")
         if explicit is not None and not isinstance(explicit, str):
             return error_reply(400, "`backend` must be a string", "invalid_request_error")
+        wrong = _wrong_type(payload)
+        if wrong is not None:
+            return error_reply(400, wrong, "invalid_request_error")
         if not self.pool.knows_model(model):
             return error_reply(404, f"The model `{model}` does not exist.", "invalid_request_error", "model_not_found")
         try:
@@ -173,6 +181,11 @@ class Router:
         if reason == UNSUPPORTED:  # the request, not the backend: no breaker charge, no fallback note
             state.breaker.release()
             return
+        if reason == STARTING:  # not up yet: no breaker charge (it would stay open after start-up)
+            state.breaker.release()
+            self.metrics.error(state.name, reason)
+            attempt.failed.append(state.name)
+            return
         state.record(False, error=reason)
         self.metrics.error(state.name, reason)
         if response is not None:
@@ -201,7 +214,9 @@ class Router:
         if attempt.reasons and all(r.endswith(": 429") for r in attempt.reasons):
             retry = str(max(1, round(attempt.retry_after or 1))).encode()
             return error_reply(429, message, "rate_limit_error", headers=[(b"retry-after", retry)])
-        return error_reply(503, message, "backend_unavailable")
+        # a client may retry once the backends' next health round has had a chance to see them back
+        retry = str(max(1, math.ceil(min((s.backend.config.health.interval for s in self.pool.states.values()), default=1))))
+        return error_reply(503, message, "backend_unavailable", headers=[(b"retry-after", retry.encode())])
 
     # ------------------------------------------------------------------ streaming
 
@@ -246,14 +261,16 @@ class Router:
                 if opened is None:
                     yield error_event(f"backend {name} failed mid-stream and no backend could resume it")
                     return
-                lease, first = opened
+                lease, first, routed_model = opened
+                if sent.text and streaming.wants_usage(payload):
+                    sent.prompt_tokens = await self._prompt_tokens(lease, payload, path, routed_model)
                 resumed, rewrite_state = sent, {}
                 yield f": resumed on {lease.state.name} after {len(sent.text)} chars\n\n".encode()
         finally:
             await lease.abandon()  # no-op after a verdict; the client went away otherwise
 
     async def _open_resume(self, payload: dict[str, Any], model: str | None, path: str, failed: set[str], source: str,
-                           need_resume: bool = True) -> tuple[Lease, bytes] | None:
+                           need_resume: bool = True) -> tuple[Lease, bytes, str | None] | None:
         """Find a backend that takes the continuation and has produced its first bytes."""
         for route in self.pool.plan(model, path):
             state = route.state
@@ -279,8 +296,20 @@ class Router:
                 await lease.abandon()
                 raise
             self.metrics.resume(source, state.name)
-            return lease, first
+            return lease, first, body.get("model")
         return None
+
+    async def _prompt_tokens(self, lease: Lease, payload: dict[str, Any], path: str, model: str | None) -> int | None:
+        """The client's own prompt tokens, counted by the backend that continues the stream (vLLM's
+        ``/tokenize``); None where it cannot count (the usage is then estimated, see ``streaming``)."""
+        request = streaming.tokenize_request(payload, path, model)
+        try:
+            async with asyncio.timeout(lease.state.backend.config.timeouts.first_byte):
+                response = await lease.state.backend.send(request)
+                data = await response.aread()
+        except (BackendUnavailable, TimeoutError):
+            return None
+        return streaming.token_count(data) if response.status == 200 else None
 
     # ------------------------------------------------------------------ read-only endpoints
 
@@ -309,6 +338,23 @@ async def _first_chunk(response: BackendResponse) -> bytes:
         if chunk:
             return chunk
     raise BackendUnavailable("disconnect", "empty stream")
+
+
+# Fields an engine reads as an object or a list before validating them: vLLM 0.32 answers 500 to
+# ``"structured_outputs": [...]`` (found by the fuzz test). Checked here, where the body is parsed
+# anyway, so a wrong type is the client's 400 on every backend.
+_CONTAINER_FIELDS: tuple[tuple[str, type, str], ...] = (
+    ("messages", list, "an array"), ("structured_outputs", dict, "an object"), ("response_format", dict, "an object"),
+    ("stream_options", dict, "an object"), ("kv_transfer_params", dict, "an object"), ("tools", list, "an array"),
+)
+
+
+def _wrong_type(payload: dict[str, Any]) -> str | None:
+    for name, kind, spelled in _CONTAINER_FIELDS:
+        value = payload.get(name)
+        if value is not None and not isinstance(value, kind):
+            return f"`{name}` must be {spelled}"
+    return None
 
 
 def _tag_backend(data: bytes, name: str) -> bytes:

@@ -6,7 +6,7 @@ the client has. Only when a stream breaks after the first byte are those events 
 the text already sent; the request is then re-sent to a backend that can continue a final assistant
 message (vLLM: ``continue_final_message: true`` + ``add_generation_prompt: false``; Anthropic: a
 trailing assistant message is a prefill) and the continuation's events are rewritten to carry the
-original ``id``/``created``/``model``, without a second role chunk. The client sees one stream with no
+original ``id``/``created``/``model``, without a second role chunk, and its usage restated as the client's own request's. The client sees one stream with no
 duplicated and no lost text. Where no backend can continue, the stream ends with an OpenAI-style error
 event and ``[DONE]`` -- never a silent truncation.
 
@@ -22,9 +22,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from serve_apps.openai_format import SSE_DONE, sse_event
-from serve_apps.router.backends.base import CHAT_PATH, COMPLETIONS_PATH, BackendResponse, BackendUnavailable
+from serve_apps.router.backends.base import (
+    CHAT_PATH,
+    COMPLETIONS_PATH,
+    BackendRequest,
+    BackendResponse,
+    BackendUnavailable,
+)
 
 ERROR_PREFIX = b'data: {"error"'
+TOKENIZE_PATH = "/tokenize"
 
 
 @dataclass(slots=True)
@@ -38,6 +45,7 @@ class Sent:
     model: str | None = None
     finished: bool = False
     done: bool = False
+    prompt_tokens: int | None = None  # the client's own prompt, counted by the continuing backend if it can
 
 
 def summarise(blocks: list[bytes], path: str) -> Sent:
@@ -140,6 +148,9 @@ def rewrite_continuation(block: bytes, sent: Sent, state: dict[str, bool]) -> by
         event = json.loads(data)
         if sent.id is not None:
             event["id"], event["created"], event["model"] = sent.id, sent.created, sent.model
+        usage = event.get("usage")
+        if isinstance(usage, dict):
+            _restate_usage(usage, sent)
         choices = event.get("choices") or []
         if not state.get("role_skipped") and choices:
             delta = choices[0].get("delta")
@@ -150,3 +161,40 @@ def rewrite_continuation(block: bytes, sent: Sent, state: dict[str, bool]) -> by
     return b"".join(out)
 
 
+
+
+def _restate_usage(usage: dict[str, Any], sent: Sent) -> None:
+    """A continuation counts the text already delivered as prompt; the client asked for its own
+    request's numbers: its prompt, and every completion token it received (one per text event, the
+    same count the continuation's ``max_tokens`` budget is cut by). The prompt is exact when the
+    continuing backend could count it (``tokenize_request``); otherwise the delivered tokens are taken
+    off the continuation's prompt, which is exact only if the text re-tokenizes the same way."""
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if isinstance(prompt, int) and isinstance(completion, int):
+        usage["prompt_tokens"] = sent.prompt_tokens if sent.prompt_tokens is not None else max(0, prompt - sent.pieces)
+        usage["completion_tokens"] = completion + sent.pieces
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+def wants_usage(payload: dict[str, Any]) -> bool:
+    options = payload.get("stream_options")
+    return isinstance(options, dict) and bool(options.get("include_usage"))
+
+
+def tokenize_request(payload: dict[str, Any], path: str, model: str | None) -> BackendRequest:
+    """vLLM's ``/tokenize`` for the client's original prompt (chat: rendered with its template)."""
+    body: dict[str, Any] = {"model": model if model is not None else payload.get("model")}
+    if path == CHAT_PATH:
+        body.update(messages=payload["messages"], add_generation_prompt=payload.get("add_generation_prompt", True),
+                    continue_final_message=payload.get("continue_final_message", False))
+    else:
+        body["prompt"] = payload["prompt"]
+    return BackendRequest("POST", TOKENIZE_PATH, json.dumps(body).encode(), body, False)
+
+
+def token_count(data: bytes) -> int | None:
+    try:
+        count = json.loads(data).get("count")
+    except (ValueError, AttributeError):
+        return None
+    return count if isinstance(count, int) else None

@@ -13,6 +13,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -41,6 +42,30 @@ def _read_until_ready(proc: subprocess.Popen, timeout_s: float) -> str:
     raise AssertionError(f"`up` never printed ready (exit {proc.poll()}):\n{buffer}\n{proc.stderr.read()[-3000:]}")
 
 
+class StartupProbe(threading.Thread):
+    """Sends a chat request to each door every half second until stopped, recording what came back."""
+
+    def __init__(self, urls: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.urls, self.stop, self.seen = urls, threading.Event(), []
+
+    def run(self) -> None:
+        body = {"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        with httpx.Client() as client:
+            while not self.stop.is_set():
+                for url in self.urls:
+                    started = time.monotonic()
+                    try:
+                        response = client.post(url + "/v1/chat/completions", json=body, timeout=10)
+                        answer: object = response
+                    except httpx.ConnectError:
+                        continue  # nothing listens yet: a refusal is an answer too
+                    except httpx.HTTPError as exc:
+                        answer = exc
+                    self.seen.append((url, time.monotonic() - started, answer))
+                self.stop.wait(0.5)
+
+
 def test_up_serves_the_shipped_local_config_and_tears_down(tmp_path):
     config = yaml.safe_load((ROOT / "serve_configs" / "local.yaml").read_text())
     port = free_port()
@@ -51,8 +76,32 @@ def test_up_serves_the_shipped_local_config_and_tears_down(tmp_path):
     path.write_text(yaml.safe_dump(config))
     proc = subprocess.Popen([sys.executable, "-m", "ray_serve_cai", "up", "--config", str(path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    probe = StartupProbe([f"http://127.0.0.1:{port}", f"http://127.0.0.1:{listen_port}"])
+    probe.start()
     try:
         line = _read_until_ready(proc, timeout_s=900)
+        probe.stop.set()
+        probe.join(15)
+        # While the engine loads, every door answers at once: 503 + Retry-After + an OpenAI error from
+        # the router. Serve's proxy says 404 until the router app exists, then holds the first request
+        # until the router replica has been constructed (Serve's own queueing, before any of our code
+        # runs): that one answer on Serve's door may take a few seconds.
+        routed: dict[str, list[httpx.Response]] = {url: [] for url in probe.urls}
+        timeline = "\n".join(f"{u} {e:.2f}s {getattr(a, 'status_code', a)!r}" for u, e, a in probe.seen)
+        for url, elapsed, answer in probe.seen:
+            assert isinstance(answer, httpx.Response), f"{url}: {answer!r} after {elapsed:.1f} s\n{timeline}"
+            serve_door = url.endswith(f":{port}")
+            if serve_door and answer.status_code == 404 and "error" not in answer.text:
+                continue
+            first_from_router = serve_door and not routed[url]
+            assert elapsed < (30 if first_from_router else 3), f"{url} took {elapsed:.1f} s during start-up\n{timeline}"
+            routed[url].append(answer)
+        for url, answers in routed.items():
+            early = [a for a in answers if a.status_code != 200]
+            assert early, f"{url}: no answer seen while the engine was loading"
+            for answer in early:
+                assert answer.status_code == 503 and int(answer.headers["retry-after"]) >= 1, answer.text
+                assert answer.json()["error"]["message"]
         assert line.startswith(f"ready: http://127.0.0.1:{port}/v1")
         assert f"fast path (router listener, no Serve proxy hop): http://127.0.0.1:{listen_port}/v1" in (
             proc.stdout.readline() + proc.stdout.readline())

@@ -27,9 +27,11 @@ COMPLETIONS_PATH = "/v1/completions"
 # Why a backend gave no usable answer; also the ``reason`` label of the router's error metric.
 #   connect: never reached it; timeout: no head / no data in time; disconnect: the connection or stream
 #   broke; protocol: it answered something that is not its protocol; unsupported: the request cannot be
-#   expressed for this backend (not the backend's fault: no breaker charge).
-Reason = Literal["connect", "timeout", "disconnect", "protocol", "unsupported"]
+#   expressed for this backend (not the backend's fault: no breaker charge); starting: it has not come up
+#   yet (engine replicas loading; no breaker charge, the client gets 503 + Retry-After at once).
+Reason = Literal["connect", "timeout", "disconnect", "protocol", "unsupported", "starting"]
 UNSUPPORTED: Reason = "unsupported"
+STARTING: Reason = "starting"
 
 
 class BackendUnavailable(Exception):

@@ -4,8 +4,8 @@ through their DeploymentHandle.
 Two transports, one body format (exactly what vLLM's HTTP server sends):
 
 - HTTP (``transport: auto``, the default, wherever replicas publish a port): each engine worker
-  serves its guarded OpenAI app on an ephemeral port of its node and says where through
-  ``endpoint()``. The backend learns the endpoints
+  serves its guarded OpenAI app on an ephemeral port of its node and says where (and the token that
+  port requires) through ``endpoint()``. The backend learns the endpoints
   on every health round (asking the handle a few times, so every replica is met) and spreads requests
   over them, least outstanding first. Measured faster for streams: one socket write per chunk.
 - the handle: ``forward(method, path, headers, body)`` streams a head dict then body bytes; each
@@ -75,6 +75,9 @@ class ServeBackend(Backend):
         self._stream_handle = handle.options(stream=True)
         self._health_path = config.health.path or "/health"
         self._endpoints: dict[str, _Endpoint] = {}
+        # Until a health probe passes, calls through the handle would queue behind replicas that are
+        # still loading their engine (a minute or more): refuse at once instead, so the client gets 503.
+        self._up = False
 
     def describe(self) -> dict[str, object]:
         # endpoints are only ever learned with transport auto, so they alone say which path is in use
@@ -107,7 +110,7 @@ class ServeBackend(Backend):
             endpoint.outstanding += 1
             try:
                 response = await endpoint.client.send(request.method, endpoint.url + request.path,
-                                                      FORWARD_HEADERS_DICT, request.body)
+                                                      endpoint.headers, request.body)
             except BackendUnavailable as exc:
                 endpoint.outstanding -= 1
                 if exc.reason != "connect":
@@ -120,6 +123,8 @@ class ServeBackend(Backend):
             else:
                 response.stream = _CountedStream(response.stream, endpoint)
                 return response
+        if not self._up:
+            raise BackendUnavailable("starting", "engine replicas are still starting")
         return await self._open(request.method, request.path, request.body, self.config.timeouts.first_byte)
 
     def _pick(self) -> "_Endpoint | None":
@@ -135,6 +140,8 @@ class ServeBackend(Backend):
             await response.aread()
         except BackendUnavailable:
             return False
+        if response.status == 200:
+            self._up = True
         return response.status == 200
 
     async def _refresh_endpoints(self) -> None:
@@ -147,7 +154,8 @@ class ServeBackend(Backend):
                                                return_exceptions=True)
         except TimeoutError:
             return
-        seen = {a for a in answers if isinstance(a, str) and a.startswith("http://")}
+        seen = {a["url"]: a["token"] for a in answers
+                if isinstance(a, dict) and str(a.get("url", "")).startswith("http://") and a.get("token")}
         if not seen:
             return  # no listener anywhere (or calls failed): keep what we had; connect errors prune it
         for url, endpoint in list(self._endpoints.items()):
@@ -157,8 +165,9 @@ class ServeBackend(Backend):
                 endpoint.missed += 1
                 if endpoint.missed >= 3:  # not met in three rounds: the replica is gone
                     await self._endpoints.pop(url).client.aclose()
-        for url in seen - self._endpoints.keys():
-            self._endpoints[url] = _Endpoint(url, HTTPClient(self.config.model_copy(update={"url": url})))
+        for url in seen.keys() - self._endpoints.keys():
+            headers = {**FORWARD_HEADERS_DICT, "authorization": f"Bearer {seen[url]}"}
+            self._endpoints[url] = _Endpoint(url, HTTPClient(self.config.model_copy(update={"url": url})), headers)
 
     async def aclose(self) -> None:
         for endpoint in self._endpoints.values():
@@ -192,9 +201,9 @@ class _CountedStream(ByteStream):
 
 
 class _Endpoint:
-    __slots__ = ("url", "client", "outstanding", "missed")
+    __slots__ = ("url", "client", "headers", "outstanding", "missed")
 
-    def __init__(self, url: str, client: HTTPClient) -> None:
-        self.url, self.client = url, client
+    def __init__(self, url: str, client: HTTPClient, headers: dict[str, str]) -> None:
+        self.url, self.client, self.headers = url, client, headers  # headers carry the replica's token
         self.outstanding = 0
         self.missed = 0

@@ -1,4 +1,4 @@
-"""Fixtures for the CAI launcher tests: a CML emulator on loopback (skips without the spec)."""
+"""Fixtures for the CAI launcher tests: a CML emulator on loopback."""
 
 from __future__ import annotations
 
@@ -6,23 +6,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cml_emulator import CMLEmulator, spec_available
-from cml_emulator.spec import SPEC_PATH
+from cml_emulator import CMLEmulator
 from cml_emulator.store import Timing
 
 from launchers.cai.client import CMLClient
 from launchers.cai.http import RetryPolicy
 
-needs_spec = pytest.mark.skipif(not spec_available(), reason=f"CML API spec not found at {SPEC_PATH}")
-
-
 @pytest.fixture
 def emulator(tmp_path: Path) -> Iterator[CMLEmulator]:
-    if not spec_available():
-        pytest.skip(f"CML API spec not found at {SPEC_PATH}: the emulator validates against it")
     with CMLEmulator(tmp_path / "cml", timing=Timing(app_start=0.1, run_schedule=0.1, clone=0.2, stop_grace=3)) as cml:
         yield cml
         assert cml.app.violations == [], "the emulator answered outside the contract"
+        assert cml.app.ignored == [], "the client sent fields or parameters the API does not define"
 
 
 @pytest.fixture

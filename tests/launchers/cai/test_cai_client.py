@@ -6,13 +6,12 @@ import json
 import logging
 import time
 
-import httpx
 import pytest
 from cml_emulator import CMLEmulator
 from cml_emulator.workloads import wait_gone
 
 from launchers.cai.client import CMLClient
-from launchers.cai.errors import CMLAPIError, CMLAuthError, CMLNotFoundError
+from launchers.cai.errors import CAIError, CMLAPIError, CMLAuthError, CMLNotFoundError
 from launchers.cai.http import RetryPolicy
 
 
@@ -102,34 +101,39 @@ def test_upload_never_overwrites(emulator: CMLEmulator, client: CMLClient) -> No
     client.upload_file(project, "dir/run.py", b"one")
     client.upload_file(project, "dir/run.py", b"two")
     names = sorted(f.path for f in client.list_files(project, "dir"))
-    assert names == ["dir/run(1).py", "dir/run.py"]
+    assert names == ["run(1).py", "run.py"]  # entries are names relative to the listed directory
     assert client.download_file(project, "dir/run.py") == b"one"
 
 
-@pytest.mark.parametrize("body, problem", [
-    ({"name": "a", "subdomain": "a", "script": "s.py", "cpu": 1, "memory": 1, "gpus": 1}, "'gpus' was unexpected"),
-    ({"name": "a", "subdomain": "a", "script": "s.py", "cpu": "lots", "memory": 1}, "'lots' is not of type"),
-    ({"name": "a", "subdomain": "a", "script": "s.py", "cpu": 1, "memory": 1, "nvidia_gpu": 2**40}, "greater than"),
-    ({"name": "a", "subdomain": "Bad_Sub", "script": "s.py", "cpu": 1, "memory": 1}, "invalid subdomain"),
-])
-def test_emulator_rejects_what_the_api_rejects(emulator: CMLEmulator, body: dict, problem: str) -> None:
-    project = emulator.add_project("strict")
-    response = httpx.post(f"{emulator.url}/api/v2/projects/{project}/applications", json=body,
-                          headers={"Authorization": f"Bearer {emulator.api_key}"})
-    assert response.status_code == 400
-    error = response.json()
-    assert set(error) == {"error", "code", "message", "details"} and error["code"] == 3
-    assert problem in error["message"]
+def test_file_exists_at_every_depth(emulator: CMLEmulator, client: CMLClient) -> None:
+    project = emulator.add_project("exists")
+    client.upload_file(project, "top.txt", b"x")
+    client.upload_file(project, "dir/sub/deep.txt", b"y")
+    assert client.file_exists(project, "top.txt") is True
+    assert client.file_exists(project, "./top.txt") is True
+    assert client.file_exists(project, "dir/sub/deep.txt") is True
+    assert client.file_exists(project, "dir/sub") is False  # a directory is not a file
+    assert client.file_exists(project, "top.txt/x") is False
+    assert client.file_exists(project, "no/such/file.txt") is False
+    assert sorted(f.path for f in client.list_files(project, "")) == ["dir", "top.txt"]
+    # Every listing named a path the API defines: the root as %2F, never a bare ".../files".
+    listings = _calls(emulator, f"GET /api/v2/projects/{project}/files")
+    assert listings and all(c.split()[1].startswith(f"/api/v2/projects/{project}/files/") for c in listings)
+    assert all(c.endswith("-> 200") for c in listings)
 
 
-def test_emulator_rejects_unknown_query_and_body_on_colon_verbs(emulator: CMLEmulator) -> None:
-    project = emulator.add_project("strict2")
-    auth = {"Authorization": f"Bearer {emulator.api_key}"}
-    listed = httpx.get(f"{emulator.url}/api/v2/projects", params={"pagesize": 5}, headers=auth)
-    assert listed.status_code == 400 and "unknown query parameter 'pagesize'" in listed.json()["message"]
-    stop = httpx.post(f"{emulator.url}/api/v2/projects/{project}/applications/x:stop", json={"force": True},
-                      headers=auth)
-    assert stop.status_code == 400 and "takes no request body" in stop.json()["message"]
+def test_file_exists_raises_what_it_cannot_answer(emulator: CMLEmulator, client: CMLClient) -> None:
+    with pytest.raises(CMLNotFoundError, match="project nope-nope-nope-nope not found"):
+        client.file_exists("nope-nope-nope-nope", "top.txt")
+    project = emulator.add_project("errors")
+    emulator.inject(f"GET /api/v2/projects/{project}/files/", status=500, count=4)  # every attempt
+    with pytest.raises(CMLAPIError, match="returned HTTP 500"):
+        client.file_exists(project, "top.txt")
+    emulator.inject(f"GET /api/v2/projects/{project}/files/", status=400, count=1)
+    with pytest.raises(CMLAPIError, match="returned HTTP 400"):
+        client.file_exists(project, "top.txt")
+    with pytest.raises(CAIError, match="may not contain '..'"):
+        client.file_exists(project, "../etc/passwd")
 
 
 def test_emulator_checks_its_own_responses(emulator: CMLEmulator, client: CMLClient,

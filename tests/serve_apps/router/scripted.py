@@ -20,6 +20,7 @@ from serve_apps.router.config import BackendConfig
 
 TOKENS = [f" w{i}" for i in range(8)]
 ANSWER = "".join(TOKENS)
+PROMPT_TOKENS = 11  # what a request's own prompt counts; a continuation adds the prefix's tokens
 
 
 @dataclass
@@ -53,6 +54,8 @@ class ScriptedBackend(Backend):
     config: BackendConfig
     steps: list[Step] = field(default_factory=list)
     resumable: bool = True
+    tokenize: bool = True  # answers vLLM's /tokenize with the prompt's count
+    retokenized_extra: int = 0  # a continuation counts the delivered text as this many more tokens
     requests: list[BackendRequest] = field(default_factory=list)
     responses: list[BackendResponse] = field(default_factory=list)
 
@@ -61,6 +64,9 @@ class ScriptedBackend(Backend):
         self.can_resume = self.resumable
 
     async def send(self, request: BackendRequest) -> BackendResponse:
+        if request.path == "/tokenize":
+            status, answer = (200, {"count": PROMPT_TOKENS}) if self.tokenize else (404, {"detail": "Not Found"})
+            return BackendResponse(status, [("content-type", "application/json")], ScriptedStream([json.dumps(answer).encode()], None))
         self.requests.append(request)
         step = self.steps.pop(0) if self.steps else Step()
         if step.refuse:
@@ -75,7 +81,7 @@ class ScriptedBackend(Backend):
             response = BackendResponse(step.status, headers, ScriptedStream([error_body(step.status, "scripted")], None))
         elif request.stream:
             response = BackendResponse(200, [("content-type", "text/event-stream")],
-                                       ScriptedStream(_events(request.payload or {}), step.die_after))
+                                       ScriptedStream(_events(request.payload or {}, self.retokenized_extra), step.die_after))
         else:
             body = {"object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": ANSWER}}]}
             response = BackendResponse(200, [("content-type", "application/json")], ScriptedStream([json.dumps(body).encode()], None))
@@ -86,7 +92,7 @@ class ScriptedBackend(Backend):
         return True
 
 
-def _events(payload: dict[str, Any]) -> list[bytes]:
+def _events(payload: dict[str, Any], retokenized_extra: int = 0) -> list[bytes]:
     prefix = ""
     messages = payload.get("messages") or []
     if payload.get("continue_final_message") and messages and messages[-1].get("role") == "assistant":
@@ -101,5 +107,11 @@ def _events(payload: dict[str, Any]) -> list[bytes]:
         return sse_event({"id": "chatcmpl-x", "object": "chat.completion.chunk", "created": 1, "model": "m",
                           "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
 
+    usage: list[bytes] = []
+    if (payload.get("stream_options") or {}).get("include_usage"):  # as vLLM counts: the prefix is prompt
+        usage = [sse_event({"id": "chatcmpl-x", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                            "choices": [], "usage": {"prompt_tokens": PROMPT_TOKENS + done + (retokenized_extra if done else 0),
+                                                     "completion_tokens": len(TOKENS) - done,
+                                                     "total_tokens": PROMPT_TOKENS + len(TOKENS)}})]
     return ([chunk({"role": "assistant", "content": ""})] + [chunk({"content": t}) for t in TOKENS[done:]]
-            + [chunk({}, "stop"), SSE_DONE])
+            + [chunk({}, "stop"), *usage, SSE_DONE])

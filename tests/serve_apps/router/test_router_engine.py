@@ -92,7 +92,8 @@ def test_engine_killed_mid_stream_is_resumed_token_exact(router, proxy, serve_st
     process, _ = proxy
     result = StreamResult(0, httpx.Headers())
     pieces_before_cut = 0
-    with httpx.stream("POST", router + "/v1/chat/completions", json=request(stream=True), timeout=120) as response:
+    streamed = request(stream=True, stream_options={"include_usage": True})
+    with httpx.stream("POST", router + "/v1/chat/completions", json=streamed, timeout=120) as response:
         result.status, result.headers = response.status_code, response.headers
         for line in response.iter_lines():
             if line.startswith(":"):
@@ -125,6 +126,10 @@ def test_engine_killed_mid_stream_is_resumed_token_exact(router, proxy, serve_st
     }).json()["choices"][0]["message"]["content"]
     assert rest == continuation  # the seam: nothing lost, nothing repeated
     assert len({e["id"] for e in result.events}) == 1
+    # the client's own numbers, as if nothing had happened: its prompt, and every token it received
+    keys = ("prompt_tokens", "completion_tokens", "total_tokens")
+    usage = [{k: e["usage"][k] for k in keys} for e in result.events if e.get("usage")]
+    assert usage == [{k: direct["usage"][k] for k in keys}] and usage[0]["completion_tokens"] == MAX_TOKENS
 
 
 def prefix_pieces(result: StreamResult, cut: int) -> list[str]:

@@ -69,7 +69,10 @@ def test_router_metrics_reach_prometheus(router_cluster, fakes, prometheus):
     backends = [{"name": "a", "kind": "openai", "url": a.url, "models": ["tiny-chat"], "tier": 0, **FAST},
                 {"name": "b", "kind": "openai", "url": b.url, "models": ["tiny-chat"], "tier": 1, **FAST}]
     url = router_cluster.deploy({"metrics": {"backends": backends}})["metrics"]
-    time.sleep(1.5)  # first health probes
+    # every backend has its gauges from the start, before anything has happened to it
+    for name in ("a", "b"):
+        wait_series(prometheus, f'ray_backend_breaker_state{{application="metrics",backend="{name}"}}', lambda r: value(r) == 0)
+        wait_series(prometheus, f'ray_backend_health_status{{application="metrics",backend="{name}"}}', lambda r: value(r) == 1)
     for _ in range(3):
         assert httpx.post(url + "/v1/chat/completions", json=chat_body(), timeout=10).status_code == 200
     assert stream(url, chat_body()).done

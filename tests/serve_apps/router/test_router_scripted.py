@@ -10,8 +10,9 @@ import pytest
 
 from serve_apps.router.config import RouterConfig
 from serve_apps.router.health import BreakerState
-from serve_apps.router.router import Reply, Router
-from tests.serve_apps.router.scripted import ANSWER, TOKENS, ScriptedBackend, Step
+from serve_apps.asgi import Reply
+from serve_apps.router.router import Router
+from tests.serve_apps.router.scripted import ANSWER, PROMPT_TOKENS, TOKENS, ScriptedBackend, Step
 
 CHAT = "/v1/chat/completions"
 
@@ -187,4 +188,62 @@ def test_half_open_probe_slot_is_freed_when_the_client_leaves():
 
     asyncio.run(run())
     assert breaker.state is BreakerState.HALF_OPEN and breaker.acquire()
+    settled(router, backends)
+
+
+def usage_of(raw: bytes) -> dict:
+    usages = [json.loads(line[6:])["usage"] for line in raw.split(b"\n")
+              if line.startswith(b"data: {") and json.loads(line[6:]).get("usage")]
+    assert len(usages) == 1, usages
+    return usages[0]
+
+
+@pytest.mark.parametrize("tokenize", [True, False])
+def test_usage_after_a_resume_is_the_clients_own_request(tokenize: bool):
+    router, backends = make_router([Step(die_after=4)], [Step()])  # role chunk + 3 tokens, then dies
+    backends[1].tokenize = tokenize
+
+    async def run() -> bytes:
+        return await drain(await router.generate(CHAT, body(stream=True, stream_options={"include_usage": True}), None))
+
+    raw = asyncio.run(run())
+    assert streamed_text(raw) == ANSWER and b": resumed on b1" in raw
+    # the continuation itself counted the 3 delivered tokens as prompt: PROMPT_TOKENS + 3 and 5
+    assert usage_of(raw) == {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": len(TOKENS),
+                             "total_tokens": PROMPT_TOKENS + len(TOKENS)}
+    settled(router, backends)
+
+
+def test_usage_prompt_is_counted_by_the_continuing_backend_when_the_text_retokenizes_differently():
+    router, backends = make_router([Step(die_after=4)], [Step()])
+    backends[1].retokenized_extra = 2  # e.g. BPE merges the delivered pieces differently
+
+    async def run() -> bytes:
+        return await drain(await router.generate(CHAT, body(stream=True, stream_options={"include_usage": True}), None))
+
+    usage = usage_of(asyncio.run(run()))
+    assert usage["prompt_tokens"] == PROMPT_TOKENS and usage["completion_tokens"] == len(TOKENS)
+
+
+def test_all_failing_503_says_when_to_retry():
+    router, backends = make_router([Step(status=500)], [Step(refuse="connect")])
+    reply = asyncio.run(router.generate(CHAT, body(), None))
+    assert reply.status == 503 and int(header(reply, b"retry-after")) >= 1
+    settled(router, backends)
+
+
+def test_a_backend_still_starting_is_skipped_without_a_breaker_charge():
+    router, backends = make_router([Step(refuse="starting")], [Step()])
+    reply = asyncio.run(router.generate(CHAT, body(), None))
+    assert reply.status == 200 and header(reply, b"x-backend") == b"b1"
+    assert header(reply, b"x-fallback-from") == b"b0"
+    assert router.pool.states["b0"].breaker.state is BreakerState.CLOSED and router.pool.states["b0"].breaker.acquire()
+    settled(router, backends)
+
+
+def test_only_starting_backends_is_an_immediate_503_with_retry_after():
+    router, backends = make_router([Step(refuse="starting")])
+    reply = asyncio.run(router.generate(CHAT, body(), None))
+    assert reply.status == 503 and header(reply, b"retry-after") is not None
+    assert "b0: starting" in json.loads(reply.body)["error"]["message"]
     settled(router, backends)

@@ -48,6 +48,11 @@ def test_workers_publish_endpoints_and_http_is_used(url):
     for endpoint in _endpoints(url):
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+", endpoint)
         assert httpx.get(endpoint + "/health", timeout=5).status_code == 200  # a real port of the replica
+        # ... that serves only the router, which holds the replica's token (the port is on the node's address)
+        body = {"model": "echo", "messages": [{"role": "user", "content": "sneaking past the router"}]}
+        for headers in ({}, {"authorization": "Bearer not-the-token"}, {"authorization": "not-even-bearer"}):
+            refused = httpx.post(endpoint + "/v1/chat/completions", json=body, headers=headers, timeout=5)
+            assert refused.status_code == 401 and refused.json()["error"]["message"].startswith("this port is the router's")
     for backend in ("echo-http", "echo-handle"):
         response = chat(url, f"via {backend}", backend)
         assert response.status_code == 200

@@ -1,7 +1,7 @@
-"""A CML API v2 emulator for tests: the used subset, validated against the shared Swagger file,
+"""A CML API v2 emulator for tests: the used subset, validated against the vendored Swagger file,
 running each application's and job's script as a real local process (see server.py)."""
 
 from .app import Fault
-from .server import CMLEmulator, spec_available
+from .server import CMLEmulator
 
-__all__ = ["CMLEmulator", "Fault", "spec_available"]
+__all__ = ["CMLEmulator", "Fault"]

@@ -1,9 +1,11 @@
-"""The emulator as an ASGI app: faults, auth, spec routing, strict validation, then a handler.
+"""The emulator as an ASGI app: faults, auth, spec routing, validation, then a handler.
 
 Requests the contract does not allow are answered like grpc-gateway answers them (400 with
-``{"error","code","message","details"}``). A response of the emulator itself that violates the
-contract is a bug of the emulator: it is recorded in ``violations`` and answered with 500, so
-tests fail instead of trusting a wrong fake.
+``{"error","code","message","details"}``); unknown JSON fields and query parameters are discarded,
+as the gateway does by default, and listed in ``ignored`` so tests can assert the client sends none.
+A response of the emulator itself that violates the contract, or a crash of a handler, is a bug of
+the emulator: it is recorded in ``violations`` and answered with a JSON 500, so tests fail instead
+of trusting a wrong fake. Every request, whatever its outcome, is recorded in ``calls``.
 """
 
 from __future__ import annotations
@@ -37,11 +39,16 @@ class Fault:
 
 
 def _keys(param: dict | None, label: str) -> list[str]:
-    """Supported search/sort keys, as the spec's parameter description lists them."""
+    """Supported search/sort keys, as the spec's parameter description lists them, plus the keys its
+    prose and example use (ListJobRuns lists job fields but documents ``{"status":..., "id":...}``)."""
     if not param:
         return []
-    found = re.search(label + r"[^\[]*\[([^\]]*)\]", param.get("description", ""))
-    return [k.strip(' "') for k in re.split(r"[,\s]+", found.group(1)) if k.strip(' "')] if found else []
+    text = param.get("description", "")
+    found = re.search(label + r"[^\[]*\[([^\]]*)\]", text)
+    keys = [k.strip(' "') for k in re.split(r"[,\s]+", found.group(1)) if k.strip(' "')] if found else []
+    if label.startswith("search"):
+        keys += re.findall(r'where "(\w+)" can be', text) + re.findall(r'"([\w.]+)"\s*:', text)
+    return list(dict.fromkeys(keys))
 
 
 def error(status: int, code: int, message: str) -> JSONResponse:
@@ -53,14 +60,20 @@ class EmulatorApp:
         self.spec, self.store = spec, store
         self.faults: list[Fault] = []
         self.violations: list[str] = []
+        self.ignored: list[str] = []  # unknown body fields / query parameters the gateway would drop
         self.calls: list[str] = []  # "METHOD raw_path -> status", for assertions
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
         request = Request(scope, receive)
-        raw_path = scope.get("raw_path", scope["path"].encode()).decode().split("?", 1)[0]
-        response = await self.handle(request, raw_path)
+        raw_path = scope.get("raw_path", scope["path"].encode()).decode("latin-1").split("?", 1)[0]
+        try:
+            response = await self.handle(request, raw_path)
+        except Exception as exc:  # a bug of the emulator, never the client's fault
+            label = getattr(exc, "op_id", f"{request.method} {raw_path}")
+            self.violations.append(f"{label}: {type(exc).__name__}: {exc}")
+            response = error(500, 13, f"emulator bug: {type(exc).__name__}: {exc}")
         self.calls.append(f"{request.method} {raw_path} -> {response.status_code}")
         await response(scope, receive, send)
 
@@ -89,9 +102,11 @@ class EmulatorApp:
             body, form = await self._body(request, operation)
         except ValueError as exc:
             return error(400, 3, str(exc))
-        problems = self.spec.request_errors(operation, query_pairs, body if not operation.form else None)
+        problems, ignored = self.spec.request_errors(operation, query_pairs, body if not operation.form else None)
         if problems:
             return error(400, 3, "; ".join(problems))
+        self.ignored += [f"{operation.op_id}: {what}" for what in ignored]
+        query_pairs = [(k, v) for k, v in query_pairs if k in operation.query]
         names = [n.replace(".", "_") for n in re.findall(r"\{([^}]+)\}", operation.template)]
         kwargs: dict[str, Any] = dict(zip(names, values, strict=True))
         available = {"store": self.store, "body": body, "form": form, "query": dict(query_pairs),
@@ -104,6 +119,9 @@ class EmulatorApp:
                 result = handler(**kwargs)
         except APIError as exc:
             return error(exc.status, exc.code, exc.message)
+        except Exception as exc:
+            exc.op_id = operation.op_id  # type: ignore[attr-defined]
+            raise
         if isinstance(result, bytes):
             return Response(result, media_type="application/octet-stream")
         result = {} if result is None else result
@@ -118,7 +136,10 @@ class EmulatorApp:
         if operation.form:
             if not request.headers.get("content-type", "").startswith("multipart/form-data"):
                 raise ValueError("multipart/form-data expected")
-            form = await request.form()
+            try:
+                form = await request.form()
+            except Exception as exc:  # any parse failure is the sender's: a part without a name, no boundary...
+                raise ValueError(f"malformed multipart/form-data body ({type(exc).__name__}: {exc})") from None
             files = {}
             for name, value in form.multi_items():
                 files[name] = await value.read() if hasattr(value, "read") else str(value).encode()

@@ -45,17 +45,22 @@ def listing(items: list[dict], key: str, query: dict[str, str], search_keys: lis
         for name, value in search.items():
             if name not in search_keys:
                 raise APIError(400, 3, f"unsupported search filter key {name!r}")
-            items = [i for i in items if str(value) in str(_dig(i, name)).replace("APPLICATION_", "").lower()
-                     or str(value) in str(_dig(i, name))]
+            items = [i for i in items if str(value) in str(_dig(i, name))
+                     or str(value) in re.sub(r"^(APPLICATION|ENGINE)_", "", str(_dig(i, name))).lower()]
     for part in reversed([p for p in (query.get("sort") or "").split(",") if p]):
         name = part.lstrip("+-")
         if name not in sort_keys:
             raise APIError(400, 3, f"unsupported sort key {name!r}")
         items = sorted(items, key=lambda i: str(_dig(i, name)), reverse=part.startswith("-"))
-    size = int(query.get("page_size") or 0) or DEFAULT_PAGE
+    size = int(query.get("page_size") or 0)  # an int32 already (checked against the spec)
+    if size < 0:  # the spec is silent; AIP-158: negative is INVALID_ARGUMENT, 0 lets the server choose
+        raise APIError(400, 3, "page_size must not be negative")
+    size = size or DEFAULT_PAGE
     token = query.get("page_token") or ""
     try:
         offset = int(base64.urlsafe_b64decode(token.encode()).decode()) if token else 0
+        if offset < 0:
+            raise ValueError(offset)
     except ValueError:
         raise APIError(400, 3, "invalid page_token") from None
     page = {key: items[offset:offset + size]}
@@ -188,13 +193,14 @@ def create_application(store: Store, project_id: str, body: dict) -> dict:
         raise APIError(400, 3, f"invalid subdomain {body['subdomain']!r}: must match {SUBDOMAIN.pattern}")
     if any(r.wire["subdomain"] == body["subdomain"] for r in store.apps.values()):
         raise APIError(409, 6, f"subdomain {body['subdomain']!r} already exists")
-    for key in ("cpu", "memory"):
-        if float(body.get(key) or 0) <= 0:
-            raise APIError(400, 3, f"{key} must be positive")
+    for key in ("cpu", "memory", "nvidia_gpu"):
+        if (body.get(key) or 0) < 0:
+            raise APIError(400, 3, f"{key} must not be negative")
     wire = {"id": new_id(), "name": body["name"], "description": body.get("description", ""), "creator": USER,
             "script": body["script"], "subdomain": body["subdomain"], "status": "APPLICATION_STARTING",
             "created_at": now(), "updated_at": now(), "starting_at": now(), "kernel": body.get("kernel", "python3"),
-            "cpu": body["cpu"], "memory": body["memory"], "nvidia_gpu": body.get("nvidia_gpu", 0),
+            # proto3: an absent or zero field is unset; the spec documents the defaults (cpu 1, memory 1)
+            "cpu": body.get("cpu") or 1, "memory": body.get("memory") or 1, "nvidia_gpu": body.get("nvidia_gpu", 0),
             "bypass_authentication": body.get("bypass_authentication", False),
             "environment": json.dumps(body.get("environment") or {}),
             "runtime_identifier": body.get("runtime_identifier", ""), "runtime_addon_identifiers": [],
@@ -234,6 +240,8 @@ def delete_application(store: Store, project_id: str, application_id: str) -> di
 
 # -- files and runtimes ---------------------------------------------------------------------------
 def _safe(store: Store, project_id: str, rel: str) -> Path:
+    if "\x00" in unquote(rel):
+        raise APIError(400, 3, f"invalid path {rel!r}")
     root = store.project_dir(project_id).resolve()
     target = (root / unquote(rel).lstrip("/")).resolve()
     if target != root and root not in target.parents:
@@ -248,12 +256,17 @@ def upload_file(store: Store, project_id: str, form: dict[str, bytes]) -> None:
         raise APIError(400, 3, "multipart form with at least one file expected")
     for rel, content in form.items():
         target = _safe(store, project_id, rel)
+        if target == store.project_dir(project_id).resolve():
+            raise APIError(400, 3, f"upload path {rel!r} names no file")
         stem, suffix, n = target.stem, target.suffix, 1
         while target.exists():  # CML never overwrites: name(1).ext, name(2).ext, ...
             target = target.with_name(f"{stem}({n}){suffix}")
             n += 1
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(content)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+        except OSError as exc:  # e.g. a parent that is a file, a name too long
+            raise APIError(400, 3, f"cannot write {rel!r}: {exc.strerror}") from None
 
 
 @op("ListProjectFiles")
@@ -262,10 +275,9 @@ def list_project_files(store: Store, project_id: str, path: str) -> dict:
     target = _safe(store, project_id, "" if unquote(path) in (".", "/") else path)
     if not target.is_dir():
         raise APIError(404, 5, f"directory {unquote(path)!r} not found")
-    root = store.project_dir(project_id).resolve()
     files = []
-    for entry in sorted(target.iterdir()):
-        info: dict[str, Any] = {"path": str(entry.relative_to(root)), "is_dir": entry.is_dir()}
+    for entry in sorted(target.iterdir()):  # names relative to the listed directory, like CML
+        info: dict[str, Any] = {"path": entry.name, "is_dir": entry.is_dir()}
         if entry.is_file():
             info["file_size"] = str(entry.stat().st_size)
         files.append(info)

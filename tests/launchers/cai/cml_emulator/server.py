@@ -10,13 +10,9 @@ from pathlib import Path
 import uvicorn
 
 from .app import EmulatorApp, Fault
-from .spec import SPEC_PATH, Spec
+from .spec import Spec
 from .store import Store, Timing
 from .workloads import alive_pids
-
-
-def spec_available() -> bool:
-    return SPEC_PATH.is_file()
 
 
 def free_port() -> int:

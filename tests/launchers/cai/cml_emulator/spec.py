@@ -1,8 +1,10 @@
-"""The CML API contract, read from the shared Swagger file: routing and strict validation.
+"""The CML API contract, read from the vendored Swagger file (specs/cml): routing and validation.
 
-The real API (grpc-gateway over protobuf) refuses unknown fields and wrong JSON types, so every
-object schema is made strict here (``additionalProperties: false``), int64 fields must be decimal
-strings and int32 fields must fit. Free-form maps (``environment`` on create) stay open.
+The real API (grpc-gateway over protobuf) refuses wrong JSON types: int64 fields must be decimal
+strings and int32 fields must fit. It discards unknown fields (the gateway's default): requests are
+checked against strict schemas (``additionalProperties: false``) only to find and drop them.
+Responses must match the strict schemas exactly: the emulator may not invent fields. Free-form maps
+(``environment`` on create) stay open.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jsonschema
+from jsonschema import Draft4Validator, ValidationError
 
 REPO = Path(__file__).resolve().parents[4]
-SPEC_PATH = REPO.parent / "shared" / "specs" / "cml" / "swagger.json"
+SPEC_PATH = REPO / "specs" / "cml" / "swagger.json"
 INT32 = (-(2**31), 2**31 - 1)
 
 
@@ -88,24 +90,34 @@ class Spec:
                 return op, list(m.groups())
         return None
 
-    def request_errors(self, op: Operation, query: list[tuple[str, str]], body: Any) -> list[str]:
-        errors = []
+    def request_errors(self, op: Operation, query: list[tuple[str, str]], body: Any) -> tuple[list[str], list[str]]:
+        """(problems that make a 400, unknown fields and parameters dropped from ``body`` in place)."""
+        errors, ignored = [], []
         for name, value in query:
             param = op.query.get(name)
             if param is None:
-                errors.append(f"unknown query parameter {name!r}")
+                ignored.append(f"query parameter {name!r}")
             elif param["type"] == "integer" and not re.fullmatch(r"-?[0-9]+", value):
                 errors.append(f"query parameter {name!r}: {value!r} is not an integer")
+            elif param.get("format") == "int32" and not INT32[0] <= int(value) <= INT32[1]:
+                errors.append(f"query parameter {name!r}: {value} is out of the int32 range")
             elif param["type"] == "boolean" and value not in ("true", "false"):
                 errors.append(f"query parameter {name!r}: {value!r} is not a boolean")
         if op.body_schema is not None:
             if body is None:
                 errors.append("request body required")
             else:
-                errors += _schema_errors(op.body_schema, body, "body")
+                for problem in list(Draft4Validator(op.body_schema).iter_errors(body)):
+                    if problem.validator == "additionalProperties" and isinstance(problem.instance, dict):
+                        known = problem.schema.get("properties", {})
+                        ignored += [f"body field {k!r}" for k in sorted(set(problem.instance) - set(known))]
+                        for key in set(problem.instance) - set(known):
+                            del problem.instance[key]
+                    else:
+                        errors.append(_describe(problem, "body"))
         elif body not in (None, b"") and not op.form:
             errors.append(f"{op.op_id} takes no request body")
-        return errors
+        return errors, ignored
 
     def response_errors(self, op: Operation, body: Any) -> list[str]:
         if op.response_schema is None:
@@ -113,7 +125,9 @@ class Spec:
         return _schema_errors(op.response_schema, body, "response")
 
 
+def _describe(problem: ValidationError, where: str) -> str:
+    return f"{where}{''.join(f'.{p}' for p in problem.absolute_path)}: {problem.message}"
+
+
 def _schema_errors(schema: dict, instance: Any, where: str) -> list[str]:
-    validator = jsonschema.Draft4Validator(schema)
-    return [f"{where}{''.join(f'.{p}' for p in e.absolute_path)}: {e.message}"
-            for e in validator.iter_errors(instance)]
+    return [_describe(e, where) for e in Draft4Validator(schema).iter_errors(instance)]

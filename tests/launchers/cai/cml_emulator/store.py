@@ -129,9 +129,14 @@ class Store:
         url = rec.env.get("git_url")
         status = "success"
         if url:
-            done = subprocess.run(["git", "clone", "-q", url, str(self.project_dir(rec.project_id))],
-                                  capture_output=True, text=True)
-            status = "success" if done.returncode == 0 else "failure"
+            # Never prompt, never hang: a test's URL is local, anything else fails fast.
+            env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_SSH_COMMAND": "ssh -o BatchMode=yes"}
+            try:
+                done = subprocess.run(["git", "clone", "-q", "--", url, str(self.project_dir(rec.project_id))],
+                                      capture_output=True, text=True, env=env, timeout=60)
+                status = "success" if done.returncode == 0 else "failure"
+            except subprocess.TimeoutExpired:
+                status = "failure"
         rec.wire["creation_status"] = status
 
     # -- jobs and runs ----------------------------------------------------------------------------

@@ -40,8 +40,9 @@ class Workload:
         self.id = workload_id
         self.log_path = log_path
         self.seen: dict[int, float] = {}  # pid -> create_time (guards against pid reuse)
-        target = project_dir / script
-        if not target.is_file():
+        target = (project_dir / script).resolve()
+        # A script is a path inside the project: never run a file elsewhere on this machine.
+        if project_dir.resolve() not in target.parents or not target.is_file():
             raise FileNotFoundError(f"script {script!r} not found in the project")
         command = ["bash", str(target)] if script.endswith(".sh") else [python, str(target)]
         log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,278 @@
+"""P4: batch throughput, ours vs a baseline in the same run, alternating rounds.
+
+Offline: N prompts x T tokens through ``ray-serve-cai batch run`` (Ray Data, one vLLM ``LLM`` engine)
+vs vLLM's own ``LLM.generate`` on the same prompts (its own process, same engine arguments). Both
+report tokens/s once their engine is up (the CLI's "after engine start" rate, ``LLM.generate``'s timed
+call), since start-up is a fixed cost the baseline does not pay inside its timer; the CLI's end-to-end
+rate is recorded too.
+
+Online: the same prompts as an OpenAI batch through the running router (one engine replica) vs the
+same prompts sent by a client at concurrency 64 to the same router; while the batch runs, one
+interactive client sends small requests back to back and we report its p50 latency next to the p50
+of the same client on an idle router.
+
+    .venv/bin/python loadtests/bench_batch.py                       # P4 defaults: 2000 x 32, 6 rounds
+    .venv/bin/python loadtests/bench_batch.py --prompts 64 --rounds 1 --name bench_batch_tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from loadtests.bench_router_lib import ROOT, Connection, stop_on_sigterm, write_result  # noqa: E402
+from launchers.local import LocalCluster, free_port  # noqa: E402
+from launchers.polling import poll_until  # noqa: E402
+
+BASELINE = """
+import json, sys, time, os
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+from vllm import LLM, SamplingParams
+if __name__ == "__main__":
+    prompts = json.load(open(sys.argv[1])); max_tokens = int(sys.argv[2])
+    llm = LLM(model=sys.argv[3], enforce_eager=True)
+    params = SamplingParams(max_tokens=max_tokens, ignore_eos=True, temperature=0)
+    llm.generate(prompts[:8], params, use_tqdm=False)  # warm-up, like the pipeline's first block
+    start = time.perf_counter()
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    seconds = time.perf_counter() - start
+    tokens = sum(len(c.token_ids) for o in outputs for c in o.outputs)
+    print("RESULT " + json.dumps({"tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds}))
+"""
+
+
+def prompts(count: int) -> list[str]:
+    return [f"Request {i}: write a short story about the number {i}." for i in range(count)]
+
+
+def batch_lines(texts: list[str], max_tokens: int, url: str = "/v1/completions") -> str:
+    lines = []
+    for i, text in enumerate(texts):
+        body = {"model": "tiny-chat", "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0}
+        if url == "/v1/completions":
+            body["prompt"] = text
+        else:
+            body["messages"] = [{"role": "user", "content": text}]
+        lines.append(json.dumps({"custom_id": f"p{i}", "method": "POST", "url": url, "body": body}))
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------- offline
+
+def offline_baseline(work: Path, texts: list[str], max_tokens: int) -> dict[str, Any]:
+    from serve_apps.models import ensure_tiny_model
+
+    source = work / "prompts.json"
+    source.write_text(json.dumps(texts))
+    out = subprocess.run([sys.executable, "-c", BASELINE, str(source), str(max_tokens), str(ensure_tiny_model())],
+                         capture_output=True, text=True, timeout=1800)
+    for line in out.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    raise RuntimeError(f"LLM.generate baseline failed: {out.stderr[-1500:]}")
+
+
+def offline_ours(work: Path, texts: list[str], max_tokens: int) -> dict[str, Any]:
+    source, output, summary = work / "in.jsonl", work / f"out-{time.time_ns()}.jsonl", work / "summary.json"
+    source.write_text(batch_lines(texts, max_tokens))
+    # several blocks, so the rate after the first one (engine up) is measured over most of the work
+    batch_size = max(16, min(256, len(texts) // 8))
+    cmd = [sys.executable, "-m", "ray_serve_cai", "batch", "run", str(source), "-o", str(output),
+           "--model", "builtin:tiny-chat", "--replicas", "1", "--batch-size", str(batch_size),
+           "--summary-json", str(summary)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    if out.returncode != 0:
+        raise RuntimeError(f"batch run failed: {out.stderr[-1500:]}")
+    result = json.loads(summary.read_text())
+    output.unlink()
+    return {"tokens": result["output_tokens"], "seconds": result["seconds"],
+            "tokens_per_second": result["steady_tokens_per_second"],
+            "end_to_end_tokens_per_second": result["tokens_per_second"], "failed": result["failed"]}
+
+
+# ---------------------------------------------------------------------- online
+
+def start_stack(work: Path, concurrency: int) -> tuple[LocalCluster, str]:
+    cluster = LocalCluster(extra_env={"PYTHONPATH": str(ROOT)}, log_path=work / "ray.log")
+    cluster.start()
+    port = free_port()
+    args = {"engines": [{"name": "tiny-chat", "model": "builtin:tiny-chat", "kv_cache_gb": 1}],
+            "backends": [{"name": "local", "kind": "serve", "engine": "tiny-chat"}],
+            "batch": {"storage": str(work / "storage"), "concurrency": concurrency}}
+    config = {"http_options": {"host": "127.0.0.1", "port": port}, "applications": [
+        {"name": "router", "route_prefix": "/", "import_path": "serve_apps.router.app:build_router_app", "args": args}]}
+    (work / "stack.yaml").write_text(yaml.safe_dump(config))
+    try:
+        cluster.deploy(work / "stack.yaml")
+        url = f"http://127.0.0.1:{port}"
+        cluster.wait_ready(url + "/health", 900)
+        poll_until(lambda: _generates(url), timeout_s=600, interval_s=1)  # healthy is not yet generating
+    except Exception:
+        cluster.stop()
+        raise
+    return cluster, url
+
+
+def _generates(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.post(url + "/v1/completions", json={"model": "tiny-chat", "prompt": "warm", "max_tokens": 4},
+                          timeout=60).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+async def client_load(url: str, texts: list[str], max_tokens: int, concurrency: int) -> dict[str, Any]:
+    host, port = url.split("//")[1].split(":")
+    queue = list(enumerate(texts))
+    tokens = 0
+
+    async def worker() -> None:
+        nonlocal tokens
+        connection = Connection(host, int(port))
+        while queue:
+            _, text = queue.pop()
+            body = json.dumps({"model": "tiny-chat", "prompt": text, "max_tokens": max_tokens, "ignore_eos": True,
+                               "temperature": 0}).encode()
+            status, _, data = await connection.post("/v1/completions", body)
+            if status == 200:
+                tokens += json.loads(data)["usage"]["completion_tokens"]
+        connection.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    seconds = time.perf_counter() - start
+    return {"tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds}
+
+
+async def interactive(url: str, stop: asyncio.Event) -> list[float]:
+    """One user: small chat requests back to back until ``stop``; their latencies."""
+    host, port = url.split("//")[1].split(":")
+    connection = Connection(host, int(port))
+    body = json.dumps({"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}).encode()
+    latencies = []
+    while not stop.is_set():
+        start = time.perf_counter()
+        status, _, _ = await connection.post("/v1/chat/completions", body)
+        if status == 200:
+            latencies.append(time.perf_counter() - start)
+    connection.close()
+    return latencies
+
+
+async def batch_load(url: str, texts: list[str], max_tokens: int) -> dict[str, Any]:
+    import httpx
+
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        files = {"file": ("bench.jsonl", batch_lines(texts, max_tokens).encode())}
+        file_id = (await client.post("/v1/files", files=files, data={"purpose": "batch"})).json()["id"]
+        stop = asyncio.Event()
+        user = asyncio.create_task(interactive(url, stop))
+        start = time.perf_counter()
+        batch = (await client.post("/v1/batches", json={"input_file_id": file_id, "endpoint": "/v1/completions",
+                                                        "completion_window": "24h"})).json()
+        while batch["status"] not in ("completed", "failed", "cancelled", "expired"):
+            await asyncio.sleep(0.1)
+            batch = (await client.get(f"/v1/batches/{batch['id']}")).json()
+        seconds = time.perf_counter() - start
+        stop.set()
+        latencies = await user
+        tokens = 0
+        if batch.get("output_file_id"):
+            content = (await client.get(f"/v1/files/{batch['output_file_id']}/content")).text
+            tokens = sum(json.loads(line)["response"]["body"]["usage"]["completion_tokens"]
+                         for line in content.splitlines() if line)
+    return {"tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds, "status": batch["status"],
+            "request_counts": batch["request_counts"],
+            "interactive_p50_ms": statistics.median(latencies) * 1000 if latencies else None,
+            "interactive_requests": len(latencies)}
+
+
+async def idle_latency(url: str, seconds: float = 5.0) -> float:
+    stop = asyncio.Event()
+    task = asyncio.create_task(interactive(url, stop))
+    await asyncio.sleep(seconds)
+    stop.set()
+    return statistics.median(await task) * 1000
+
+
+# ---------------------------------------------------------------------- main
+
+def ratio_summary(rounds: list[dict[str, Any]], ours: str, baseline: str) -> dict[str, Any]:
+    ratios = [r[ours]["tokens_per_second"] / r[baseline]["tokens_per_second"] for r in rounds]
+    return {"median_ratio": statistics.median(ratios), "ratios": ratios,
+            "median_ours_tps": statistics.median(r[ours]["tokens_per_second"] for r in rounds),
+            "median_baseline_tps": statistics.median(r[baseline]["tokens_per_second"] for r in rounds)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prompts", type=int, default=2000)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=6, help="alternating rounds per part (default 6)")
+    parser.add_argument("--concurrency", type=int, default=64, help="online client concurrency and batch jobs' concurrency")
+    parser.add_argument("--part", choices=["offline", "online", "both"], default="both")
+    parser.add_argument("--name", default="bench_batch_p4", help="results file name under loadtests/results/")
+    args = parser.parse_args()
+    stop_on_sigterm()
+    texts = prompts(args.prompts)
+    result: dict[str, Any] = {"prompts": args.prompts, "max_tokens": args.max_tokens, "rounds": args.rounds,
+                              "concurrency": args.concurrency, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
+        work = Path(tmp)
+        if args.part in ("offline", "both"):
+            rounds = []
+            for number in range(args.rounds):
+                order = ["baseline", "ours"] if number % 2 == 0 else ["ours", "baseline"]
+                entry: dict[str, Any] = {"order": order}
+                for side in order:
+                    entry[side] = (offline_baseline if side == "baseline" else offline_ours)(work, texts, args.max_tokens)
+                    time.sleep(3)  # vLLM's worker busy-polls for ~1 s after its last work
+                rounds.append(entry)
+                print(f"offline round {number + 1}: ours {entry['ours']['tokens_per_second']:.0f} tok/s, "
+                      f"LLM.generate {entry['baseline']['tokens_per_second']:.0f} tok/s", flush=True)
+            result["offline"] = {"rounds": rounds, **ratio_summary(rounds, "ours", "baseline")}
+            print(f"offline median ratio {result['offline']['median_ratio']:.3f} (target >= 0.90)", flush=True)
+        if args.part in ("online", "both"):
+            cluster, url = start_stack(work, args.concurrency)
+            try:
+                idle = asyncio.run(idle_latency(url))
+                rounds = []
+                for number in range(args.rounds):
+                    order = ["client", "batch"] if number % 2 == 0 else ["batch", "client"]
+                    entry = {"order": order}
+                    for side in order:
+                        load = client_load(url, texts, args.max_tokens, args.concurrency) if side == "client" \
+                            else batch_load(url, texts, args.max_tokens)
+                        entry[side] = asyncio.run(load)
+                        time.sleep(3)
+                    rounds.append(entry)
+                    print(f"online round {number + 1}: batch {entry['batch']['tokens_per_second']:.0f} tok/s, client "
+                          f"c={args.concurrency} {entry['client']['tokens_per_second']:.0f} tok/s, interactive p50 "
+                          f"{entry['batch']['interactive_p50_ms']:.0f} ms (idle {idle:.0f} ms)", flush=True)
+                result["online"] = {"rounds": rounds, "idle_interactive_p50_ms": idle,
+                                    "interactive_p50_ms_during_batch": statistics.median(
+                                        r["batch"]["interactive_p50_ms"] for r in rounds),
+                                    **ratio_summary(rounds, "batch", "client")}
+                print(f"online median ratio {result['online']['median_ratio']:.3f} (target >= 0.95)", flush=True)
+            finally:
+                cluster.stop()
+    path = write_result(args.name, result)
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

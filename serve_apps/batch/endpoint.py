@@ -1,0 +1,77 @@
+"""``POST /v1/batch``: many prompts in one request, answered in input order.
+
+``{"prompts": [...], "backend": "...", "model": "...", "params": {...}}`` -> ``{"results": [...],
+"count": N, "backend": ...}``. A prompt is a string (one user message) or a list of chat messages.
+Every item goes through the router's own ``generate`` in process (the same fallback, breaker and
+metrics as a single request), at most ``endpoint_concurrency`` at a time; an item that fails becomes an
+OpenAI-style error object in its place and never fails the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from pydantic import Field, ValidationError
+
+from serve_apps.asgi import BodyTooLarge, Receive, read_body
+from serve_apps.batch.config import BatchConfig
+from serve_apps.batch.models import CHAT_PATH
+from serve_apps.asgi import JSON_HEADERS, Reply
+from serve_apps.openai_format import error_reply
+from serve_apps.router.router import Router
+from serve_apps.validation import StrictModel
+
+
+class BatchPrompts(StrictModel):
+    prompts: list[str | list[dict[str, Any]]] = Field(min_length=1)
+    backend: str | None = None
+    model: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class PromptsEndpoint:
+    def __init__(self, config: BatchConfig, router: Router) -> None:
+        self.config = config
+        self.router = router
+
+    async def __call__(self, method: str, receive: Receive) -> Reply:
+        if method != "POST":
+            return error_reply(405, f"{method} not allowed on /v1/batch", "invalid_request_error")
+        try:
+            raw = await read_body(receive, self.config.endpoint_max_bytes)
+        except BodyTooLarge:
+            return error_reply(413, f"request body over {self.config.endpoint_max_bytes} bytes", "invalid_request_error")
+        try:
+            request = BatchPrompts.model_validate_json(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "body"
+            return error_reply(400, f"{where}: {first['msg']}", "invalid_request_error")
+        if len(request.prompts) > self.config.endpoint_max_items:
+            return error_reply(400, f"{len(request.prompts)} prompts; the limit is {self.config.endpoint_max_items}",
+                               "invalid_request_error")
+        reserved = {"messages", "stream", "backend"} & set(request.params)
+        if reserved:
+            return error_reply(400, f"params may not set {', '.join(sorted(reserved))}", "invalid_request_error")
+        limit = asyncio.Semaphore(self.config.endpoint_concurrency)
+        results = await asyncio.gather(*(self._one(request, prompt, limit) for prompt in request.prompts))
+        body = {"results": results, "count": len(results), "backend": request.backend}
+        return Reply(200, list(JSON_HEADERS), json.dumps(body).encode())
+
+    async def _one(self, request: BatchPrompts, prompt: str | list[dict[str, Any]], limit: asyncio.Semaphore) -> Any:
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        payload: dict[str, Any] = {**request.params, "messages": messages}
+        if request.model is not None:
+            payload["model"] = request.model
+        async with limit:
+            try:
+                reply = await self.router.generate(CHAT_PATH, json.dumps(payload).encode(), request.backend)
+            except Exception as exc:  # one item's failure is that item's error, never the batch's
+                return json.loads(error_reply(500, f"internal error: {exc}", "internal_error").body)  # type: ignore[arg-type]
+        try:
+            return json.loads(reply.body)  # type: ignore[arg-type]
+        except ValueError:
+            return json.loads(error_reply(502, f"backend answered {reply.status} with a non-JSON body",
+                                          "bad_gateway").body)  # type: ignore[arg-type]

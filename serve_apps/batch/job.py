@@ -1,0 +1,304 @@
+"""One batch job: validate the input file, send every line through the router, checkpoint, finalise.
+
+A ``BatchJob`` runs as a detached, named Ray actor per batch (``jobs.py`` starts it), so it outlives the
+router replica that created it; every router replica re-attaches unfinished jobs on start. The job's
+only state that matters is in storage (the batch object and its checkpoint parts), so a job killed at
+any instant and started again continues where the parts end, sending nothing twice that was recorded
+and losing nothing that was not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from serve_apps.batch.config import BatchConfig
+from serve_apps.batch.lines import numbered_lines, parse_line, scan
+from serve_apps.batch.models import TERMINAL, Batch, BatchError, BatchErrors, FileObject, RequestLine, now, output_line
+from serve_apps.batch.storage import ERROR, OUTPUT, Storage
+
+logger = logging.getLogger("ray.serve")
+# (path, raw JSON body) -> (HTTP status, response body). Raises when the router cannot be reached.
+Send = Callable[[str, bytes], Awaitable[tuple[int, bytes]]]
+RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
+# A router gone this long (its app deleted?) ends the run; the batch stays resumable in storage and the
+# next router replica that comes up with the same storage picks it up again.
+GIVE_UP_AFTER_S = 600.0
+EXPIRED_ERROR = {"code": "batch_expired",
+                 "message": "This request could not be executed before the completion window expired."}
+
+
+class JobRunner:
+    """The job's logic, free of Ray: ``send`` reaches the router, ``storage`` holds everything."""
+
+    def __init__(self, config: BatchConfig, storage: Storage, batch_id: str, send: Send) -> None:
+        self.config = config
+        self.storage = storage
+        self.batch_id = batch_id
+        self.send = send
+        self.cancelled = False
+        self._buffer: list[tuple[int, str, str]] = []
+        self._seq = 0
+        self._counts = {OUTPUT: 0, ERROR: 0}
+        self._last_flush = time.monotonic()
+        self._lock = asyncio.Lock()
+        self.batch: Batch | None = None
+
+    def _load(self) -> Batch:
+        batch = self.storage.get_batch(self.batch_id)
+        if batch is None:
+            raise LookupError(f"batch {self.batch_id} is not in storage")
+        return batch
+
+    async def run(self) -> str:
+        batch = self._load()
+        if batch.status == "validating":
+            batch = await asyncio.to_thread(self._validate, batch)
+        if batch.status in ("in_progress", "cancelling"):
+            batch = await self._process(batch)
+        if batch.status in ("finalizing", "cancelling"):
+            batch = await asyncio.to_thread(self._finalise, batch)
+        return batch.status
+
+    # ------------------------------------------------------------------ validating
+
+    def _validate(self, batch: Batch) -> Batch:
+        if self.storage.get_file(batch.input_file_id) is None:
+            return self._fail(batch, "file_not_found", f"The input file {batch.input_file_id} was deleted.")
+        with self.storage.open_file(batch.input_file_id) as stream:
+            result = scan(stream, batch.endpoint, self.config.max_line_bytes, self.config.max_requests)
+        counts = batch.request_counts.model_copy(update={"total": result.total})
+        if result.errors:
+            batch = batch.model_copy(update={"errors": BatchErrors(data=result.errors), "request_counts": counts})
+            batch = batch.moved_to("failed")
+        else:
+            batch = batch.model_copy(update={"request_counts": counts}).moved_to("in_progress")
+        if self.storage.cancel_requested(batch.id) and batch.status == "in_progress":
+            batch = batch.moved_to("cancelling")
+        self.storage.save_batch(batch)
+        return batch
+
+    def _fail(self, batch: Batch, code: str, message: str) -> Batch:
+        batch = batch.model_copy(update={"errors": BatchErrors(data=[BatchError(code=code, message=message)])})
+        batch = batch.moved_to("failed")
+        self.storage.save_batch(batch)
+        return batch
+
+    # ------------------------------------------------------------------ in progress
+
+    def _recorded(self) -> set[int]:
+        done: set[int] = set()
+        paths = self.storage.part_paths(self.batch_id)
+        for path in paths:
+            for index, kind, _ in self.storage.read_part(path):
+                done.add(index)
+                self._counts[kind] += 1
+        self._seq = max((int(p.rsplit("/", 1)[-1].split(".")[0]) for p in paths), default=0)
+        return done
+
+    async def _process(self, batch: Batch) -> Batch:
+        self.batch = batch
+        self.cancelled = self.cancelled or batch.status == "cancelling"
+        done = await asyncio.to_thread(self._recorded)
+        limit = asyncio.Semaphore(self.config.concurrency)
+        tasks: set[asyncio.Task[None]] = set()
+        ticker = asyncio.create_task(self._tick())
+        expired = False
+        try:
+            with self.storage.open_file(batch.input_file_id) as stream:
+                for number, raw in numbered_lines(stream):
+                    if self.cancelled:
+                        break
+                    if number in done:
+                        continue
+                    expired = expired or (batch.expires_at is not None and time.time() > batch.expires_at)
+                    parsed = parse_line(raw, number, batch.endpoint, self.config.max_line_bytes)
+                    assert isinstance(parsed, RequestLine), "validated files hold only valid lines"
+                    if expired:
+                        self._record(number, ERROR, output_line(parsed.custom_id, None, None, EXPIRED_ERROR))
+                    else:
+                        await limit.acquire()
+                        task = asyncio.create_task(self._one(number, parsed, limit))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+                    await self._flush(force=False)
+            if self.cancelled:
+                for task in tasks:
+                    task.cancel()  # stop new work; what finished is already buffered
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            ticker.cancel()
+        await self._flush(force=True)
+        if self.cancelled:
+            return await self._save_status("cancelling")
+        return await self._save_status("finalizing")  # past expires_at, finalising makes it "expired"
+
+    async def _tick(self) -> None:
+        """Flush on time as well as on size, and notice a cancel requested through storage."""
+        while True:
+            await asyncio.sleep(self.config.flush_seconds)
+            if not self.cancelled and await asyncio.to_thread(self.storage.cancel_requested, self.batch_id):
+                self.cancelled = True
+            await self._flush(force=False)
+
+    async def _one(self, number: int, request: RequestLine, limit: asyncio.Semaphore) -> None:
+        try:
+            status, body, error = await self._call(request)
+            kind = OUTPUT if status is not None and 200 <= status < 300 else ERROR
+            self._record(number, kind, output_line(request.custom_id, status, body, error))
+        finally:
+            limit.release()
+
+    async def _call(self, request: RequestLine) -> tuple[int | None, Any, dict[str, Any] | None]:
+        payload = dict(request.body)
+        if payload.pop("stream", None):  # results are whole responses; a stream has nowhere to go
+            payload.pop("stream_options", None)
+        raw = json.dumps(payload).encode()
+        attempt, unreachable, since = 0, 0, time.monotonic()
+        while True:
+            try:
+                status, data = await self.send(request.url, raw)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # router replica restarting or gone: wait for it, lose nothing
+                unreachable += 1
+                if time.monotonic() - since > GIVE_UP_AFTER_S:
+                    raise RuntimeError(f"router unreachable for {GIVE_UP_AFTER_S:.0f} s") from exc
+                if unreachable == 1 or unreachable % 20 == 0:
+                    logger.warning("batch %s: router unreachable (%s); retrying", self.batch_id, exc)
+                await asyncio.sleep(min(5.0, 0.2 * 2 ** min(unreachable, 5)))
+                continue
+            if status in RETRYABLE and attempt < self.config.retries:
+                attempt += 1
+                await asyncio.sleep(min(10.0, 0.5 * 2 ** attempt))
+                continue
+            try:
+                return status, json.loads(data), None
+            except ValueError:
+                return None, None, {"code": "invalid_response", "message": f"HTTP {status} with a non-JSON body"}
+
+    # ------------------------------------------------------------------ checkpoint
+
+    def _record(self, number: int, kind: str, line: dict[str, Any]) -> None:
+        self._buffer.append((number, kind, json.dumps(line, separators=(",", ":"))))
+        self._counts[kind] += 1
+
+    async def _flush(self, force: bool) -> None:
+        """Write buffered results as the next part. One writer at a time: parts and counts stay in step."""
+        due = force or len(self._buffer) >= self.config.flush_lines or (
+            time.monotonic() - self._last_flush >= self.config.flush_seconds)
+        if not self._buffer or not due:
+            return
+        async with self._lock:
+            rows, self._buffer = self._buffer, []
+            if not rows:
+                return
+            self._seq += 1
+            await asyncio.to_thread(self.storage.write_part, self.batch_id, self._seq, rows)
+            self._last_flush = time.monotonic()
+            await self._save_status(self.batch.status, locked=True)
+
+    async def _save_status(self, status: str, locked: bool = False) -> Batch:
+        if not locked:
+            async with self._lock:
+                return await self._save_status(status, locked=True)
+        batch = self.batch
+        counts = batch.request_counts.model_copy(update={"completed": self._counts[OUTPUT], "failed": self._counts[ERROR]})
+        batch = batch.model_copy(update={"request_counts": counts})
+        if status != batch.status:
+            batch = batch.moved_to(status)  # type: ignore[arg-type]
+        self.batch = batch
+        await asyncio.to_thread(self.storage.save_batch, batch)
+        return batch
+
+    # ------------------------------------------------------------------ finalising
+
+    def _finalise(self, batch: Batch) -> Batch:
+        """Merge the parts into the output and error files (deterministic ids: a rerun overwrites)."""
+        final = "cancelled" if batch.status == "cancelling" else "completed"
+        if final == "completed" and batch.expires_at is not None and (batch.finalizing_at or 0) > batch.expires_at:
+            final = "expired"  # lines past the window went to the error file as batch_expired
+        suffix = batch.id.removeprefix("batch_")
+        names = {OUTPUT: (f"file-{suffix}-output", f"{batch.id}_output.jsonl"),
+                 ERROR: (f"file-{suffix}-error", f"{batch.id}_error.jsonl")}
+        writers: dict[str, Any] = {}
+        sizes = {OUTPUT: 0, ERROR: 0}
+        counts = {OUTPUT: 0, ERROR: 0}
+        try:
+            for _, kind, line in self.storage.merged_results(batch.id):
+                if kind not in writers:
+                    writers[kind] = self.storage.file_writer(names[kind][0])
+                data = (line + "\n").encode()
+                writers[kind].write(data)
+                sizes[kind] += len(data)
+                counts[kind] += 1
+        finally:
+            for writer in writers.values():
+                writer.close()
+        ids: dict[str, str | None] = {OUTPUT: None, ERROR: None}
+        for kind in writers:
+            file_id, filename = names[kind]
+            self.storage.save_file(FileObject(id=file_id, bytes=sizes[kind], created_at=now(), filename=filename,
+                                              purpose="batch_output"))
+            ids[kind] = file_id
+        request_counts = batch.request_counts.model_copy(update={"completed": counts[OUTPUT], "failed": counts[ERROR]})
+        batch = batch.model_copy(update={"output_file_id": ids[OUTPUT], "error_file_id": ids[ERROR],
+                                         "request_counts": request_counts}).moved_to(final)  # type: ignore[arg-type]
+        self.storage.save_batch(batch)
+        return batch
+
+
+class BatchJob:
+    """The Ray actor around ``JobRunner``: reaches the router by its deployment handle."""
+
+    def __init__(self, config: dict[str, Any], batch_id: str, router_app: str, router_deployment: str) -> None:
+        self.config = BatchConfig.model_validate(config)
+        self.batch_id = batch_id
+        self.router_app = router_app
+        self.router_deployment = router_deployment
+        self._runner: JobRunner | None = None
+        self._task: asyncio.Task[str] | None = None
+        self._handle: Any = None
+
+    async def _send(self, path: str, raw: bytes) -> tuple[int, bytes]:
+        if self._handle is None:
+            from ray import serve
+
+            self._handle = serve.get_deployment_handle(self.router_deployment, app_name=self.router_app)
+        return await self._handle.batch_call.remote(path, raw)
+
+    async def run(self) -> str:
+        """Start the job unless it is running (idempotent: every router replica calls it)."""
+        if self._task is None or self._task.done():
+            storage = Storage(self.config.storage)
+            batch = storage.get_batch(self.batch_id)
+            if batch is None or batch.status in TERMINAL:
+                self._exit()
+                return batch.status if batch else "missing"
+            self._runner = JobRunner(self.config, storage, self.batch_id, self._send)
+            self._task = asyncio.create_task(self._run())
+        return "running"
+
+    async def _run(self) -> str:
+        try:
+            return await self._runner.run()  # type: ignore[union-attr]
+        except Exception:
+            logger.exception("batch %s: job failed; it resumes from its checkpoint when restarted", self.batch_id)
+            raise
+        finally:
+            self._exit()
+
+    async def cancel(self) -> None:
+        if self._runner is not None:
+            self._runner.cancelled = True
+
+    def _exit(self) -> None:
+        """A finished job's actor goes away (no restart); an unfinished one is re-attached by the router."""
+        import ray
+
+        asyncio.get_running_loop().call_later(
+            0.1, lambda: ray.kill(ray.get_runtime_context().current_actor, no_restart=True))

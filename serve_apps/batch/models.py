@@ -1,0 +1,123 @@
+"""OpenAI's Files and Batch objects and the JSONL line formats, with OpenAI's exact field names.
+
+Objects we store and return forbid unknown keys (a typo is a bug, not data); a request *line* of an
+input file is parsed leniently and checked field by field so every problem gets its own line number.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from serve_apps.validation import StrictModel
+
+CHAT_PATH = "/v1/chat/completions"
+COMPLETIONS_PATH = "/v1/completions"
+ENDPOINTS = (CHAT_PATH, COMPLETIONS_PATH)
+COMPLETION_WINDOW = "24h"
+WINDOW_SECONDS = 24 * 3600
+
+BatchStatus = Literal["validating", "failed", "in_progress", "finalizing", "completed", "expired",
+                      "cancelling", "cancelled"]
+TERMINAL: frozenset[str] = frozenset({"failed", "completed", "expired", "cancelled"})
+
+
+def new_id(prefix: str) -> str:
+    """Time-ordered ids (``batch_<ns hex><random>``): listing newest-first is a reverse sort of names."""
+    return f"{prefix}{time.time_ns():016x}{secrets.token_hex(6)}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+class FileObject(StrictModel):
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    status: Literal["uploaded", "processed", "error"] = "processed"
+    expires_at: int | None = None
+    status_details: str | None = None
+
+
+class RequestCounts(StrictModel):
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+
+
+class BatchError(StrictModel):
+    code: str | None = None
+    message: str | None = None
+    param: str | None = None
+    line: int | None = None
+
+
+class BatchErrors(StrictModel):
+    object: Literal["list"] = "list"
+    data: list[BatchError] = Field(default_factory=list)
+
+
+class Batch(StrictModel):
+    id: str
+    object: Literal["batch"] = "batch"
+    endpoint: str
+    errors: BatchErrors | None = None
+    input_file_id: str
+    completion_window: str = COMPLETION_WINDOW
+    status: BatchStatus = "validating"
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    created_at: int
+    in_progress_at: int | None = None
+    expires_at: int | None = None
+    finalizing_at: int | None = None
+    completed_at: int | None = None
+    failed_at: int | None = None
+    expired_at: int | None = None
+    cancelling_at: int | None = None
+    cancelled_at: int | None = None
+    request_counts: RequestCounts = Field(default_factory=RequestCounts)
+    metadata: dict[str, str] | None = None
+
+    def moved_to(self, status: BatchStatus) -> "Batch":
+        """The same batch in ``status``, with that status's ``<status>_at`` stamped."""
+        stamp = {"in_progress": "in_progress_at", "finalizing": "finalizing_at", "completed": "completed_at",
+                 "failed": "failed_at", "expired": "expired_at", "cancelling": "cancelling_at",
+                 "cancelled": "cancelled_at"}.get(status)
+        update: dict[str, Any] = {"status": status}
+        if stamp and getattr(self, stamp) is None:
+            update[stamp] = now()
+        return self.model_copy(update=update)
+
+
+class CreateBatch(StrictModel):
+    """The body of ``POST /v1/batches``."""
+
+    input_file_id: str = Field(min_length=1)
+    endpoint: str
+    completion_window: str
+    metadata: dict[str, str] | None = Field(None, max_length=16)
+
+
+class RequestLine(BaseModel):
+    """One line of a batch input file (``{custom_id, method, url, body}``)."""
+
+    custom_id: str = Field(min_length=1)
+    method: str
+    url: str
+    body: dict[str, Any]
+
+
+def output_line(custom_id: str, status: int | None, body: Any, error: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One line of an output or error file, as OpenAI writes it."""
+    response = None
+    if status is not None:
+        response = {"status_code": status, "request_id": secrets.token_hex(16), "body": body}
+    return {"id": "batch_req_" + secrets.token_hex(12), "custom_id": custom_id, "response": response, "error": error}

@@ -1,0 +1,50 @@
+"""Everything batch that lives in a router replica, behind one object the router deployment holds:
+the routes it adds to the router's ASGI app, and ``call`` that job actors reach through the
+deployment handle."""
+
+from __future__ import annotations
+
+from serve_apps.batch.api import BatchAPI
+from serve_apps.batch.config import BatchConfig
+from serve_apps.batch.endpoint import PromptsEndpoint
+from serve_apps.batch.jobs import JobSupervisor
+from serve_apps.batch.storage import Storage
+from serve_apps.asgi import Receive, Scope
+from serve_apps.asgi import Reply
+from serve_apps.router.router import Router
+
+PREFIXES = ("/v1/batch", "/v1/batches", "/v1/files")
+
+
+class BatchService:
+    def __init__(self, config: BatchConfig, router: Router, router_app: str, router_deployment: str) -> None:
+        self.router = router
+        self.storage = Storage(config.storage)
+        self.supervisor = JobSupervisor(config, self.storage, router_app, router_deployment)
+        self.api = BatchAPI(config, self.storage, self.supervisor)
+        self.endpoint = PromptsEndpoint(config, router)
+
+    def start(self) -> None:
+        """Begin re-attaching unfinished jobs (needs the running event loop)."""
+        self.supervisor.start()
+
+    async def aclose(self) -> None:
+        await self.supervisor.aclose()
+
+    async def __call__(self, method: str, path: str, scope: Scope, receive: Receive) -> Reply | None:
+        """The router's route hook: a reply for batch paths, None for everything else."""
+        if path == "/v1/batch":
+            return await self.endpoint(method, receive)
+        if path == "/v1/batches" or path.startswith("/v1/batches/"):
+            return await self.api.batches(method, path, scope, receive)
+        if path == "/v1/files" or path.startswith("/v1/files/"):
+            return await self.api.files(method, path, scope, receive)
+        return None
+
+    async def call(self, path: str, raw: bytes) -> tuple[int, bytes]:
+        """One request of a batch job through the router's own routing (whole body, no stream)."""
+        reply = await self.router.generate(path, raw, None)
+        if isinstance(reply.body, bytes):
+            return reply.status, reply.body
+        chunks = [chunk async for chunk in reply.body]
+        return reply.status, b"".join(chunks)

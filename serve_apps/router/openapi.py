@@ -1,0 +1,300 @@
+"""The router's OpenAPI 3.1 document: served at ``/openapi.json`` (and a viewer at ``/docs``) on every door.
+
+The request and response schemas are vLLM's own OpenAI protocol models, the ones its engines validate
+with, so the document says exactly what the engines accept. Importing vLLM takes ~15 s and the router
+never needs it at run time, so the document is generated once, shipped as ``openapi.json`` next to this
+module, and a test fails when the shipped file drifts from what this module generates:
+
+    .venv/bin/python -m serve_apps.router.openapi          # rewrite serve_apps/router/openapi.json
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+DOCUMENT_PATH = Path(__file__).with_name("openapi.json")
+REF = "#/components/schemas/{model}"
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | int | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error the router answers itself (and the engines' errors, which share the shape)."""
+
+    error: ErrorDetail
+
+
+class BackendStatus(BaseModel):
+    name: str
+    kind: str
+    tier: int
+    healthy: bool
+    breaker: str = Field(description="closed, open or half_open")
+    outstanding: int
+    latency_ms: float | None
+    error_rate: float
+    recent_requests: int
+    last_error: str | None
+    can_resume: bool
+
+
+class BackendList(BaseModel):
+    object: str = "list"
+    data: list[BackendStatus]
+
+
+class Health(BaseModel):
+    status: str
+
+
+def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": description,
+                                "content": {"application/json": {"schema": {"$ref": REF.format(model="ErrorResponse")}}}}
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "string"}}}
+_X_BACKEND = {"x-backend": {"description": "the backend that answered", "schema": {"type": "string"}}}
+_BACKEND_PARAM = {"name": "x-backend", "in": "header", "required": False, "schema": {"type": "string"},
+                  "description": "pin the request to one backend (same as the body's `backend` field)"}
+_GENERATE_ERRORS = {
+    "400": _error("malformed body, invalid field, unknown backend or a request no backend supports"),
+    "401": _error("missing or wrong API key (only when the router has keys)"),
+    "404": _error("unknown model, or no backend serves this route for it"),
+    "413": _error("request body larger than the router's `max_request_bytes`"),
+    "429": _error("every candidate backend is rate limited", _RETRY_AFTER),
+    "503": _error("no backend can serve the request now (all failed, or still starting)", _RETRY_AFTER),
+}
+
+
+def _generate_operation(summary: str, request: str, response: str, chunk: str) -> dict[str, Any]:
+    return {
+        "summary": summary,
+        "parameters": [_BACKEND_PARAM],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": REF.format(model=request)}}}},
+        "responses": {
+            "200": {
+                "description": f"a {response}, or with `stream: true` server-sent events of {chunk} ending in `data: [DONE]`",
+                "headers": _X_BACKEND,
+                "content": {"application/json": {"schema": {"$ref": REF.format(model=response)}},
+                            "text/event-stream": {"schema": {"type": "string"}}},
+            },
+            **_GENERATE_ERRORS,
+        },
+    }
+
+
+def _get_operation(summary: str, model: str, auth: bool = True) -> dict[str, Any]:
+    responses: dict[str, Any] = {"200": {"description": summary,
+                                         "content": {"application/json": {"schema": {"$ref": REF.format(model=model)}}}}}
+    if auth:
+        responses["401"] = _GENERATE_ERRORS["401"]
+    operation: dict[str, Any] = {"summary": summary, "responses": responses}
+    if not auth:
+        operation["security"] = []
+    return operation
+
+
+_BATCH_NOTE = " Served when the router app has a `batch:` section (404 otherwise)."
+
+
+def _json_response(description: str, model: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": REF.format(model=model)}}}}
+
+
+def _batch_operation(summary: str, model: str, errors: tuple[str, ...], body: dict[str, Any] | None = None,
+                     parameters: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    responses: dict[str, Any] = {"200": _json_response(summary, model), "401": _GENERATE_ERRORS["401"],
+                                 "404": _error("unknown id, or batch not configured")}
+    for status in errors:
+        responses[status] = _error({"400": "invalid request", "409": "not in a state that allows this",
+                                    "413": "body or file over the configured limit"}[status])
+    operation: dict[str, Any] = {"summary": summary, "description": summary + "." + _BATCH_NOTE, "responses": responses}
+    if body is not None:
+        operation["requestBody"] = {"required": True, "content": body}
+    if parameters:
+        operation["parameters"] = parameters
+    return operation
+
+
+def _id(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+_PAGING = [{"name": "after", "in": "query", "required": False, "schema": {"type": "string"}},
+           {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 100}}]
+
+
+def _batch_paths() -> dict[str, Any]:
+    """The OpenAI Files and Batch API and the ``/v1/batch`` endpoint, from ``serve_apps.batch``'s models."""
+    upload = {"multipart/form-data": {"schema": {"type": "object", "required": ["file", "purpose"], "properties": {
+        "file": {"type": "string", "format": "binary"}, "purpose": {"type": "string", "enum": ["batch"]}}}}}
+    content = {"description": "the file's bytes (JSONL)", "content": {"application/octet-stream": {"schema": {"type": "string"}}}}
+    return {
+        "/v1/batch": {"post": _batch_operation("Run many prompts through the router, answered in input order",
+                                               "BatchPromptsResponse", ("400", "413"),
+                                               {"application/json": {"schema": {"$ref": REF.format(model="BatchPrompts")}}})},
+        "/v1/files": {"post": _batch_operation("Upload a batch input file", "FileObject", ("400", "413"), upload),
+                      "get": _batch_operation("List files", "FileList", ("400",), parameters=_PAGING)},
+        "/v1/files/{file_id}": {"get": _batch_operation("Retrieve a file", "FileObject", (), parameters=[_id("file_id")]),
+                                "delete": _batch_operation("Delete a file", "FileDeleted", (), parameters=[_id("file_id")])},
+        "/v1/files/{file_id}/content": {"get": {**_batch_operation("Retrieve a file's content", "FileObject", (),
+                                                                   parameters=[_id("file_id")]),
+                                                "responses": {"200": content, "401": _GENERATE_ERRORS["401"],
+                                                              "404": _error("unknown id, or batch not configured")}}},
+        "/v1/batches": {"post": _batch_operation("Create a batch", "Batch", ("400",),
+                                                 {"application/json": {"schema": {"$ref": REF.format(model="CreateBatch")}}}),
+                        "get": _batch_operation("List batches", "BatchList", ("400",), parameters=_PAGING)},
+        "/v1/batches/{batch_id}": {"get": _batch_operation("Retrieve a batch", "Batch", (), parameters=[_id("batch_id")])},
+        "/v1/batches/{batch_id}/cancel": {"post": _batch_operation("Cancel a batch", "Batch", ("409",),
+                                                                   parameters=[_id("batch_id")])},
+    }
+
+
+class FileDeleted(BaseModel):
+    id: str
+    object: str = "file"
+    deleted: bool
+
+
+class _Page(BaseModel):
+    object: str = "list"
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+def _batch_models() -> list[tuple[type[BaseModel], Any]]:
+    from serve_apps.batch.endpoint import BatchPrompts
+    from serve_apps.batch.models import Batch, CreateBatch, FileObject
+
+    class FileList(_Page):
+        data: list[FileObject]
+
+    class BatchList(_Page):
+        data: list[Batch]
+
+    class BatchPromptsResponse(BaseModel):
+        results: list[dict[str, Any]] = Field(description="a chat completion (with `_backend`) or an OpenAI error object per prompt")
+        count: int
+        backend: str | None
+
+    return [(BatchPrompts, "validation"), (BatchPromptsResponse, "serialization"), (FileObject, "serialization"),
+            (FileList, "serialization"), (FileDeleted, "serialization"), (CreateBatch, "validation"),
+            (Batch, "serialization"), (BatchList, "serialization")]
+
+
+def _with_backend_field(schema: dict[str, Any]) -> dict[str, Any]:
+    """The router's one request extension: ``backend`` pins a backend and is removed before forwarding."""
+    properties = dict(schema.get("properties", {}))
+    properties["backend"] = {"type": "string", "description": "router extension: pin this request to one backend"}
+    return {**schema, "properties": properties}
+
+
+def build_document() -> dict[str, Any]:
+    """Generate the document from vLLM's protocol models (slow: imports vLLM)."""
+    from pydantic.json_schema import models_json_schema
+    from vllm.entrypoints.openai.chat_completion.protocol import (
+        ChatCompletionRequest,
+        ChatCompletionResponse,
+        ChatCompletionStreamResponse,
+    )
+    from vllm.entrypoints.openai.completion.protocol import (
+        CompletionRequest,
+        CompletionResponse,
+        CompletionStreamResponse,
+    )
+    from vllm.entrypoints.serve.engine.protocol import ModelList
+
+    models: list[tuple[type[BaseModel], Any]] = [
+        (ChatCompletionRequest, "validation"), (CompletionRequest, "validation"),
+        (ChatCompletionResponse, "serialization"), (ChatCompletionStreamResponse, "serialization"),
+        (CompletionResponse, "serialization"), (CompletionStreamResponse, "serialization"),
+        (ModelList, "serialization"), (ErrorResponse, "serialization"), (BackendList, "serialization"),
+        (Health, "serialization"), *_batch_models(),
+    ]
+    _, schema = models_json_schema(models, ref_template=REF)
+    schemas = schema["$defs"]
+    for name in ("ChatCompletionRequest", "CompletionRequest"):
+        schemas[name] = _with_backend_field(schemas[name])
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "ray-serve-cai MultiBackendRouter",
+            "version": _package_version(),
+            "description": ("OpenAI-compatible front door over engine replicas and external servers. Every "
+                            "answer names its backend (`x-backend` header, `_backend` in JSON bodies)."),
+        },
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}, {}],
+        "paths": {
+            "/v1/chat/completions": {"post": _generate_operation(
+                "Create a chat completion", "ChatCompletionRequest", "ChatCompletionResponse", "ChatCompletionStreamResponse")},
+            "/v1/completions": {"post": _generate_operation(
+                "Create a completion", "CompletionRequest", "CompletionResponse", "CompletionStreamResponse")},
+            "/v1/models": {"get": _get_operation("the models every backend serves, aliases included", "ModelList")},
+            "/v1/backends": {"get": _get_operation("each backend's health, breaker and load", "BackendList")},
+            "/health": {"get": _get_operation("the router process is up", "Health", auth=False)},
+            **_batch_paths(),
+        },
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "needed only when the router is configured with API keys"}},
+        },
+    }
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ray-serve-cai")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+def render(document: dict[str, Any]) -> str:
+    return json.dumps(document, indent=1, sort_keys=True) + "\n"
+
+
+@functools.cache
+def document_bytes() -> bytes:
+    """The shipped document, compact, read once per process."""
+    return json.dumps(json.loads(DOCUMENT_PATH.read_text()), separators=(",", ":")).encode()
+
+
+DOCS_PAGE = b"""<!doctype html>
+<html><head><meta charset="utf-8"><title>ray-serve-cai router API</title></head>
+<body><div id="redoc"></div>
+<p>The OpenAPI 3.1 document is at <a href="openapi.json">openapi.json</a>.</p>
+<script src="https://cdn.jsdelivr.net/npm/redoc@2/bundles/redoc.standalone.js"></script>
+<script>if (window.Redoc) { Redoc.init("openapi.json", {}, document.getElementById("redoc")); }</script>
+</body></html>
+"""
+
+
+def main(argv: list[str]) -> int:
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0
+    DOCUMENT_PATH.write_text(render(build_document()))
+    print(f"wrote {DOCUMENT_PATH}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,107 @@
+"""The Files and Batch routes in process (the router's real ASGI app and batch routes, jobs run by
+the real ``JobRunner`` on a temp directory, the routed call answered by a stand-in), through the
+``openai`` SDK: HTTP details in milliseconds. The engine tests run the same routes on Ray."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import openai
+import pytest
+
+from serve_apps.batch.api import BatchAPI
+from serve_apps.batch.config import BatchConfig
+from serve_apps.batch.job import JobRunner
+from serve_apps.batch.storage import Storage
+from serve_apps.router.asgi import RouterASGI
+from serve_apps.router.config import RouterConfig
+from serve_apps.router.router import Router
+
+
+class InlineJobs:
+    """The supervisor's contract (``ensure``, ``cancel``) with jobs run on the test's own loop."""
+
+    def __init__(self, config: BatchConfig, storage: Storage, loop: asyncio.AbstractEventLoop) -> None:
+        self.config, self.storage, self.loop = config, storage, loop
+        self.tasks: list[asyncio.Task] = []
+
+    async def send(self, path: str, raw: bytes) -> tuple[int, bytes]:
+        await asyncio.sleep(0.01)
+        return 200, json.dumps({"object": "chat.completion", "echo": json.loads(raw)["messages"][0]["content"]}).encode()
+
+    def ensure(self, batch_id: str) -> None:
+        runner = JobRunner(self.config, self.storage, batch_id, self.send)
+        self.loop.call_soon_threadsafe(lambda: self.tasks.append(self.loop.create_task(runner.run())))
+
+    def cancel(self, batch_id: str) -> None:
+        pass  # the runner sees the cancel marker in storage
+
+
+@pytest.fixture
+def api(tmp_path):
+    async def make():
+        config = BatchConfig(storage=str(tmp_path), flush_seconds=0.05, max_file_bytes=4096)
+        storage = Storage(config.storage)
+        jobs = InlineJobs(config, storage, asyncio.get_running_loop())
+        batch_api = BatchAPI(config, storage, jobs)  # type: ignore[arg-type]
+
+        async def hook(method, path, scope, receive):
+            if path.startswith("/v1/files"):
+                return await batch_api.files(method, path, scope, receive)
+            if path.startswith("/v1/batches"):
+                return await batch_api.batches(method, path, scope, receive)
+            return None
+
+        router = Router(RouterConfig.model_validate({"backends": [{"name": "a", "kind": "openai", "url": "http://127.0.0.1:9"}]}), [])
+        transport = httpx.ASGITransport(app=RouterASGI(router, hook))
+        return openai.AsyncOpenAI(base_url="http://test/v1", api_key="k", max_retries=0,
+                                  http_client=httpx.AsyncClient(transport=transport, base_url="http://test")), jobs
+    return make
+
+
+def lines(count: int) -> bytes:
+    return "".join(json.dumps({"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
+                               "body": {"messages": [{"role": "user", "content": f"m{i}"}]}}) + "\n"
+                   for i in range(count)).encode()
+
+
+def test_list_pages_newest_first_and_outputs(api):
+    async def scenario():
+        client, jobs = await api()
+        file = await client.files.create(file=("a.jsonl", lines(3)), purpose="batch")
+        created = [await client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions",
+                                               completion_window="24h") for _ in range(3)]
+        await asyncio.gather(*jobs.tasks)
+        page = await client.batches.list(limit=2)
+        assert [b.id for b in page.data] == [created[2].id, created[1].id] and page.has_more
+        rest = await client.batches.list(limit=2, after=page.data[-1].id)
+        assert [b.id for b in rest.data] == [created[0].id] and not rest.has_more
+        done = await client.batches.retrieve(created[0].id)
+        assert done.status == "completed" and done.request_counts.completed == 3
+        content = await client.files.content(done.output_file_id)
+        assert [json.loads(x)["response"]["body"]["echo"] for x in content.text.splitlines()] == ["m0", "m1", "m2"]
+        inputs = await client.files.list(purpose="batch")
+        assert [f.id for f in inputs.data] == [file.id]
+        outputs = await client.files.list(purpose="batch_output", limit=2)
+        assert len(outputs.data) == 2 and outputs.has_more and outputs.data[0].id > outputs.data[1].id
+    asyncio.run(scenario())
+
+
+def test_upload_limits_and_wrong_methods(api):
+    async def scenario():
+        client, _ = await api()
+        with pytest.raises(openai.APIStatusError) as err:
+            await client.files.create(file=("big.jsonl", lines(100)), purpose="batch")
+        assert err.value.status_code == 413
+        with pytest.raises(openai.BadRequestError):
+            await client.files.create(file=("a.jsonl", lines(1)), purpose="assistants")
+        raw = client._client  # the SDK's httpx client, for requests the SDK cannot make
+        response = await raw.put("http://test/v1/files")
+        assert response.status_code == 405 and response.json()["error"]["type"] == "invalid_request_error"
+        response = await raw.get("http://test/v1/batches?limit=0")
+        assert response.status_code == 400 and response.json()["error"]["param"] == "limit"
+        response = await raw.post("http://test/v1/batches", json={"input_file_id": "f", "endpoint": "/v1/chat/completions"})
+        assert response.status_code == 400 and response.json()["error"]["param"] == "completion_window"
+    asyncio.run(scenario())
