@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ray_serve_cai.commands.check",
     "ray_serve_cai.commands.batch",
     "launchers.cai.cli",
+    "ray_serve_cai.commands.k8s",
 )
 
 
