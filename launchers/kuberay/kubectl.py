@@ -24,6 +24,7 @@ CRD_HINT = (f"install the KubeRay operator {KUBERAY_VERSION} (helm install kuber
 
 _NO_CONTEXT = re.compile(r'context "?([^"\s]+)"? (does not exist|was not found)|context was not found for specified context: (\S+)')
 _NO_KIND = re.compile(r'no matches for kind "(\w+)" in version "([\w./-]+)"')
+_NO_TYPE = re.compile(r'doesn\'t have a resource type "(\w+)"')
 
 
 def find_kubectl(explicit: str | None = None) -> str:
@@ -106,6 +107,10 @@ class Kubectl:
         if match:
             hint = CRD_HINT if match.group(2).startswith("ray.io") else "install its CRDs first"
             return f"the cluster has no {match.group(1)} ({match.group(2)}): {hint}"
+        match = _NO_TYPE.search(text)
+        if match:
+            hint = CRD_HINT if match.group(1).startswith("ray") else "install its CRDs first"
+            return f"the cluster has no resource type {match.group(1)}: {hint}"
         if "connection refused" in text or "no such host" in text or "i/o timeout" in text:
             return f"cannot reach the Kubernetes API server: {_last_line(stderr)}"
         return _last_line(stderr) or "kubectl failed"
