@@ -4,9 +4,12 @@ through Prometheus' HTTP query API."""
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -94,3 +97,37 @@ def test_router_metrics_reach_prometheus(router_cluster, fakes, prometheus):
     wait_series(prometheus, 'ray_backend_ttft_seconds_count{backend="a"}', lambda r: value(r) >= 1)
     a.kill()
     wait_series(prometheus, 'ray_backend_health_status{backend="a"}', lambda r: value(r) == 0)
+
+
+K8S_MONITORING = Path(__file__).resolve().parents[3] / "k8s" / "monitoring"
+
+
+def test_every_dashboard_query_returns_series(router_cluster, fakes, prometheus):
+    """Each PromQL of the Grafana dashboard in k8s/monitoring (and each metric the alerts read) returns
+    series from a live router: no panel sits on a metric the router does not export."""
+    a, b = fakes["a"].ensure(), fakes["b"].ensure()
+    backends = [{"name": "a", "kind": "openai", "url": a.url, "models": ["tiny-chat"], "tier": 0, **FAST},
+                {"name": "b", "kind": "openai", "url": b.url, "models": ["tiny-chat"], "tier": 1, **FAST}]
+    url = router_cluster.deploy({"dashboard": {"backends": backends}})["dashboard"]
+    time.sleep(1.5)  # first health probes
+    for _ in range(3):
+        assert httpx.post(url + "/v1/chat/completions", json=chat_body(), timeout=10).status_code == 200
+    assert stream(url, chat_body()).done
+    a.control(mode="status", status=500)
+    assert httpx.post(url + "/v1/chat/completions", json=chat_body(), timeout=10).headers["x-fallback-from"] == "a"
+    a.control(mode="ok", die_after=3, delay=0.01)  # a real death 3 tokens into the stream
+    resumed = stream(url, chat_body("resume me", 12))
+    assert resumed.done and "resumed on b" in resumed.comments[0]
+
+    dashboard = json.loads((K8S_MONITORING / "dashboard.json").read_text())
+    queries = [(panel["title"], target["expr"]) for panel in dashboard["panels"] for target in panel["targets"]]
+    assert len(queries) >= 10
+    for title, expr in queries:
+        promql = expr.replace("$application", "dashboard").replace("$__rate_interval", "1m")
+        assert "$" not in promql, (title, promql)
+        wait_series(prometheus, promql, lambda r: len(r) >= 1, timeout=60)
+    rules = yaml.safe_load((K8S_MONITORING / "prometheusrule.yaml").read_text())["spec"]["groups"]
+    names = {name for group in rules for rule in group["rules"] for name in re.findall(r"\bray_[a-z_]+", rule["expr"])}
+    assert len(names) == 5
+    for name in names:
+        wait_series(prometheus, f'{name}{{application="dashboard"}}', lambda r: len(r) >= 1, timeout=30)
