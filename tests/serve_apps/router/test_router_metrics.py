@@ -67,21 +67,28 @@ def value(result: list[dict]) -> float:
     return sum(float(series["value"][1]) for series in result)
 
 
-def test_router_metrics_reach_prometheus(router_cluster, fakes, prometheus):
+def serve_traffic(router_cluster, fakes, prometheus: str, app: str) -> tuple[str, object]:
+    """Deploy router ``app`` over fakes a (tier 0) and b; send 3 answers, a stream, and one request
+    that falls back from a (answering 500) to b. Returns the app's URL and fake a (still failing)."""
     a, b = fakes["a"].ensure(), fakes["b"].ensure()
     backends = [{"name": "a", "kind": "openai", "url": a.url, "models": ["tiny-chat"], "tier": 0, **FAST},
                 {"name": "b", "kind": "openai", "url": b.url, "models": ["tiny-chat"], "tier": 1, **FAST}]
-    url = router_cluster.deploy({"metrics": {"backends": backends}})["metrics"]
+    url = router_cluster.deploy({app: {"backends": backends}})[app]
     # every backend has its gauges from the start, before anything has happened to it
     for name in ("a", "b"):
-        wait_series(prometheus, f'ray_backend_breaker_state{{application="metrics",backend="{name}"}}', lambda r: value(r) == 0)
-        wait_series(prometheus, f'ray_backend_health_status{{application="metrics",backend="{name}"}}', lambda r: value(r) == 1)
+        wait_series(prometheus, f'ray_backend_breaker_state{{application="{app}",backend="{name}"}}', lambda r: value(r) == 0)
+        wait_series(prometheus, f'ray_backend_health_status{{application="{app}",backend="{name}"}}', lambda r: value(r) == 1)
     for _ in range(3):
         assert httpx.post(url + "/v1/chat/completions", json=chat_body(), timeout=10).status_code == 200
     assert stream(url, chat_body()).done
     a.control(mode="status", status=500)
     fallback = httpx.post(url + "/v1/chat/completions", json=chat_body(), timeout=10)
     assert fallback.headers["x-fallback-from"] == "a"
+    return url, a
+
+
+def test_router_metrics_reach_prometheus(router_cluster, fakes, prometheus):
+    url, a = serve_traffic(router_cluster, fakes, prometheus, "metrics")
 
     # other router apps of this session also have a backend "a": the application label keeps them apart
     ok = wait_series(prometheus, 'ray_backend_request_count_total{application="metrics",backend="a",status="200"}',
@@ -105,16 +112,7 @@ K8S_MONITORING = Path(__file__).resolve().parents[3] / "k8s" / "monitoring"
 def test_every_dashboard_query_returns_series(router_cluster, fakes, prometheus):
     """Each PromQL of the Grafana dashboard in k8s/monitoring (and each metric the alerts read) returns
     series from a live router: no panel sits on a metric the router does not export."""
-    a, b = fakes["a"].ensure(), fakes["b"].ensure()
-    backends = [{"name": "a", "kind": "openai", "url": a.url, "models": ["tiny-chat"], "tier": 0, **FAST},
-                {"name": "b", "kind": "openai", "url": b.url, "models": ["tiny-chat"], "tier": 1, **FAST}]
-    url = router_cluster.deploy({"dashboard": {"backends": backends}})["dashboard"]
-    time.sleep(1.5)  # first health probes
-    for _ in range(3):
-        assert httpx.post(url + "/v1/chat/completions", json=chat_body(), timeout=10).status_code == 200
-    assert stream(url, chat_body()).done
-    a.control(mode="status", status=500)
-    assert httpx.post(url + "/v1/chat/completions", json=chat_body(), timeout=10).headers["x-fallback-from"] == "a"
+    url, a = serve_traffic(router_cluster, fakes, "dashboard")
     a.control(mode="ok", die_after=3, delay=0.01)  # a real death 3 tokens into the stream
     resumed = stream(url, chat_body("resume me", 12))
     assert resumed.done and "resumed on b" in resumed.comments[0]
