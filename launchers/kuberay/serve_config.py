@@ -36,6 +36,8 @@ def build_config(profile: str) -> dict[str, Any]:
         return build(profile)
     except KeyError:
         raise KubeRayError(f"unknown serve-config profile {profile!r}") from None
+    except ValueError as exc:  # the profile's args would be rejected by its app builder
+        raise KubeRayError(f"serve-config profile {profile!r}: {exc}") from None
 
 
 def serve_config_v2(profile: str) -> str:
