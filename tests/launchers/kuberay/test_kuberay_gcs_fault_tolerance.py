@@ -83,7 +83,10 @@ def test_head_restart_keeps_serving_without_redeploy(redis, tmp_path):
                       "--num-cpus", "1", "--disable-usage-stats",
                       "--metrics-export-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
                       "--dashboard-agent-grpc-port", str(free_port()), "--runtime-env-agent-port", str(free_port())]
-        worker_env = {k: v for k, v in head.env().items() if k != "RAY_REDIS_ADDRESS"}  # only the head's GCS uses it
+        # Only the head's GCS uses Redis. RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (which pins the head to
+        # 127.0.0.1) makes `ray start` refuse to add a worker: the worker keeps Ray's default and an
+        # address of its own.
+        worker_env = {k: v for k, v in head.env().items() if k not in ("RAY_REDIS_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
         worker = subprocess.Popen(worker_cmd, env=worker_env, stdout=open(tmp_path / "worker.log", "ab"),
                                   stderr=subprocess.STDOUT, process_group=0)
         http_port, listen_port = free_port(), free_port()
