@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 from launchers.kuberay.errors import KubeRayError, KubeRayTimeout
 from launchers.kuberay.kubectl import CRD_HINT, Kubectl
 from launchers.kuberay.render import Rendered
 from launchers.kuberay.status import ServiceStatus, service_status
+from launchers.polling import PollTimeout, poll_until
 
 FIELD_MANAGER = "ray-serve-cai"
 API_HINTS = {
@@ -73,21 +73,22 @@ def _server_side_apply(kubectl: Kubectl, rendered: Rendered, progress: Progress)
 def wait_ready(kubectl: Kubectl, namespace: str, *, timeout_s: float, poll_s: float = 5,
                progress: Progress = print) -> ServiceStatus:
     """Poll until the RayService is Ready; print a line whenever the summary changes."""
-    deadline = time.monotonic() + timeout_s
-    last = ""
-    while True:
-        status = service_status(kubectl, namespace)
-        line = status.line()
-        if line != last:
-            progress(line)
-            last = line
-        if status.ready:
-            return status
-        if time.monotonic() + poll_s > deadline:
-            detail = f": {status.message}" if status.message else ""
-            raise KubeRayTimeout(f"not ready after {timeout_s:.0f} s ({line}){detail}; "
-                                 f"`ray-serve-cai k8s status` and `kubectl -n {namespace} describe rayservice` tell more")
-        time.sleep(poll_s)
+    latest: list[ServiceStatus] = []
+
+    def check() -> ServiceStatus | None:
+        latest[:] = [service_status(kubectl, namespace)]
+        return latest[0] if latest[0].ready else None
+
+    try:
+        ready = poll_until(check, timeout_s, poll_s, status=lambda elapsed: latest[0].line(), progress=progress,
+                           every_s=60)
+    except PollTimeout:
+        status = latest[0]
+        detail = f": {status.message}" if status.message else ""
+        raise KubeRayTimeout(f"not ready after {timeout_s:.0f} s ({status.line()}){detail}; "
+                             f"`ray-serve-cai k8s status` and `kubectl -n {namespace} describe rayservice` tell more") from None
+    progress(ready.line())
+    return ready
 
 
 def delete(kubectl: Kubectl, rendered: Rendered, progress: Progress = print) -> None:

@@ -12,7 +12,7 @@ import yaml
 from pydantic import Field, RootModel, ValidationError, field_validator
 
 from launchers.kuberay.errors import KubeRayError
-from serve_apps.config import StrictModel, format_validation_error
+from serve_apps.validation import StrictModel, format_validation_error
 
 # The repository's k8s/ (the package is installed from a checkout; `--k8s-dir` points elsewhere).
 DEFAULT_K8S_DIR = Path(__file__).resolve().parents[2] / "k8s"

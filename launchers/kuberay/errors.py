@@ -9,3 +9,7 @@ class KubeRayError(Exception):
 
 class KubeRayTimeout(KubeRayError):
     """The RayService did not become ready in time."""
+
+
+class NotReady(KubeRayError):
+    """``status --check``: the RayService exists but is not ready, or does not exist (exit code 3)."""

@@ -17,6 +17,7 @@ from launchers.kuberay.environments import Layout
 from launchers.kuberay.errors import KubeRayError
 from launchers.kuberay.kubectl import Kubectl
 from launchers.kuberay.serve_config import build_config, patched_value, serve_config_v2
+from serve_apps.checks import listener_addresses
 
 RAYSERVICE = "ray-serve-cai"
 API_SERVICE = "ray-serve-cai-api"
@@ -94,10 +95,7 @@ def open_ports(serve_config: dict[str, Any]) -> dict[int, str]:
     """Port -> bind host of every door the serve config opens: Serve's proxy and router listeners."""
     http = serve_config.get("http_options") or {}
     ports = {int(http.get("port", 8000)): str(http.get("host", "127.0.0.1"))}
-    for app in serve_config.get("applications") or []:
-        listen = ((app.get("args") or {}).get("router") or {}).get("listen") or {}
-        if listen.get("port"):
-            ports[int(listen["port"])] = str(listen.get("host", "127.0.0.1"))
+    ports.update({port: host for _, host, port in listener_addresses(serve_config)})
     return ports
 
 

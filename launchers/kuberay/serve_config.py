@@ -17,6 +17,7 @@ import yaml
 
 from launchers.kuberay.environments import Layout
 from launchers.kuberay.errors import KubeRayError
+from serve_apps import profiles
 
 PATCH_PATH = "/spec/serveConfigV2"
 
@@ -24,18 +25,9 @@ PATCH_PATH = "/spec/serveConfigV2"
 def build_config(profile: str) -> dict[str, Any]:
     """The full serve config of ``profile``, exactly as ``serve deploy`` would get it locally."""
     try:
-        from serve_apps.profiles import build_config as build
-    except ImportError:  # TEMPORARY: until serve_apps.profiles lands, read the generated file
-        from pathlib import Path
-
-        shipped = Path(__file__).resolve().parents[2] / "serve_configs" / f"{profile}.yaml"
-        if not shipped.is_file():
-            raise KubeRayError(f"unknown serve-config profile {profile!r}") from None
-        return yaml.safe_load(shipped.read_text())
-    try:
-        return build(profile)
+        return profiles.build_config(profile)
     except KeyError:
-        raise KubeRayError(f"unknown serve-config profile {profile!r}") from None
+        raise KubeRayError(f"unknown serve-config profile {profile!r}; known: {', '.join(profiles.PROFILES)}") from None
     except ValueError as exc:  # the profile's args would be rejected by its app builder
         raise KubeRayError(f"serve-config profile {profile!r}: {exc}") from None
 

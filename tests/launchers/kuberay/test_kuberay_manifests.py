@@ -15,7 +15,7 @@ from kube_schemas import K8S_VERSION, ROOT, problems
 
 from launchers.kuberay.render import Rendered, check_front_door
 from launchers.kuberay.serve_config import build_config, patched_value, serve_config_v2
-from ray_serve_cai.commands.check import config_problems
+from serve_apps.checks import config_problems
 
 K8S = ROOT / "k8s"
 # Per-environment budgets of the head and the CPU (router) worker pods: cpu millicores, memory MiB,

@@ -1,15 +1,14 @@
 """``ray-serve-cai k8s render|apply|status|delete --env ENV``: the KubeRay manifests in ``k8s/``.
 
 Progress goes to stderr, results (manifests, JSON status) to stdout; an expected failure is one line
-and a non-zero exit (``KubeRayError`` -> ``CLIError``).
+and a non-zero exit: commands raise ``KubeRayError``, and ``ray-serve-cai``'s entry point turns it into
+an exit code (so this module never imports the package above it).
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +17,6 @@ ENV_HELP = "environment: an overlay in k8s/overlays (dev, staging, prod; see k8s
 
 def _progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
-
-
-def _expected_errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    @functools.wraps(fn)
-    def wrapper(args: argparse.Namespace) -> int:
-        from launchers.kuberay.errors import KubeRayError
-        from ray_serve_cai.cli import CLIError
-
-        try:
-            return fn(args)
-        except KubeRayError as exc:
-            raise CLIError(str(exc)) from None
-    return wrapper
 
 
 def _setup(args: argparse.Namespace, render: bool = True) -> tuple[Any, Any]:
@@ -43,7 +29,6 @@ def _setup(args: argparse.Namespace, render: bool = True) -> tuple[Any, Any]:
     return kubectl, render_env(layout, kubectl, args.env, warn=_progress)
 
 
-@_expected_errors
 def cmd_render(args: argparse.Namespace) -> int:
     _, rendered = _setup(args)
     text = rendered.text()
@@ -56,7 +41,6 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
-@_expected_errors
 def cmd_apply(args: argparse.Namespace) -> int:
     from launchers.kuberay.deploy import apply
     from launchers.kuberay.environments import Layout
@@ -70,10 +54,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return 0
 
 
-@_expected_errors
 def cmd_status(args: argparse.Namespace) -> int:
+    from launchers.kuberay.errors import NotReady
     from launchers.kuberay.status import service_status
-    from ray_serve_cai.cli import CLIError
 
     kubectl, rendered = _setup(args)
     kubectl.check_context()
@@ -81,11 +64,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     _progress(status.line())
     print(status.model_dump_json(indent=2))
     if args.check and not status.ready:
-        raise CLIError(f"rayservice {rendered.namespace}/{status.rayservice} is not ready", code=3)
+        raise NotReady(f"rayservice {rendered.namespace}/{status.rayservice} is not ready")
     return 0
 
 
-@_expected_errors
 def cmd_delete(args: argparse.Namespace) -> int:
     from launchers.kuberay.deploy import delete
 
