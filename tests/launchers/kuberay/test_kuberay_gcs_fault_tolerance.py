@@ -87,6 +87,8 @@ def test_head_restart_keeps_serving_without_redeploy(redis, tmp_path):
         # 127.0.0.1) makes `ray start` refuse to add a worker: the worker keeps Ray's default and an
         # address of its own.
         worker_env = {k: v for k, v in head.env().items() if k not in ("RAY_REDIS_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
+        # KubeRay gives workers of a fault-tolerant cluster this long to find the restarted GCS.
+        worker_env["RAY_gcs_rpc_server_reconnect_timeout_s"] = "300"
         worker = subprocess.Popen(worker_cmd, env=worker_env, stdout=open(tmp_path / "worker.log", "ab"),
                                   stderr=subprocess.STDOUT, process_group=0)
         http_port, listen_port = free_port(), free_port()
