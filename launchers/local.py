@@ -54,7 +54,6 @@ class LocalCluster:
     fast_path: bool = True
     haproxy: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
-    extra_args: list[str] = field(default_factory=list)  # more `ray start` options, e.g. --redis-password
     log_path: Path | None = None
     process: subprocess.Popen | None = None
 
@@ -98,7 +97,6 @@ class LocalCluster:
                "--disable-usage-stats"]
         if self.num_cpus is not None:
             cmd += ["--num-cpus", str(self.num_cpus)]
-        cmd += self.extra_args
         self.log_path = self.log_path or Path(self.temp_dir) / "ray-start.log"
         log = open(self.log_path, "ab")
         # A process group of its own (stop() kills it as one), but the caller's session: Linux's

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the real services the test suite talks to: Prometheus and redis-server (Debian), Synapse (its own venv).
+# Install the real services the test suite talks to: Prometheus (Debian) and Synapse (its own venv).
 # Synapse is AGPL and only a test peer: it lives in its own venv and is never imported by the package.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -14,19 +14,6 @@ if ! command -v prometheus >/dev/null 2>&1; then
     (service prometheus stop || systemctl stop prometheus) >/dev/null 2>&1 || true
   else
     log "prometheus not found and cannot apt-get install it: metrics tests will skip, failing scripts/test.sh"
-  fi
-fi
-
-# redis-server: the external Redis of the GCS fault tolerance test (tests/launchers/kuberay), as the
-# prod KubeRay overlay uses one. The Debian service is stopped: the test runs its own instance.
-if ! command -v redis-server >/dev/null 2>&1; then
-  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    log "installing redis-server (apt)"
-    apt-get update -qq >/dev/null 2>&1 || true
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null
-    (service redis-server stop || systemctl stop redis-server) >/dev/null 2>&1 || true
-  else
-    log "redis-server not found and cannot apt-get install it: the GCS fault tolerance test will fail"
   fi
 fi
 
