@@ -112,7 +112,7 @@ K8S_MONITORING = Path(__file__).resolve().parents[3] / "k8s" / "monitoring"
 def test_every_dashboard_query_returns_series(router_cluster, fakes, prometheus):
     """Each PromQL of the Grafana dashboard in k8s/monitoring (and each metric the alerts read) returns
     series from a live router: no panel sits on a metric the router does not export."""
-    url, a = serve_traffic(router_cluster, fakes, "dashboard")
+    url, a = serve_traffic(router_cluster, fakes, prometheus, "dashboard")
     a.control(mode="ok", die_after=3, delay=0.01)  # a real death 3 tokens into the stream
     resumed = stream(url, chat_body("resume me", 12))
     assert resumed.done and "resumed on b" in resumed.comments[0]
