@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ray_serve_cai.commands.check",
     "ray_serve_cai.commands.batch",
     "launchers.cai.cli",
+    "launchers.kuberay.cli",
 )
 
 
@@ -60,6 +61,12 @@ def exit_code(exc: BaseException) -> int | None:
     if isinstance(exc, ClusterNotRunning):
         return 3
     if isinstance(exc, CAIError):
+        return 1
+    from launchers.kuberay.errors import KubeRayError, NotReady
+
+    if isinstance(exc, NotReady):
+        return 3
+    if isinstance(exc, KubeRayError):
         return 1
     return None
 

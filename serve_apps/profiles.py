@@ -50,6 +50,24 @@ PROFILES: dict[str, dict[str, Any]] = {
             "backends": [{"name": "local", "kind": "serve", "engine": "tiny-chat"}],
         },
     },
+    "dev": {
+        "comment": ("router (1 replica) over one GPU engine replica of a small model, the KubeRay dev "
+                    "environment (k8s/overlays/dev); all interfaces, :8000 (Serve ingress) and :8001 (router "
+                    "listener, the front door of k8s/)"),
+        "host": "0.0.0.0",
+        "app": "router",
+        "import_path": ROUTER_IMPORT_PATH,
+        "args": {
+            "router": {"num_replicas": 1, "num_cpus": 1, "listen": {"host": "0.0.0.0", "port": 8001}},
+            "auth": {"api_keys": {"env": "ROUTER_API_KEYS", "file": "/etc/ray-serve-cai/api-keys"}},
+            # num_cpus 0: a GPU replica is placed by its GPU; GPU nodes advertise no CPUs so that
+            # CPU-only replicas (the router) never take a GPU node's place.
+            "engines": [{"name": "qwen2.5-0.5b", "model": "Qwen/Qwen2.5-0.5B-Instruct", "aliases": ["default"],
+                         "device": "gpu", "max_model_len": 4096, "enforce_eager": True, "num_cpus": 0,
+                         "num_replicas": 1, "max_ongoing_requests": 256}],
+            "backends": [{"name": "vllm", "kind": "serve", "engine": "qwen2.5-0.5b"}],
+        },
+    },
     "prod": {
         "comment": ("router (2 replicas) over autoscaled GPU engine replicas, cascading to Ollama, LM Studio "
                     "and Anthropic for model `default`; listens on all interfaces, :8000 (Serve ingress) and "
@@ -63,6 +81,7 @@ PROFILES: dict[str, dict[str, Any]] = {
             "auth": {"api_keys": {"env": "ROUTER_API_KEYS", "file": "/etc/ray-serve-cai/api-keys"}},
             "engines": [{"name": "qwen2.5-7b", "model": "Qwen/Qwen2.5-7B-Instruct", "aliases": ["default"],
                          "device": "gpu", "max_model_len": 8192, "enforce_eager": False, "max_ongoing_requests": 256,
+                         "num_cpus": 0,  # placed by its GPU (see the dev profile)
                          "autoscaling": {"min_replicas": 2, "max_replicas": 8, "target_ongoing_requests": 64}}],
             "backends": [
                 {"name": "vllm", "kind": "serve", "engine": "qwen2.5-7b", "tier": 0},

@@ -4,9 +4,12 @@ through Prometheus' HTTP query API."""
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -64,21 +67,28 @@ def value(result: list[dict]) -> float:
     return sum(float(series["value"][1]) for series in result)
 
 
-def test_router_metrics_reach_prometheus(router_cluster, fakes, prometheus):
+def serve_traffic(router_cluster, fakes, prometheus: str, app: str) -> tuple[str, object]:
+    """Deploy router ``app`` over fakes a (tier 0) and b; send 3 answers, a stream, and one request
+    that falls back from a (answering 500) to b. Returns the app's URL and fake a (still failing)."""
     a, b = fakes["a"].ensure(), fakes["b"].ensure()
     backends = [{"name": "a", "kind": "openai", "url": a.url, "models": ["tiny-chat"], "tier": 0, **FAST},
                 {"name": "b", "kind": "openai", "url": b.url, "models": ["tiny-chat"], "tier": 1, **FAST}]
-    url = router_cluster.deploy({"metrics": {"backends": backends}})["metrics"]
+    url = router_cluster.deploy({app: {"backends": backends}})[app]
     # every backend has its gauges from the start, before anything has happened to it
     for name in ("a", "b"):
-        wait_series(prometheus, f'ray_backend_breaker_state{{application="metrics",backend="{name}"}}', lambda r: value(r) == 0)
-        wait_series(prometheus, f'ray_backend_health_status{{application="metrics",backend="{name}"}}', lambda r: value(r) == 1)
+        wait_series(prometheus, f'ray_backend_breaker_state{{application="{app}",backend="{name}"}}', lambda r: value(r) == 0)
+        wait_series(prometheus, f'ray_backend_health_status{{application="{app}",backend="{name}"}}', lambda r: value(r) == 1)
     for _ in range(3):
         assert httpx.post(url + "/v1/chat/completions", json=chat_body(), timeout=10).status_code == 200
     assert stream(url, chat_body()).done
     a.control(mode="status", status=500)
     fallback = httpx.post(url + "/v1/chat/completions", json=chat_body(), timeout=10)
     assert fallback.headers["x-fallback-from"] == "a"
+    return url, a
+
+
+def test_router_metrics_reach_prometheus(router_cluster, fakes, prometheus):
+    url, a = serve_traffic(router_cluster, fakes, prometheus, "metrics")
 
     # other router apps of this session also have a backend "a": the application label keeps them apart
     ok = wait_series(prometheus, 'ray_backend_request_count_total{application="metrics",backend="a",status="200"}',
@@ -94,3 +104,28 @@ def test_router_metrics_reach_prometheus(router_cluster, fakes, prometheus):
     wait_series(prometheus, 'ray_backend_ttft_seconds_count{backend="a"}', lambda r: value(r) >= 1)
     a.kill()
     wait_series(prometheus, 'ray_backend_health_status{backend="a"}', lambda r: value(r) == 0)
+
+
+K8S_MONITORING = Path(__file__).resolve().parents[3] / "k8s" / "monitoring"
+
+
+def test_every_dashboard_query_returns_series(router_cluster, fakes, prometheus):
+    """Each PromQL of the Grafana dashboard in k8s/monitoring (and each metric the alerts read) returns
+    series from a live router: no panel sits on a metric the router does not export."""
+    url, a = serve_traffic(router_cluster, fakes, prometheus, "dashboard")
+    a.control(mode="ok", die_after=3, delay=0.01)  # a real death 3 tokens into the stream
+    resumed = stream(url, chat_body("resume me", 12))
+    assert resumed.done and "resumed on b" in resumed.comments[0]
+
+    dashboard = json.loads((K8S_MONITORING / "dashboard.json").read_text())
+    queries = [(panel["title"], target["expr"]) for panel in dashboard["panels"] for target in panel["targets"]]
+    assert len(queries) >= 10
+    for title, expr in queries:
+        promql = expr.replace("$application", "dashboard").replace("$__rate_interval", "1m")
+        assert "$" not in promql, (title, promql)
+        wait_series(prometheus, promql, lambda r: len(r) >= 1, timeout=60)
+    rules = yaml.safe_load((K8S_MONITORING / "prometheusrule.yaml").read_text())["spec"]["groups"]
+    names = {name for group in rules for rule in group["rules"] for name in re.findall(r"\bray_[a-z_]+", rule["expr"])}
+    assert len(names) == 5
+    for name in names:
+        wait_series(prometheus, f'{name}{{application="dashboard"}}', lambda r: len(r) >= 1, timeout=30)
