@@ -23,8 +23,8 @@ class CMLClient:
     """One CML workspace. ``CMLClient(host, api_key)``; use as a context manager to close it."""
 
     def __init__(self, host: str, api_key: str, *, timeout: float = 30.0,
-                 retry: RetryPolicy | None = None, page_size: int | None = None, transport: Any = None) -> None:
-        self.http = CMLHTTP(host, api_key, timeout=timeout, retry=retry, transport=transport)
+                 retry: RetryPolicy | None = None, page_size: int | None = None) -> None:
+        self.http = CMLHTTP(host, api_key, timeout=timeout, retry=retry)
         self.host = self.http.host
         self.page_size = page_size
 
