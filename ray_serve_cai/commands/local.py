@@ -84,7 +84,8 @@ def _post_json(url: str, body: dict, headers: dict[str, str]) -> tuple[int, dict
 
 def _wait_until_generates(base: str, deadline: float, log) -> None:
     """A router's /health says the router is up, not that an engine behind it can generate: send
-    real one-token generations until one succeeds."""
+    real one-token generations until one succeeds (a completion, or a chat where no backend serves
+    completions)."""
     import json
     import os
     import urllib.request
@@ -104,6 +105,9 @@ def _wait_until_generates(base: str, deadline: float, log) -> None:
         if models:
             status, _ = _post_json(f"{base}/v1/completions", {"model": models[0], "prompt": "hi", "max_tokens": 1},
                                    headers)
+            if status in (400, 404, 405):  # no backend serves completions (e.g. Anthropic only): ask for a chat
+                status, _ = _post_json(f"{base}/v1/chat/completions", {
+                    "model": models[0], "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}, headers)
             if status == 401:
                 log("the app requires an API key (set OPENAI_API_KEY to check generation); assuming ready")
             return status in (200, 401)
