@@ -147,7 +147,10 @@ class BatchAPI:
     async def _content(self, file_id: str) -> Reply:
         if await asyncio.to_thread(self.storage.get_file, file_id) is None:
             return _not_found("File", file_id)
-        stream = await asyncio.to_thread(self.storage.open_file, file_id)
+        try:
+            stream = await asyncio.to_thread(self.storage.open_file, file_id)
+        except FileNotFoundError:  # deleted between the two reads (a concurrent DELETE): it is gone
+            return _not_found("File", file_id)
 
         async def chunks() -> AsyncIterator[bytes]:
             try:

@@ -105,3 +105,16 @@ def test_upload_limits_and_wrong_methods(api):
         response = await raw.post("http://test/v1/batches", json={"input_file_id": "f", "endpoint": "/v1/chat/completions"})
         assert response.status_code == 400 and response.json()["error"]["param"] == "completion_window"
     asyncio.run(scenario())
+
+
+def test_content_of_a_file_deleted_under_the_reader_is_a_404(api, tmp_path):
+    """A concurrent DELETE removes the metadata and the bytes in two steps; a content read that falls
+    between them found the metadata but no bytes (the fuzz test saw a 500 here)."""
+    async def run():
+        client, _ = await api()
+        uploaded = await client.files.create(file=("in.jsonl", lines(2)), purpose="batch")
+        (tmp_path / "files" / f"{uploaded.id}.jsonl").unlink()
+        with pytest.raises(openai.NotFoundError):
+            await client.files.content(uploaded.id)
+
+    asyncio.run(run())

@@ -76,8 +76,10 @@ def _describe(check: dict, interaction: dict) -> str:
     request, response = interaction.get("request") or {}, interaction.get("response") or {}
     body = (request.get("body") or {}).get("$base64")
     answer = (response.get("content") or {}).get("$base64")
+    sent = base64.b64decode(body)[:400] if body else None
+    got = base64.b64decode(answer)[:300] if answer else None
     return (f"{check.get('name')}: {request.get('method')} {request.get('uri')} -> {response.get('status_code')}\n"
-            f"  sent {base64.b64decode(body)[:400]!r}\n  got {base64.b64decode(answer)[:300] if answer else None!r}")
+            f"  sent {sent!r}\n  got {got!r}")
 
 
 @pytest.mark.parametrize("door,seconds", [("listener", 75), ("serve", 30)])

@@ -220,7 +220,7 @@ def test_tag_backend_without_parsing():
 
 def test_serve_endpoint_counts_a_request_until_its_body_is_done():
     async def run() -> list[int]:
-        endpoint = _Endpoint("http://127.0.0.1:1", None)  # type: ignore[arg-type]
+        endpoint = _Endpoint("http://127.0.0.1:1", None, {})  # type: ignore[arg-type]
         endpoint.outstanding = 3  # as send() leaves it for three requests with their heads in
         read, closed, relayed = (_CountedStream(BytesStream(b"x"), endpoint) for _ in range(3))
         seen = [endpoint.outstanding]
