@@ -63,6 +63,9 @@ class Router:
             states.append(BackendState(backend, breaker))
         self.pool = BackendPool(states)
         self.api_keys = config.auth.load_keys()
+        # a client may retry a 503 once the backends' next health round has had a chance to see them back
+        interval = min((b.config.health.interval for b in backends), default=1.0)
+        self._retry_after_503 = str(max(1, math.ceil(interval))).encode()
         self._monitor = HealthMonitor(backends, self._on_health)
 
     def start(self) -> None:
@@ -214,9 +217,7 @@ class Router:
         if attempt.reasons and all(r.endswith(": 429") for r in attempt.reasons):
             retry = str(max(1, round(attempt.retry_after or 1))).encode()
             return error_reply(429, message, "rate_limit_error", headers=[(b"retry-after", retry)])
-        # a client may retry once the backends' next health round has had a chance to see them back
-        retry = str(max(1, math.ceil(min((s.backend.config.health.interval for s in self.pool.states.values()), default=1))))
-        return error_reply(503, message, "backend_unavailable", headers=[(b"retry-after", retry.encode())])
+        return error_reply(503, message, "backend_unavailable", headers=[(b"retry-after", self._retry_after_503)])
 
     # ------------------------------------------------------------------ streaming
 
@@ -303,11 +304,14 @@ class Router:
         """The client's own prompt tokens, counted by the backend that continues the stream (vLLM's
         ``/tokenize``); None where it cannot count (the usage is then estimated, see ``streaming``)."""
         request = streaming.tokenize_request(payload, path, model)
+        response: BackendResponse | None = None
         try:
             async with asyncio.timeout(lease.state.backend.config.timeouts.first_byte):
                 response = await lease.state.backend.send(request)
                 data = await response.aread()
         except (BackendUnavailable, TimeoutError):
+            if response is not None:  # timed out while reading: do not leave the connection open
+                await response.aclose()
             return None
         return streaming.token_count(data) if response.status == 200 else None
 

@@ -6,8 +6,8 @@ the client has. Only when a stream breaks after the first byte are those events 
 the text already sent; the request is then re-sent to a backend that can continue a final assistant
 message (vLLM: ``continue_final_message: true`` + ``add_generation_prompt: false``; Anthropic: a
 trailing assistant message is a prefill) and the continuation's events are rewritten to carry the
-original ``id``/``created``/``model``, without a second role chunk, and its usage restated as the client's own request's. The client sees one stream with no
-duplicated and no lost text. Where no backend can continue, the stream ends with an OpenAI-style error
+original ``id``/``created``/``model``, without a second role chunk, and its usage restated as the
+client's own request's. The client sees one stream with no duplicated and no lost text. Where no backend can continue, the stream ends with an OpenAI-style error
 event and ``[DONE]`` -- never a silent truncation.
 
 A resume is announced by an SSE comment line (``: resumed ...``), which SSE clients ignore by spec; it
