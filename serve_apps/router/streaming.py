@@ -7,8 +7,9 @@ the text already sent; the request is then re-sent to a backend that can continu
 message (vLLM: ``continue_final_message: true`` + ``add_generation_prompt: false``; Anthropic: a
 trailing assistant message is a prefill) and the continuation's events are rewritten to carry the
 original ``id``/``created``/``model``, without a second role chunk, and its usage restated as the
-client's own request's. The client sees one stream with no duplicated and no lost text. Where no backend can continue, the stream ends with an OpenAI-style error
-event and ``[DONE]`` -- never a silent truncation.
+client's own request's. The client sees one stream with no duplicated and no lost text. Where no
+backend can continue, the stream ends with an OpenAI-style error event and ``[DONE]`` -- never a silent
+truncation.
 
 A resume is announced by an SSE comment line (``: resumed ...``), which SSE clients ignore by spec; it
 says where the text was cut so operators (and tests) can check the seam.
