@@ -86,9 +86,25 @@ def listener_addresses(raw: dict[str, Any]) -> list[tuple[str, str, int]]:
     return found
 
 
+def serve_proxy_enabled(raw: dict[str, Any]) -> bool:
+    """Whether the config asks for Serve's HTTP proxy (Serve's direct ingress starts it regardless)."""
+    return raw.get("proxy_location", "EveryNode") != "Disabled"
+
+
+def front_door(raw: dict[str, Any]) -> tuple[str, int]:
+    """``(host, port)`` clients should call: the first router listener (the fast path), else Serve's
+    HTTP proxy."""
+    listeners = listener_addresses(raw)
+    if listeners:
+        return listeners[0][1], listeners[0][2]
+    http = raw.get("http_options") or {}
+    return http.get("host", "127.0.0.1"), int(http.get("port", 8000))
+
+
 def _port_clashes(raw: dict[str, Any]) -> list[str]:
     """Listeners share ports with SO_REUSEPORT, so two router apps on one port would silently split
-    its traffic between them; and Serve's own port is not free for a listener."""
+    its traffic between them; and Serve's own port is never free for a listener: even with
+    ``proxy_location: Disabled``, Serve's direct ingress starts the proxy on it."""
     serve_port = int((raw.get("http_options") or {}).get("port", 8000))
     problems, owners = [], {}
     for name, _, port in listener_addresses(raw):

@@ -38,15 +38,21 @@ SKELETON: dict[str, Any] = {
 
 PROFILES: dict[str, dict[str, Any]] = {
     "local": {
-        "comment": ("router + one CPU engine replica of the built-in tiny model, 127.0.0.1:8000 "
-                    "(Serve ingress) and 127.0.0.1:8001 (the router's own listener, the fast path)"),
+        "comment": ("one front door, 127.0.0.1:8000: the router's own listener, with the built-in tiny model's "
+                    "CPU engine inside the router replica (router.colocate: no socket hop) and Serve's HTTP "
+                    "proxy off (proxy_location: Disabled) -- the fastest path measured, see docs/router.md"),
         "host": "127.0.0.1",
+        # Serve's HTTP proxy off, on a port of its own all the same: Serve's direct ingress (on under
+        # RAY_SERVE_THROUGHPUT_OPTIMIZED unless turned off, as here) forces the proxy on, and it would
+        # share the listener's port through SO_REUSEPORT, silently taking half the connections.
+        "serve": {"proxy_location": "Disabled", "http_options": {"host": "127.0.0.1", "port": 8002}},
+        "env": {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"},
         "app": "router",
         "import_path": ROUTER_IMPORT_PATH,
         "args": {
-            "router": {"listen": {"host": "127.0.0.1", "port": 8001}},
+            "router": {"colocate": True, "listen": {"host": "127.0.0.1", "port": 8000}},
             "engines": [{"name": "tiny-chat", "model": "builtin:tiny-chat", "device": "cpu", "kv_cache_gb": 1,
-                         "num_replicas": 1, "max_ongoing_requests": 256}],
+                         "max_ongoing_requests": 256}],
             "backends": [{"name": "local", "kind": "serve", "engine": "tiny-chat"}],
         },
     },
@@ -119,9 +125,10 @@ def build_config(name: str) -> dict[str, Any]:
     profile = PROFILES[name]
     validate_app_args(profile["import_path"], profile["args"])
     application = {"name": profile["app"], "route_prefix": "/", "import_path": profile["import_path"],
-                   "runtime_env": {"env_vars": dict(FAST_PATH_ENV)}, "args": copy.deepcopy(profile["args"])}
+                   "runtime_env": {"env_vars": {**FAST_PATH_ENV, **profile.get("env", {})}}, "args": copy.deepcopy(profile["args"])}
     config: dict[str, Any] = {"applications": [application], **copy.deepcopy(SKELETON)}
     config["http_options"]["host"] = profile["host"]
+    config.update(copy.deepcopy(profile.get("serve", {})))  # the profile's own Serve options
     return config
 
 

@@ -26,15 +26,24 @@ from serve_apps.openai_api import build_openai_app
 logger = logging.getLogger("ray.serve")
 
 
-class _EngineReplica:
-    async def __init__(self, config: dict[str, Any]) -> None:
-        self.config = EngineConfig.model_validate(config)
+class LocalEngine:
+    """One engine in this process, loading in the background from construction on.
+
+    ``guard`` is its ASGI app at every phase (503 + Retry-After until it can generate). Used by an
+    engine replica, and by a router replica that runs its engine in process (``router.colocate``).
+    """
+
+    def __init__(self, config: dict[str, Any] | EngineConfig) -> None:
+        self.config = config if isinstance(config, EngineConfig) else EngineConfig.model_validate(config)
         self.engine = get_registry().get(self.config.engine)(self.config)
         self.state = EngineState()
         self.guard = EngineGuard(self.state, max_body_bytes=self.config.max_request_bytes,
                                  healthy=self.engine.health)
         self._start_task = asyncio.get_running_loop().create_task(self._start())
-        self.listener: Listener | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.state.ready
 
     async def _start(self) -> None:
         try:
@@ -47,14 +56,30 @@ class _EngineReplica:
             self.state.phase = "failed"
             logger.exception("engine %s failed to start", self.config.engine)
 
-    async def __serve_build_asgi_app__(self):
-        return self.guard
-
     async def check_health(self) -> None:
+        """Raise if the engine failed to start or is unhealthy (a Serve health check fails on it)."""
         if self.state.phase == "failed":
             raise RuntimeError(f"engine failed to start: {self.state.error}")
         if self.state.ready and not await self.engine.health():
             raise RuntimeError("engine is unhealthy")
+
+    async def aclose(self) -> None:
+        self._start_task.cancel()
+        await self.engine.shutdown()
+
+
+class _EngineReplica:
+    async def __init__(self, config: dict[str, Any]) -> None:
+        self.local = LocalEngine(config)
+        self.config, self.engine, self.state, self.guard = (
+            self.local.config, self.local.engine, self.local.state, self.local.guard)
+        self.listener: Listener | None = None
+
+    async def __serve_build_asgi_app__(self):
+        return self.guard
+
+    async def check_health(self) -> None:
+        await self.local.check_health()
 
     async def forward(self, method: str, path: str, headers: list[tuple[str, str]],
                       body: bytes) -> AsyncIterator[Any]:
@@ -101,10 +126,9 @@ class _EngineReplica:
         return {"url": f"http://{self.listener.host}:{self.listener.port}", "token": self._token}
 
     async def __del__(self) -> None:
-        self._start_task.cancel()
         if self.listener is not None:
             await self.listener.close()
-        await self.engine.shutdown()
+        await self.local.aclose()
 
 
 class _EngineWorker(_EngineReplica):

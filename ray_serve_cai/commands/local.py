@@ -42,13 +42,16 @@ def _ensure_ports_free(config: dict) -> None:
     import socket
 
     from ray_serve_cai.cli import CLIError
-    from serve_apps.checks import listener_addresses
+    from serve_apps.checks import listener_addresses, serve_proxy_enabled
 
     http = config.get("http_options") or {}
-    wanted = [(http.get("host", "127.0.0.1"), int(http.get("port", 8000)), "http_options.port")]
+    wanted = [(http.get("host", "127.0.0.1"), int(http.get("port", 8000)), "http_options.port")] \
+        if serve_proxy_enabled(config) else []
     wanted += [(host, port, "router.listen.port") for _, host, port in listener_addresses(config)]
     for host, port, key in wanted:
         with socket.socket() as sock:
+            # as the listeners do: connections of a previous run in TIME_WAIT must not count as busy
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((host, port))
             except OSError as exc:
@@ -61,9 +64,10 @@ def _client_url(host: str, port: object) -> str:
     return f"http://{host}:{port}"
 
 
-def _http_base(config: dict) -> str:
-    http = config.get("http_options") or {}
-    return _client_url(http.get("host", "127.0.0.1"), http.get("port", 8000))
+def _front_door(config: dict) -> str:
+    from serve_apps.checks import front_door
+
+    return _client_url(*front_door(config))
 
 
 def _post_json(url: str, body: dict, headers: dict[str, str]) -> tuple[int, dict]:
@@ -135,10 +139,15 @@ def _up(args: argparse.Namespace) -> int:
     problems = config_problems(config)
     if problems:  # fail in a second, not after starting Ray
         raise CLIError(f"{args.config}: " + "; ".join(problems))
-    base = _http_base(config)
+    base = _front_door(config)
     _ensure_ports_free(config)
-    route = ((config.get("applications") or [{}])[0].get("route_prefix") or "/").rstrip("/")
-    log = lambda msg: print(f"[up] {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    from serve_apps.checks import listener_addresses
+
+    # a router listener serves the app at its root; Serve's proxy at the app's route prefix
+    prefix = ((config.get("applications") or [{}])[0].get("route_prefix") or "/").rstrip("/")
+    route = "" if listener_addresses(config) else prefix
+    started = time.monotonic()
+    log = lambda msg: print(f"[up {time.monotonic() - started:5.1f}s] {msg}", file=sys.stderr, flush=True)  # noqa: E731
 
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` tears down like Ctrl-C, at any stage
     cluster = LocalCluster(num_cpus=args.num_cpus, haproxy=args.haproxy)
@@ -160,15 +169,20 @@ def _up(args: argparse.Namespace) -> int:
     print(f"ready: {base}{route}/v1  (Ray {cluster.address}, dashboard {cluster.dashboard_url})", flush=True)
     print(f"  curl {base}{route}/v1/chat/completions -H 'content-type: application/json' "
           "-d '{\"model\": \"tiny-chat\", \"messages\": [{\"role\": \"user\", \"content\": \"hello\"}]}'", flush=True)
-    from serve_apps.checks import listener_addresses
+    from serve_apps.checks import serve_proxy_enabled
 
-    for _, host, port in listener_addresses(config):
-        print(f"  fast path (router listener, no Serve proxy hop): {_client_url(host, port)}/v1", flush=True)
+    if serve_proxy_enabled(config):
+        http = config.get("http_options") or {}
+        serve_url = _client_url(http.get("host", "127.0.0.1"), http.get("port", 8000))
+        if serve_url != base:
+            print(f"  also Serve's HTTP proxy (slower, one more hop): {serve_url}{prefix}/v1", flush=True)
     try:
         while cluster.process.poll() is None:
             time.sleep(1)
         raise CLIError("the Ray cluster exited unexpectedly")
     except KeyboardInterrupt:
         log("stopping the cluster")
-        cluster.stop()
+        stopping = time.monotonic()
+        cluster.stop(progress=log)
+        log(f"stopped in {time.monotonic() - stopping:.1f}s")
     return 0

@@ -17,8 +17,10 @@ from serve_apps.batch.config import BatchConfig
 from serve_apps.batch.service import BatchService
 from serve_apps.checks import parse_router_args
 from serve_apps.listener import Listener, start_listener
+from serve_apps.config import EngineConfig
 from serve_apps.router.asgi import RouterASGI
-from serve_apps.router.backends import create_backend
+from serve_apps.router.backends import Backend, create_backend
+from serve_apps.router.backends.inprocess import InProcessBackend
 from serve_apps.router.config import BackendConfig, BackendModel, ListenAddress, RouterConfig
 from serve_apps.router.router import Router
 
@@ -28,10 +30,16 @@ from serve_apps.router.router import Router
 class MultiBackendRouter:
     async def __init__(self, config: dict[str, Any], engines: dict[str, Any] | None = None,
                        listen: dict[str, Any] | None = None, batch: dict[str, Any] | None = None,
-                       companions: list[Any] | None = None) -> None:
+                       companions: list[Any] | None = None, local_engines: list[dict[str, Any]] | None = None) -> None:
         parsed = RouterConfig.model_validate(config)
         handles = engines or {}
-        backends = [create_backend(b, self._handle(b, handles)) for b in parsed.backends]
+        # router.colocate: the engines live in this replica (they start loading now, in the background)
+        self.local_engines: dict[str, Any] = {}
+        if local_engines:
+            from serve_apps.replica import LocalEngine  # engine code only where an engine runs
+
+            self.local_engines = {c["name"]: LocalEngine(c) for c in local_engines}
+        backends = [self._backend(b, handles) for b in parsed.backends]
         self.router = Router(parsed, backends)
         self.router.start()
         self.batch: BatchService | None = None
@@ -48,13 +56,14 @@ class MultiBackendRouter:
             address = ListenAddress.model_validate(listen)
             self.listener = await start_listener(self.asgi, address.host, address.port)
 
-    @staticmethod
-    def _handle(backend: BackendConfig, handles: dict[str, Any]) -> Any:
+    def _backend(self, backend: BackendConfig, handles: dict[str, Any]) -> Backend:
         if backend.kind != "serve":
-            return None
+            return create_backend(backend)
         if backend.app:  # an engine deployed as its own Serve app
-            return serve.get_deployment_handle(backend.deployment, app_name=backend.app)
-        return handles[backend.engine]
+            return create_backend(backend, serve.get_deployment_handle(backend.deployment, app_name=backend.app))
+        if backend.engine in self.local_engines:
+            return InProcessBackend(backend, self.local_engines[backend.engine])
+        return create_backend(backend, handles[backend.engine])
 
     async def __serve_build_asgi_app__(self) -> RouterASGI:
         return self.asgi
@@ -87,6 +96,8 @@ class MultiBackendRouter:
         return await self.batch.call(path, raw)
 
     async def check_health(self) -> None:
+        for engine in self.local_engines.values():
+            await engine.check_health()  # a failed engine fails the replica: Serve replaces it
         if self.listener is not None and not self.listener.serving:
             raise RuntimeError(f"router listener on port {self.listener.port} stopped serving")
 
@@ -96,13 +107,16 @@ class MultiBackendRouter:
         if self.batch is not None:
             await self.batch.aclose()
         await self.router.aclose()
+        for engine in self.local_engines.values():
+            await engine.aclose()
 
 
 def build_router_app(args: dict[str, Any]) -> Application:
     """Router ingress + one engine replica deployment per entry of ``engines``."""
     parsed = parse_router_args(args)
     engine_apps: dict[str, Application] = {}
-    if parsed.engines:
+    options = parsed.router
+    if parsed.engines and not options.colocate:
         from serve_apps.replica import engine_deployment  # imported only when engines are configured
 
         engine_apps = {engine.name: engine_deployment(engine, ingress=False) for engine in parsed.engines}
@@ -114,7 +128,6 @@ def build_router_app(args: dict[str, Any]) -> Application:
     config = RouterConfig.model_validate(
         parsed.model_dump(mode="json", exclude={"engines", "router", "batch", "matrix"})
     ).model_dump(mode="json")
-    options = parsed.router
     companions = []
     if parsed.matrix is not None:
         try:
@@ -124,10 +137,20 @@ def build_router_app(args: dict[str, Any]) -> Application:
         companions.append(MatrixInferenceBot.options(
             num_replicas=parsed.matrix.num_replicas, ray_actor_options={"num_cpus": parsed.matrix.num_cpus},
         ).bind(parsed.matrix.model_dump(mode="json")))
+    local_engines = [engine.model_dump(mode="json") for engine in parsed.engines] if options.colocate else []
     return MultiBackendRouter.options(
         num_replicas=options.num_replicas,
         max_ongoing_requests=options.max_ongoing_requests,
-        ray_actor_options={"num_cpus": options.num_cpus},
+        ray_actor_options=_actor_options(options.num_cpus, parsed.engines if options.colocate else []),
         logging_config={"enable_access_log": options.access_log},
     ).bind(config, engines=engine_apps, listen=options.listen.model_dump() if options.listen else None,
-           batch=parsed.batch.model_dump(), companions=companions)
+           batch=parsed.batch.model_dump(), companions=companions, local_engines=local_engines)
+
+
+def _actor_options(router_cpus: float, local_engines: list[EngineConfig]) -> dict[str, Any]:
+    """A colocated router replica reserves its engines' CPUs and GPUs as well as its own."""
+    options: dict[str, Any] = {"num_cpus": router_cpus + sum(e.num_cpus for e in local_engines)}
+    gpus = sum(e.tensor_parallel_size for e in local_engines if e.device == "gpu")
+    if gpus:
+        options["num_gpus"] = gpus
+    return options

@@ -160,6 +160,9 @@ class RouterDeploymentOptions(StrictModel):
     access_log: bool = Field(False, description="Serve's per-request access log line (costs CPU per request)")
     listen: ListenAddress | None = Field(
         None, description="also serve the router on this address, bypassing Serve's ingress (the fast path)")
+    colocate: bool = Field(
+        False, description="run the app's engines inside each router replica and call them in process (no "
+        "socket hop): for single-node profiles; scale with router.num_replicas, not engines[].num_replicas")
 
 
 class RouterAppArgs(RouterConfig):
@@ -180,4 +183,10 @@ class RouterAppArgs(RouterConfig):
                     f"backend {backend.name!r}: engine {backend.engine!r} is not in engines "
                     f"(known: {', '.join(sorted(known)) or 'none'})"
                 )
+        if self.router.colocate:
+            for index, engine in enumerate(self.engines):
+                if engine.num_replicas != 1 or engine.autoscaling is not None:
+                    raise ValueError(
+                        f"engines.{index}: with router.colocate the engine runs inside each router replica; "
+                        "remove num_replicas/autoscaling here and set router.num_replicas")
         return self

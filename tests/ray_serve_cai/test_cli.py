@@ -90,7 +90,7 @@ def test_check_refuses_listener_port_clashes(tmp_path: Path):
     path.write_text(yaml.safe_dump(config))
     result = run("check", str(path))
     assert result.returncode == 1
-    assert "app 'router2': router.listen.port 8001 is also app 'router''s listener" in result.stderr
+    assert "app 'router2': router.listen.port 8000 is also app 'router''s listener" in result.stderr
     config["applications"] = config["applications"][:1]
     config["applications"][0]["args"]["router"]["listen"]["port"] = config["http_options"]["port"]
     path.write_text(yaml.safe_dump(config))
@@ -107,9 +107,35 @@ def test_up_refuses_a_busy_port_at_once(tmp_path: Path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        config["http_options"]["port"] = busy.getsockname()[1]
+        config["applications"][0]["args"]["router"]["listen"]["port"] = busy.getsockname()[1]
         path = tmp_path / "busy.yaml"
         path.write_text(yaml.safe_dump(config))
         result = run("up", "--config", str(path))
     assert result.returncode == 1
-    assert "cannot listen on 127.0.0.1" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "cannot listen on 127.0.0.1" in result.stderr and "router.listen.port" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_up_takes_a_port_whose_old_connections_linger_in_time_wait():
+    """Restarting `up` right after stopping it: the door's port still has connections in TIME_WAIT
+    (the server closed them first), which the listener's SO_REUSEADDR allows; so must the check."""
+    import socket
+
+    from ray_serve_cai.commands.local import _ensure_ports_free
+
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = server.accept()
+    accepted.close()  # the server side closes first: its end of the connection waits in TIME_WAIT
+    client.recv(1)
+    client.close()
+    server.close()
+    with socket.socket() as plain, pytest.raises(OSError):
+        plain.bind(("127.0.0.1", port))  # what the check did before: the port looked busy
+    config = {"proxy_location": "Disabled", "applications": [
+        {"name": "router", "args": {"router": {"listen": {"host": "127.0.0.1", "port": port}}}}]}
+    _ensure_ports_free(config)

@@ -1,9 +1,8 @@
 """The README's first command, end to end: `ray-serve-cai up` on the shipped local config.
 
-The shipped config is copied with free ports (8000/8001 may be taken); everything else is as shipped:
-the router in front of a real vLLM engine replica of the tiny model, on Serve's ingress and on the
-router's own listener. SIGTERM must tear down every
-process the cluster started.
+The shipped config is copied with a free port for its one door (8000 may be taken); everything else is
+as shipped: the router's own listener with a real vLLM engine of the tiny model in the router replica,
+and Serve's HTTP proxy off. SIGTERM must tear down every process the cluster started.
 """
 
 from __future__ import annotations
@@ -68,65 +67,50 @@ class StartupProbe(threading.Thread):
 
 def test_up_serves_the_shipped_local_config_and_tears_down(tmp_path):
     config = yaml.safe_load((ROOT / "serve_configs" / "local.yaml").read_text())
+    serve_port = free_port()
+    config["http_options"]["port"] = serve_port
     port = free_port()
-    config["http_options"]["port"] = port
-    listen_port = free_port()
-    config["applications"][0]["args"]["router"]["listen"]["port"] = listen_port
+    config["applications"][0]["args"]["router"]["listen"]["port"] = port
     path = tmp_path / "local.yaml"
     path.write_text(yaml.safe_dump(config))
     proc = subprocess.Popen([sys.executable, "-m", "ray_serve_cai", "up", "--config", str(path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    probe = StartupProbe([f"http://127.0.0.1:{port}", f"http://127.0.0.1:{listen_port}"])
+    url = f"http://127.0.0.1:{port}"
+    probe = StartupProbe([url])
     probe.start()
     try:
         line = _read_until_ready(proc, timeout_s=900)
         probe.stop.set()
         probe.join(15)
-        # While the engine loads, every door answers at once: 503 + Retry-After + an OpenAI error from
-        # the router. Serve's proxy says 404 until the router app exists, then holds the first request
-        # until the router replica has been constructed (Serve's own queueing, before any of our code
-        # runs): that one answer on Serve's door may take a few seconds.
-        routed: dict[str, list[httpx.Response]] = {url: [] for url in probe.urls}
+        # While the engine loads, the door answers at once: 503 + Retry-After + an OpenAI error.
         timeline = "\n".join(f"{u} {e:.2f}s {getattr(a, 'status_code', a)!r}" for u, e, a in probe.seen)
-        for url, elapsed, answer in probe.seen:
-            assert isinstance(answer, httpx.Response), f"{url}: {answer!r} after {elapsed:.1f} s\n{timeline}"
-            serve_door = url.endswith(f":{port}")
-            if serve_door and answer.status_code == 404 and "error" not in answer.text:
-                continue
-            first_from_router = serve_door and not routed[url]
-            assert elapsed < (30 if first_from_router else 3), f"{url} took {elapsed:.1f} s during start-up\n{timeline}"
-            routed[url].append(answer)
-        for url, answers in routed.items():
-            early = [a for a in answers if a.status_code != 200]
-            assert early, f"{url}: no answer seen while the engine was loading"
-            for answer in early:
-                assert answer.status_code == 503 and int(answer.headers["retry-after"]) >= 1, answer.text
-                assert answer.json()["error"]["message"]
-        assert line.startswith(f"ready: http://127.0.0.1:{port}/v1")
-        assert f"fast path (router listener, no Serve proxy hop): http://127.0.0.1:{listen_port}/v1" in (
-            proc.stdout.readline() + proc.stdout.readline())
+        for _, elapsed, answer in probe.seen:
+            assert isinstance(answer, httpx.Response), f"{answer!r} after {elapsed:.1f} s\n{timeline}"
+            assert elapsed < 3, f"took {elapsed:.1f} s during start-up\n{timeline}"
+        early = [a for _, _, a in probe.seen if a.status_code != 200]
+        assert early, f"no answer seen while the engine was loading\n{timeline}"
+        for answer in early:
+            assert answer.status_code == 503 and int(answer.headers["retry-after"]) >= 1, answer.text
+            assert answer.json()["error"]["message"]
+        assert line.startswith(f"ready: {url}/v1")
+        # one door: Serve's HTTP proxy is off, nothing answers on its port
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{serve_port}/-/healthz", timeout=5)
+        local = httpx.get(f"{url}/v1/backends", timeout=10).json()["data"][0]
+        assert local["transport"] == "in-process"
         body = {"model": "tiny-chat", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4,
                 "temperature": 0}
-        deadline = time.monotonic() + 60  # the router learns the engine worker's own port on a health round
-        while (local := httpx.get(f"http://127.0.0.1:{port}/v1/backends", timeout=10).json()["data"][0])["transport"] != "http":
-            assert time.monotonic() < deadline, local
-            time.sleep(1)
-        assert len(local["endpoints"]) == 1
-        texts = []
-        for base in (port, listen_port):
-            response = httpx.post(f"http://127.0.0.1:{base}/v1/chat/completions", json=body, timeout=60)
-            assert response.status_code == 200
-            assert response.json()["usage"]["completion_tokens"] == 4
-            assert response.headers["x-backend"] == "local"
-            texts.append(response.json()["choices"][0]["message"]["content"])
-        assert texts[0] == texts[1]
-        with httpx.stream("POST", f"http://127.0.0.1:{listen_port}/v1/chat/completions",
-                          json={**body, "stream": True}, timeout=60) as streamed:  # over the engine's own port
+        response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+        assert response.status_code == 200
+        assert response.json()["usage"]["completion_tokens"] == 4
+        assert response.headers["x-backend"] == "local"
+        text = response.json()["choices"][0]["message"]["content"]
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json={**body, "stream": True}, timeout=60) as streamed:
             assert streamed.headers["x-backend"] == "local"
             lines = [line for line in streamed.iter_lines() if line.startswith("data: ")]
         assert lines[-1] == "data: [DONE]"
         assert "".join(httpx.Response(200, content=line[6:]).json()["choices"][0]["delta"].get("content") or ""
-                       for line in lines[:-1] if '"choices":[{' in line) == texts[0]
+                       for line in lines[:-1] if '"choices":[{' in line) == text
         tree = descendants(proc.pid)
         assert len(tree) > 3  # ray, raylet, gcs, replicas, engine processes...
     finally:

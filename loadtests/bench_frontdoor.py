@@ -1,0 +1,325 @@
+"""P1: the URL the README gives against a stock vLLM server on the same model, as users run both.
+
+Starts the local stack exactly as a user does (``ray-serve-cai up``, which prints the URL to use) and a
+stock ``python -m vllm.entrypoints.openai.api_server`` on the same built tiny model (``--enforce-eager``,
+``VLLM_CPU_KVCACHE_SPACE=1``), then runs, in alternating rounds (the order flips every round), with
+two clients -- ``httpx`` (one ``AsyncClient`` per worker: the transport the ``openai`` SDK uses) and the
+lean raw-socket client of ``bench_router_lib``:
+
+- ``streams``: ``--streams`` concurrent chat streams x ``--tokens`` tokens (ignore_eos): tokens/s, TTFT;
+- ``short``: concurrency 64, ``max_tokens`` 1, for ``--seconds``: requests/s;
+- ``c1``: concurrency 1, ``max_tokens`` 1, both targets request by request in turn: median latency.
+
+Around every run it reads the CPU time of each target's process tree from /proc, so the results say
+where the CPU went (per process) as well as how fast it was. Also records how long ``up`` took to
+print ``ready:`` and to exit after SIGTERM, and whether any process outlived it. Loopback only;
+bounded in time; everything it starts is stopped, also on Ctrl-C / SIGTERM.
+
+    .venv/bin/python loadtests/bench_frontdoor.py [--rounds 6] [--config serve_configs/local.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_router_lib import (ROOT, Connection, closed_loop, interleaved, split_url, start_vllm,  # noqa: E402
+                              stop_on_sigterm, write_result)
+from launchers.local import descendants  # noqa: E402
+
+MODEL = "tiny-chat"
+CLIENTS = ("httpx", "lean")
+
+
+def chat_body(max_tokens: int, stream: bool) -> bytes:
+    body: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": "tell me a story"}],
+                            "max_tokens": max_tokens, "temperature": 0}
+    if stream:
+        body.update(stream=True, ignore_eos=True)
+    return json.dumps(body).encode()
+
+
+class UpStack:
+    """``ray-serve-cai up`` as a user runs it: started, read until ``ready:``, stopped with SIGTERM."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        command = [str(Path(sys.executable).parent / "ray-serve-cai"), "up", "--config", str(config)]
+        self.started = time.perf_counter()
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=open(log, "ab"), text=True,
+                                        stdin=subprocess.DEVNULL, process_group=0)
+        self.url = ""
+        self.startup_s = 0.0
+
+    def wait_ready(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        assert self.process.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            if not line:
+                raise RuntimeError(f"ray-serve-cai up exited with {self.process.wait()} before ready")
+            if line.startswith("ready:"):
+                self.startup_s = time.perf_counter() - self.started
+                self.url = line.split()[1].removesuffix("/v1")
+                return self.url
+        raise TimeoutError("ray-serve-cai up did not print ready: in time")
+
+    def stop(self) -> dict[str, Any]:
+        """SIGTERM, as ``kill`` does; returns the teardown time and any process that outlived it."""
+        if self.process.poll() is not None:
+            return {"teardown_s": None, "leftover": []}
+        tree = descendants(self.process.pid)
+        started = time.perf_counter()
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(120)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+        teardown = time.perf_counter() - started
+        time.sleep(1)
+        leftover = [pid for pid in tree if Path(f"/proc/{pid}").exists()]
+        for pid in leftover:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return {"teardown_s": teardown, "leftover": [_name(pid) for pid in leftover]}
+
+
+def _name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:60].strip()
+    except OSError:
+        return str(pid)
+
+
+def tree_cpu(root: int) -> dict[str, float]:
+    """CPU seconds (user + system) of ``root`` and every process below it, by process name."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for pid in [root, *descendants(root)]:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        name = _name(pid).split(" --")[0][:48] or str(pid)
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: round(after[k] - before.get(k, 0.0), 3) for k in after if after[k] - before.get(k, 0.0) > 0.0005}
+
+
+async def httpx_streams(url: str, concurrency: int, per_worker: int, tokens: int) -> dict[str, Any]:
+    body = chat_body(tokens, stream=True)
+    ttfts: list[float] = []
+    counted = errors = 0
+
+    async def worker() -> None:
+        nonlocal counted, errors
+        async with httpx.AsyncClient(base_url=url, timeout=300) as client:
+            for _ in range(per_worker):
+                sent = time.perf_counter()
+                first = None
+                data = bytearray()
+                try:
+                    async with client.stream("POST", "/v1/chat/completions", content=body,
+                                             headers={"content-type": "application/json"}) as response:
+                        async for chunk in response.aiter_bytes():
+                            first = first or time.perf_counter()
+                            data += chunk
+                        status = response.status_code
+                except httpx.HTTPError:
+                    errors += 1
+                    continue
+                if status != 200 or not bytes(data).rstrip().endswith(b"data: [DONE]"):
+                    errors += 1
+                    continue
+                counted += _content_events(bytes(data))
+                ttfts.append((first or sent) - sent)
+
+    return await _timed_streams(worker, concurrency, ttfts, lambda: (counted, errors))
+
+
+async def lean_streams(url: str, concurrency: int, per_worker: int, tokens: int) -> dict[str, Any]:
+    host, port, prefix = split_url(url)
+    body = chat_body(tokens, stream=True)
+    ttfts: list[float] = []
+    counted = errors = 0
+
+    async def worker() -> None:
+        nonlocal counted, errors
+        connection = Connection(host, port)
+        try:
+            for _ in range(per_worker):
+                try:
+                    status, _, data, ttft = await connection.post_timed(prefix + "/v1/chat/completions", body)
+                except (OSError, ConnectionError, asyncio.IncompleteReadError, ValueError):
+                    errors += 1
+                    continue
+                if status != 200 or not data.rstrip().endswith(b"data: [DONE]"):
+                    errors += 1
+                    continue
+                counted += _content_events(data)
+                ttfts.append(ttft)
+        finally:
+            connection.close()
+
+    return await _timed_streams(worker, concurrency, ttfts, lambda: (counted, errors))
+
+
+async def _timed_streams(worker, concurrency: int, ttfts: list[float], totals) -> dict[str, Any]:
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    counted, errors = totals()
+    return {"tokens_per_s": counted / elapsed, "tokens": counted, "errors": errors, "elapsed_s": elapsed,
+            "ttft_median_ms": statistics.median(ttfts) * 1000 if ttfts else None}
+
+
+def _content_events(data: bytes) -> int:
+    return sum(1 for line in data.split(b"\n")
+               if line.startswith(b"data: {") and b'"content":"' in line and b'"content":""' not in line)
+
+
+async def httpx_short(url: str, concurrency: int, seconds: float) -> dict[str, Any]:
+    body = chat_body(1, stream=False)
+    latencies: list[float] = []
+    errors = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal errors
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            while (sent := time.perf_counter()) < stop_at:
+                try:
+                    response = await client.post("/v1/chat/completions", content=body,
+                                                 headers={"content-type": "application/json"})
+                except httpx.HTTPError:
+                    errors += 1
+                    continue
+                if response.status_code == 200:
+                    latencies.append(time.perf_counter() - sent)
+                else:
+                    errors += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    return {"rps": len(latencies) / elapsed, "requests": len(latencies), "errors": errors,
+            "median_ms": statistics.median(latencies) * 1000 if latencies else None}
+
+
+async def one_run(workload: str, client: str, url: str, args: argparse.Namespace) -> dict[str, Any]:
+    if workload == "streams":
+        run = httpx_streams if client == "httpx" else lean_streams
+        return await run(url, args.streams, args.per_worker, args.tokens)
+    if client == "httpx":
+        return await httpx_short(url, 64, args.seconds)
+    return await closed_loop(url, chat_body(1, stream=False), 64, args.seconds, warmup=0.0)
+
+
+def ratio(rounds: list[dict[str, Any]], workload: str, client: str, key: str) -> dict[str, Any]:
+    values = [r[workload][client]["frontdoor"][key] / r[workload][client]["stock"][key] for r in rounds
+              if r[workload][client]["stock"].get(key)]
+    return {"median": statistics.median(values) if values else None, "rounds": [round(v, 3) for v in values]}
+
+
+def summarise(rounds: list[dict[str, Any]], c1: dict[str, Any]) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for client in CLIENTS:
+        summary[f"streams_tok_s_ratio_{client}"] = ratio(rounds, "streams", client, "tokens_per_s")
+        summary[f"short_rps_ratio_{client}"] = ratio(rounds, "short", client, "rps")
+        for target in ("stock", "frontdoor"):
+            ttfts = [r["streams"][client][target]["ttft_median_ms"] for r in rounds]
+            summary[f"streams_ttft_median_ms_{client}_{target}"] = statistics.median([t for t in ttfts if t] or [0])
+    added = [r["frontdoor"]["median_ms"] - r["stock"]["median_ms"] for r in c1["rounds"]
+             if r["frontdoor"]["median_ms"] and r["stock"]["median_ms"]]
+    summary["c1_added_ms_median"] = statistics.median(added) if added else None
+    summary["errors"] = sum(run[t]["errors"] for r in rounds for w in ("streams", "short") for run in r[w].values()
+                            for t in ("stock", "frontdoor")) + sum(r[t]["errors"] for r in c1["rounds"] for t in r)
+    return summary
+
+
+async def bench(args: argparse.Namespace, targets: dict[str, tuple[str, int]]) -> dict[str, Any]:
+    rounds = []
+    for number in range(args.rounds):
+        order = list(targets) if number % 2 == 0 else list(targets)[::-1]
+        result: dict[str, Any] = {"round": number, "order": order}
+        for workload in ("streams", "short"):
+            result[workload] = {}
+            for client in CLIENTS:
+                result[workload][client] = {}
+                for target in order:
+                    url, pid = targets[target]
+                    before = tree_cpu(pid)
+                    run = await one_run(workload, client, url, args)
+                    run["cpu_s"] = cpu_delta(before, tree_cpu(pid))
+                    result[workload][client][target] = run
+                    print(f"round {number} {workload:7s} {client:5s} {target:9s} "
+                          + " ".join(f"{k}={v:.1f}" for k, v in run.items() if isinstance(v, float)), flush=True)
+        rounds.append(result)
+    c1_rounds = []
+    for number in range(args.rounds):
+        pair = {name: (url, None) for name, (url, _) in targets.items()}
+        c1_rounds.append(await interleaved(pair, chat_body(1, stream=False), args.seconds, warmup=0.5))
+        print(f"c1 round {number}: " + ", ".join(f"{t}={v['median_ms']:.2f} ms" for t, v in c1_rounds[-1].items()),
+              flush=True)
+    c1 = {"rounds": c1_rounds}
+    return {"rounds": rounds, "c1": c1, "summary": summarise(rounds, c1)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=6, help="alternating rounds per workload (default 6)")
+    parser.add_argument("--config", type=Path, default=ROOT / "serve_configs" / "local.yaml",
+                        help="serve config `up` runs (default: serve_configs/local.yaml, what the README uses)")
+    parser.add_argument("--streams", type=int, default=64, help="concurrent streams (default 64)")
+    parser.add_argument("--per-worker", type=int, default=4, help="streams each worker runs in turn (default 4)")
+    parser.add_argument("--tokens", type=int, default=64, help="tokens per stream (default 64)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of a short / c1 run (default 5)")
+    parser.add_argument("--name", default="bench_frontdoor", help="results file name (loadtests/results/NAME.json)")
+    args = parser.parse_args()
+    stop_on_sigterm()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-frontdoor-"))
+    stack = stock = None
+    up_facts: dict[str, Any] = {}
+    try:
+        stack = UpStack(args.config, workdir / "up.log")
+        url = stack.wait_ready(900)
+        print(f"up ready in {stack.startup_s:.1f} s at {url}", flush=True)
+        stock = start_vllm(workdir / "vllm.log")
+        print(f"stock vLLM at {stock.url}", flush=True)
+        targets = {"stock": (stock.url, stock.process.pid), "frontdoor": (url, stack.process.pid)}
+        result = asyncio.run(bench(args, targets))
+    finally:
+        if stock is not None:
+            stock.kill(signal.SIGTERM)
+        if stack is not None:
+            up_facts = {"startup_s": stack.startup_s, **stack.stop()}
+            print(f"up: ready in {up_facts['startup_s']:.1f} s, teardown {up_facts['teardown_s'] or 0:.1f} s, "
+                  f"leftover processes: {up_facts['leftover'] or 'none'}", flush=True)
+    result.update(up=up_facts, config=str(args.config), settings=vars(args) | {"config": str(args.config)},
+                  date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), cores=os.cpu_count())
+    path = write_result(args.name, result)
+    print(json.dumps(result["summary"], indent=2))
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
