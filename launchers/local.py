@@ -177,7 +177,7 @@ class LocalCluster:
         os.killpg(self.process.pid, signal.SIGTERM)
         _signal_all(tree, signal.SIGTERM)
         try:
-            poll_until(lambda: self.process.poll() is not None and not _alive(tree), grace_s, 0.1)
+            poll_until(lambda: self.process.poll() is not None and not running(tree), grace_s, 0.1)
         except PollTimeout:
             pass
         _signal_all([self.process.pid, *tree], signal.SIGKILL)
@@ -192,16 +192,17 @@ def _signal_all(pids: list[int], sig: int) -> None:
             pass
 
 
-def _alive(pids: list[int]) -> bool:
-    """Any of ``pids`` still running (zombies count as gone: only their parent can reap them)."""
+def running(pids: list[int]) -> list[int]:
+    """Those of ``pids`` still running (zombies count as gone: only their parent can reap them)."""
+    alive = []
     for pid in pids:
         try:
             state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
         if state != "Z":
-            return True
-    return False
+            alive.append(pid)
+    return alive
 
 
 def descendants(root: int) -> list[int]:

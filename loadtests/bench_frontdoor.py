@@ -8,7 +8,10 @@ lean raw-socket client of ``bench_router_lib``:
 
 - ``streams``: ``--streams`` concurrent chat streams x ``--tokens`` tokens (ignore_eos): tokens/s, TTFT;
 - ``short``: concurrency 64, ``max_tokens`` 1, for ``--seconds``: requests/s;
-- ``c1``: concurrency 1, ``max_tokens`` 1, both targets request by request in turn: median latency.
+- ``c1``: concurrency 1, ``max_tokens`` 1, every target request by request in turn: median latency.
+
+``--also CONFIG`` starts a second stack (ports moved) as a third target: how this door compares with
+another design, e.g. the previous release's local config, in the same run.
 
 Around every run it reads the CPU time of each target's process tree from /proc, so the results say
 where the CPU went (per process) as well as how fast it was. Also records how long ``up`` took to
@@ -34,11 +37,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_router_lib import (ROOT, Connection, closed_loop, interleaved, split_url, start_vllm,  # noqa: E402
                               stop_on_sigterm, write_result)
-from launchers.local import descendants  # noqa: E402
+from launchers.local import descendants, free_port, running  # noqa: E402
 
 MODEL = "tiny-chat"
 CLIENTS = ("httpx", "lean")
@@ -90,13 +94,27 @@ class UpStack:
             self.process.wait(10)
         teardown = time.perf_counter() - started
         time.sleep(1)
-        leftover = [pid for pid in tree if Path(f"/proc/{pid}").exists()]
+        leftover = running(tree)
         for pid in leftover:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         return {"teardown_s": teardown, "leftover": [_name(pid) for pid in leftover]}
+
+
+def moved_to_free_ports(config: Path, workdir: Path) -> Path:
+    """A copy of ``config`` whose Serve and listener ports are free ones, to run beside the main stack."""
+    raw = yaml.safe_load(config.read_text())
+    raw.setdefault("http_options", {})["port"] = free_port()
+    raw.setdefault("grpc_options", {})["port"] = free_port()
+    for app in raw.get("applications") or []:
+        listen = ((app.get("args") or {}).get("router") or {}).get("listen")
+        if listen:
+            listen["port"] = free_port()
+    path = workdir / f"moved-{config.name}"
+    path.write_text(yaml.safe_dump(raw))
+    return path
 
 
 def _name(pid: int) -> str:
@@ -233,32 +251,53 @@ async def one_run(workload: str, client: str, url: str, args: argparse.Namespace
     return await closed_loop(url, chat_body(1, stream=False), 64, args.seconds, warmup=0.0)
 
 
-def ratio(rounds: list[dict[str, Any]], workload: str, client: str, key: str) -> dict[str, Any]:
-    values = [r[workload][client]["frontdoor"][key] / r[workload][client]["stock"][key] for r in rounds
+def ratio(rounds: list[dict[str, Any]], workload: str, client: str, key: str, target: str) -> dict[str, Any]:
+    values = [r[workload][client][target][key] / r[workload][client]["stock"][key] for r in rounds
               if r[workload][client]["stock"].get(key)]
     return {"median": statistics.median(values) if values else None, "rounds": [round(v, 3) for v in values]}
 
 
-def summarise(rounds: list[dict[str, Any]], c1: dict[str, Any]) -> dict[str, Any]:
+def cpu_per_unit(rounds: list[dict[str, Any]], workload: str, client: str, target: str) -> float | None:
+    """Median CPU microseconds per token (streams) or request (short) of the target's serving process
+    (the stock API server, or the replica that runs router and engine), engine core and workers excluded."""
+    values = []
+    for r in rounds:
+        run = r[workload][client][target]
+        units = run.get("tokens") or run.get("requests")
+        serving = sum(v for k, v in run["cpu_s"].items() if not k.startswith("VLLM::") and
+                      ("vllm.entrypoints" in k or "ServeReplica" in k))
+        if units:
+            values.append(serving / units * 1e6)
+    return round(statistics.median(values), 1) if values else None
+
+
+def summarise(rounds: list[dict[str, Any]], c1: dict[str, Any], doors: list[str]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
-    for client in CLIENTS:
-        summary[f"streams_tok_s_ratio_{client}"] = ratio(rounds, "streams", client, "tokens_per_s")
-        summary[f"short_rps_ratio_{client}"] = ratio(rounds, "short", client, "rps")
-        for target in ("stock", "frontdoor"):
+    for door in doors:
+        for client in CLIENTS:
+            summary[f"{door}: streams tok/s ratio ({client})"] = ratio(rounds, "streams", client, "tokens_per_s", door)
+            summary[f"{door}: short req/s ratio ({client})"] = ratio(rounds, "short", client, "rps", door)
+        added = [r[door]["median_ms"] - r["stock"]["median_ms"] for r in c1["rounds"]
+                 if r[door]["median_ms"] and r["stock"]["median_ms"]]
+        summary[f"{door}: c1 added ms (median)"] = statistics.median(added) if added else None
+    for target in ["stock", *doors]:
+        for client in CLIENTS:
             ttfts = [r["streams"][client][target]["ttft_median_ms"] for r in rounds]
-            summary[f"streams_ttft_median_ms_{client}_{target}"] = statistics.median([t for t in ttfts if t] or [0])
-    added = [r["frontdoor"]["median_ms"] - r["stock"]["median_ms"] for r in c1["rounds"]
-             if r["frontdoor"]["median_ms"] and r["stock"]["median_ms"]]
-    summary["c1_added_ms_median"] = statistics.median(added) if added else None
-    summary["errors"] = sum(run[t]["errors"] for r in rounds for w in ("streams", "short") for run in r[w].values()
-                            for t in ("stock", "frontdoor")) + sum(r[t]["errors"] for r in c1["rounds"] for t in r)
+            summary[f"{target}: streams TTFT p50 ms ({client})"] = statistics.median([t for t in ttfts if t] or [0])
+        summary[f"{target}: serving-process CPU us/token (streams, lean)"] = cpu_per_unit(rounds, "streams", "lean", target)
+        summary[f"{target}: serving-process CPU us/request (short, lean)"] = cpu_per_unit(rounds, "short", "lean", target)
+    summary["errors"] = sum(run["errors"] for r in rounds for w in ("streams", "short") for by_client in r[w].values()
+                            for run in by_client.values()) + sum(v["errors"] for r in c1["rounds"] for v in r.values())
     return summary
 
 
 async def bench(args: argparse.Namespace, targets: dict[str, tuple[str, int]]) -> dict[str, Any]:
     rounds = []
     for number in range(args.rounds):
-        order = list(targets) if number % 2 == 0 else list(targets)[::-1]
+        names = list(targets)
+        order = names[number % len(names):] + names[:number % len(names)]  # each target leads in turn
+        if number % 2:
+            order.reverse()
         result: dict[str, Any] = {"round": number, "order": order}
         for workload in ("streams", "short"):
             result[workload] = {}
@@ -280,7 +319,7 @@ async def bench(args: argparse.Namespace, targets: dict[str, tuple[str, int]]) -
         print(f"c1 round {number}: " + ", ".join(f"{t}={v['median_ms']:.2f} ms" for t, v in c1_rounds[-1].items()),
               flush=True)
     c1 = {"rounds": c1_rounds}
-    return {"rounds": rounds, "c1": c1, "summary": summarise(rounds, c1)}
+    return {"rounds": rounds, "c1": c1, "summary": summarise(rounds, c1, [t for t in targets if t != "stock"])}
 
 
 def main() -> int:
@@ -292,28 +331,36 @@ def main() -> int:
     parser.add_argument("--per-worker", type=int, default=4, help="streams each worker runs in turn (default 4)")
     parser.add_argument("--tokens", type=int, default=64, help="tokens per stream (default 64)")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of a short / c1 run (default 5)")
+    parser.add_argument("--also", type=Path, action="append", default=[], metavar="CONFIG",
+                        help="also start `up` on this config (ports moved to free ones) and measure its door as a "
+                             "third target, e.g. the previous release's serve_configs/local.yaml")
     parser.add_argument("--name", default="bench_frontdoor", help="results file name (loadtests/results/NAME.json)")
     args = parser.parse_args()
     stop_on_sigterm()
     workdir = Path(tempfile.mkdtemp(prefix="bench-frontdoor-"))
-    stack = stock = None
+    stacks: dict[str, UpStack] = {}
+    stock = None
     up_facts: dict[str, Any] = {}
     try:
-        stack = UpStack(args.config, workdir / "up.log")
-        url = stack.wait_ready(900)
-        print(f"up ready in {stack.startup_s:.1f} s at {url}", flush=True)
+        configs = {"frontdoor": args.config, **{f"also-{p.stem}": moved_to_free_ports(p, workdir) for p in args.also}}
+        targets = {}
+        for name, config in configs.items():  # one after another: start-up times are measured
+            stacks[name] = UpStack(config, workdir / f"up-{name}.log")
+            url = stacks[name].wait_ready(900)
+            print(f"{name}: up ready in {stacks[name].startup_s:.1f} s at {url}", flush=True)
+            targets[name] = (url, stacks[name].process.pid)
         stock = start_vllm(workdir / "vllm.log")
         print(f"stock vLLM at {stock.url}", flush=True)
-        targets = {"stock": (stock.url, stock.process.pid), "frontdoor": (url, stack.process.pid)}
-        result = asyncio.run(bench(args, targets))
+        result = asyncio.run(bench(args, {"stock": (stock.url, stock.process.pid), **targets}))
     finally:
         if stock is not None:
             stock.kill(signal.SIGTERM)
-        if stack is not None:
-            up_facts = {"startup_s": stack.startup_s, **stack.stop()}
-            print(f"up: ready in {up_facts['startup_s']:.1f} s, teardown {up_facts['teardown_s'] or 0:.1f} s, "
-                  f"leftover processes: {up_facts['leftover'] or 'none'}", flush=True)
-    result.update(up=up_facts, config=str(args.config), settings=vars(args) | {"config": str(args.config)},
+        for name, stack in stacks.items():
+            up_facts[name] = {"startup_s": stack.startup_s, **stack.stop()}
+            print(f"{name}: ready in {stack.startup_s:.1f} s, teardown {up_facts[name]['teardown_s'] or 0:.1f} s, "
+                  f"leftover processes: {up_facts[name]['leftover'] or 'none'}", flush=True)
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()} | {"also": [str(p) for p in args.also]}
+    result.update(up=up_facts, settings=settings,
                   date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), cores=os.cpu_count())
     path = write_result(args.name, result)
     print(json.dumps(result["summary"], indent=2))

@@ -111,5 +111,5 @@ async def start_listener(app: Any, host: str, port: int) -> Listener:
         lambda: _Protocol(config=config, server_state=state, app_state={}, _loop=loop),
         sock=sock, backlog=BACKLOG)
     bound_port = sock.getsockname()[1]
-    logger.info("listener on http://%s:%d", host, bound_port)
+    logger.info("listener on http://%s:%d (event loop: %s)", host, bound_port, type(loop).__module__)
     return Listener(server, state, host, bound_port)

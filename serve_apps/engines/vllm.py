@@ -7,6 +7,7 @@ Why vLLM's own app rather than our own routes: it is the exact wire format users
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -59,28 +60,37 @@ class VLLMEngine:
         self._app: Any = None
 
     async def start(self) -> None:
+        # Importing vLLM and constructing the engine block for tens of seconds (imports, the engine
+        # core's start-up handshake, the KV cache): in a thread, so the event loop they would block
+        # keeps answering -- a router sharing the replica (router.colocate) says 503 + Retry-After
+        # while the engine loads instead of going silent.
+        args, self._engine = await asyncio.to_thread(self._construct)
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state
         from vllm.entrypoints.launchers.app import build_app
+
+        tasks = await self._engine.get_supported_tasks()
+        app = build_app(args, tasks, self._engine.model_config)
+        await init_app_state(self._engine, app.state, args, tasks)
+        self._app = app
+        await self._warm_up()
+
+    def _construct(self) -> tuple[Namespace, Any]:
+        from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
-        from vllm.engine.arg_utils import AsyncEngineArgs
 
         apply_cpu_environment(self.config)
         args = build_vllm_args(self.config, self.config.resolve_model_path())
         engine_args = AsyncEngineArgs.from_cli_args(args)
         context = UsageContext.OPENAI_API_SERVER
         vllm_config = engine_args.create_engine_config(usage_context=context)
-        self._engine = AsyncLLM.from_vllm_config(
+        engine = AsyncLLM.from_vllm_config(
             vllm_config=vllm_config,
             usage_context=context,
             enable_log_requests=engine_args.enable_log_requests,
             disable_log_stats=engine_args.disable_log_stats,
         )
-        tasks = await self._engine.get_supported_tasks()
-        app = build_app(args, tasks, self._engine.model_config)
-        await init_app_state(self._engine, app.state, args, tasks)
-        self._app = app
-        await self._warm_up()
+        return args, engine
 
     async def _warm_up(self) -> None:
         """One real generation: ``/v1/models`` can answer before the engine can generate."""
