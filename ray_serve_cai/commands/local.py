@@ -27,8 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--timeout", type=float, default=900, help="seconds to wait for readiness (default: 900)")
     up.add_argument("--num-cpus", type=int, default=None, help="CPUs Ray may schedule (default: all)")
     up.add_argument("--haproxy", action="store_true",
-                    help="use Serve's HAProxy ingress (fastest measured path; note HAProxy binds its stats "
-                         "and metrics ports on all interfaces)")
+                    help="use Serve's HAProxy ingress, for configs whose clients use Serve's proxy (the local "
+                         "default's door is the router listener, faster still); HAProxy binds its stats and "
+                         "metrics ports on all interfaces")
     up.set_defaults(func=_up)
 
 
