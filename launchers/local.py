@@ -123,12 +123,28 @@ class LocalCluster:
         return self
 
     def deploy(self, config_path: str | Path) -> None:
-        """``serve deploy`` a config file onto this cluster (the way users do it)."""
-        result = subprocess.run([_bin("serve"), "deploy", str(config_path), "-a", self.dashboard_url],
-                                env=self.env(), capture_output=True, text=True)
-        if result.returncode != 0:
-            lines = (result.stderr or result.stdout).strip().splitlines()
-            raise ClusterError(f"serve deploy failed: {lines[-1] if lines else result.returncode}")
+        """Deploy a serve config file onto this cluster, exactly as ``serve deploy`` does (Serve's schema,
+        then a PUT to the dashboard's Serve API), without starting a ``serve`` CLI process: that
+        process's imports cost seconds of a start-up users wait for."""
+        import yaml
+        from pydantic import ValidationError
+        from ray.serve.schema import ServeDeploySchema
+
+        try:
+            config = ServeDeploySchema.model_validate(yaml.safe_load(Path(config_path).read_text()) or {})
+        except (OSError, yaml.YAMLError, ValidationError) as exc:
+            raise ClusterError(f"serve deploy failed: {config_path}: {str(exc).splitlines()[0]}") from None
+        body = json.dumps(config.model_dump(mode="json", exclude_unset=True)).encode()
+        request = urllib.request.Request(f"{self.dashboard_url}/api/serve/applications/", data=body, method="PUT",
+                                         headers={"content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=120):
+                return
+        except urllib.error.HTTPError as exc:
+            lines = exc.read().decode(errors="replace").strip().splitlines()
+            raise ClusterError(f"serve deploy failed ({exc.code}): {lines[-1] if lines else exc.reason}") from None
+        except OSError as exc:
+            raise ClusterError(f"serve deploy failed: dashboard unreachable ({exc})") from None
 
     def serve_status(self) -> dict | None:
         return _get_json(f"{self.dashboard_url}/api/serve/applications/")

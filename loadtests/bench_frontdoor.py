@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -61,11 +62,13 @@ class UpStack:
 
     def __init__(self, config: Path, log: Path) -> None:
         command = [str(Path(sys.executable).parent / "ray-serve-cai"), "up", "--config", str(config)]
+        self.log = log
         self.started = time.perf_counter()
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=open(log, "ab"), text=True,
                                         stdin=subprocess.DEVNULL, process_group=0)
         self.url = ""
         self.startup_s = 0.0
+        self.phases: dict[str, float] = {}
 
     def wait_ready(self, timeout: float) -> str:
         deadline = time.monotonic() + timeout
@@ -76,6 +79,7 @@ class UpStack:
                 raise RuntimeError(f"ray-serve-cai up exited with {self.process.wait()} before ready")
             if line.startswith("ready:"):
                 self.startup_s = time.perf_counter() - self.started
+                self.phases = startup_phases(self.log.read_text(errors="replace"), self.startup_s)
                 self.url = line.split()[1].removesuffix("/v1")
                 return self.url
         raise TimeoutError("ray-serve-cai up did not print ready: in time")
@@ -101,6 +105,19 @@ class UpStack:
             except ProcessLookupError:
                 pass
         return {"teardown_s": teardown, "leftover": [_name(pid) for pid in leftover]}
+
+
+def startup_phases(log: str, ready_s: float) -> dict[str, float]:
+    """Seconds per start-up step, from the elapsed time ``up`` prints on every progress line."""
+    marks = {}
+    for line in log.splitlines():
+        match = re.match(r"\[up +([0-9.]+)s\] (deploying|waiting for the engine)", line)
+        if match:
+            marks[match.group(2)] = float(match.group(1))
+    if len(marks) < 2:
+        return {}
+    return {"ray_head_s": marks["deploying"], "deploy_s": marks["waiting for the engine"] - marks["deploying"],
+            "engine_and_first_generation_s": ready_s - marks["waiting for the engine"]}
 
 
 def moved_to_free_ports(config: Path, workdir: Path) -> Path:
@@ -349,14 +366,16 @@ def main() -> int:
             url = stacks[name].wait_ready(900)
             print(f"{name}: up ready in {stacks[name].startup_s:.1f} s at {url}", flush=True)
             targets[name] = (url, stacks[name].process.pid)
+        started = time.perf_counter()
         stock = start_vllm(workdir / "vllm.log")
-        print(f"stock vLLM at {stock.url}", flush=True)
+        up_facts["stock_vllm_startup_s"] = time.perf_counter() - started  # to /health 200, for comparison
+        print(f"stock vLLM at {stock.url}, up in {up_facts['stock_vllm_startup_s']:.1f} s", flush=True)
         result = asyncio.run(bench(args, {"stock": (stock.url, stock.process.pid), **targets}))
     finally:
         if stock is not None:
             stock.kill(signal.SIGTERM)
         for name, stack in stacks.items():
-            up_facts[name] = {"startup_s": stack.startup_s, **stack.stop()}
+            up_facts[name] = {"startup_s": stack.startup_s, "startup_phases": stack.phases, **stack.stop()}
             print(f"{name}: ready in {stack.startup_s:.1f} s, teardown {up_facts[name]['teardown_s'] or 0:.1f} s, "
                   f"leftover processes: {up_facts[name]['leftover'] or 'none'}", flush=True)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()} | {"also": [str(p) for p in args.also]}
