@@ -26,6 +26,12 @@ from launchers.polling import PollTimeout, poll_until
 # turns direct ingress back on by itself.
 FAST_PATH_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+# Ray starts its workers -- every replica, and the engine processes they spawn -- at niceness 15, so
+# that its own daemons stay responsive. On a serving machine that hands the CPU to everything else
+# first: measured with loadtests/bench_frontdoor.py, the replicas lost throughput to the load
+# client and to a stock vLLM server at niceness 0. Replicas here are the workload: same niceness as
+# everything else. A user who sets RAY_worker_niceness keeps their choice.
+SCHEDULING_ENV = {"RAY_worker_niceness": "0"}
 # Ray turns token auth on by itself when ~/.ray/auth_token exists; a loopback-only cluster owned by
 # one process tree does not need it. A user who sets RAY_AUTH_MODE keeps their choice.
 AUTH_ENV = {"RAY_AUTH_MODE": "disabled"}
@@ -69,7 +75,8 @@ class LocalCluster:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
     def env(self) -> dict[str, str]:
-        env = {**AUTH_ENV, **os.environ, **LOOPBACK_ENV, "RAY_ADDRESS": self.address, **self.extra_env}
+        env = {**AUTH_ENV, **SCHEDULING_ENV, **os.environ, **LOOPBACK_ENV, "RAY_ADDRESS": self.address,
+               **self.extra_env}
         if self.fast_path:
             env.update({k: os.environ.get(k, v) for k, v in FAST_PATH_ENV.items()})
         if self.haproxy:
