@@ -38,9 +38,9 @@ SKELETON: dict[str, Any] = {
 
 PROFILES: dict[str, dict[str, Any]] = {
     "local": {
-        "comment": ("one front door, 127.0.0.1:8000: the router's own listener, with the built-in tiny model's "
-                    "CPU engine inside the router replica (router.colocate: no socket hop) and Serve's HTTP "
-                    "proxy off (proxy_location: Disabled) -- the fastest path measured, see docs/router.md"),
+        "comment": ("one front door, 127.0.0.1:8000: the router's own listener, over one CPU engine replica of "
+                    "the built-in tiny model; Serve's HTTP proxy off (proxy_location: Disabled) -- the fastest "
+                    "path measured, see docs/router.md \"The front door\""),
         "host": "127.0.0.1",
         # Serve's HTTP proxy off, on a port of its own all the same: Serve's direct ingress (on under
         # RAY_SERVE_THROUGHPUT_OPTIMIZED unless turned off, as here) forces the proxy on, and it would
@@ -50,9 +50,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "app": "router",
         "import_path": ROUTER_IMPORT_PATH,
         "args": {
-            "router": {"colocate": True, "listen": {"host": "127.0.0.1", "port": 8000}},
+            "router": {"listen": {"host": "127.0.0.1", "port": 8000}},
             "engines": [{"name": "tiny-chat", "model": "builtin:tiny-chat", "device": "cpu", "kv_cache_gb": 1,
-                         "max_ongoing_requests": 256}],
+                         "num_replicas": 1, "max_ongoing_requests": 256}],
             "backends": [{"name": "local", "kind": "serve", "engine": "tiny-chat"}],
         },
     },

@@ -1,8 +1,9 @@
 """The README's first command, end to end: `ray-serve-cai up` on the shipped local config.
 
 The shipped config is copied with a free port for its one door (8000 may be taken); everything else is
-as shipped: the router's own listener with a real vLLM engine of the tiny model in the router replica,
-and Serve's HTTP proxy off. SIGTERM must tear down every process the cluster started.
+as shipped: the router's own listener over a real vLLM engine replica of the tiny model, and Serve's
+HTTP proxy off. The same run with ``router.colocate`` (the engine inside the router replica) checks
+the in-process path end to end. SIGTERM must tear down every process the cluster started.
 """
 
 from __future__ import annotations
@@ -65,8 +66,12 @@ class StartupProbe(threading.Thread):
                 self.stop.wait(0.5)
 
 
-def test_up_serves_the_shipped_local_config_and_tears_down(tmp_path):
+@pytest.mark.parametrize("colocate", [False, True], ids=["shipped", "colocate"])
+def test_up_serves_the_shipped_local_config_and_tears_down(tmp_path, colocate):
     config = yaml.safe_load((ROOT / "serve_configs" / "local.yaml").read_text())
+    if colocate:
+        config["applications"][0]["args"]["router"]["colocate"] = True
+        del config["applications"][0]["args"]["engines"][0]["num_replicas"]
     serve_port = free_port()
     config["http_options"]["port"] = serve_port
     port = free_port()
@@ -96,8 +101,11 @@ def test_up_serves_the_shipped_local_config_and_tears_down(tmp_path):
         # one door: Serve's HTTP proxy is off, nothing answers on its port
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"http://127.0.0.1:{serve_port}/-/healthz", timeout=5)
-        local = httpx.get(f"{url}/v1/backends", timeout=10).json()["data"][0]
-        assert local["transport"] == "in-process"
+        expected = "in-process" if colocate else "http"  # http: the router learns the engine's port on a health round
+        deadline = time.monotonic() + 60
+        while (local := httpx.get(f"{url}/v1/backends", timeout=10).json()["data"][0])["transport"] != expected:
+            assert time.monotonic() < deadline, local
+            time.sleep(1)
         body = {"model": "tiny-chat", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4,
                 "temperature": 0}
         response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)

@@ -14,6 +14,7 @@ stream after it -- and are the only exceptions the router treats as "try another
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -123,6 +124,30 @@ class IdleStream(ByteStream):
                 return
             if chunk:
                 yield chunk
+
+
+class IteratorStream(IdleStream):
+    """The chunks of an async iterator, at most ``idle`` seconds apart (a handle's streaming call, an
+    in-process ASGI body). Subclasses say which exceptions mean a broken transport."""
+
+    def __init__(self, iterator: AsyncIterator[bytes], idle: float) -> None:
+        super().__init__(idle)
+        self._source = iterator
+
+    async def _read(self) -> bytes | None:
+        try:
+            async with asyncio.timeout(self._idle):
+                return await self._source.__anext__()
+        except StopAsyncIteration:
+            return None
+
+    def _broken(self, exc: Exception) -> str | None:
+        return None
+
+    async def aclose(self) -> None:
+        aclose = getattr(self._source, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 @dataclass(slots=True)

@@ -9,8 +9,6 @@ is exactly what the engine's HTTP port would send, so fallback, resume and metri
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
 from typing import Protocol
 
 from serve_apps.asgi import ASGIApp, call_asgi
@@ -20,7 +18,7 @@ from serve_apps.router.backends.base import (
     BackendRequest,
     BackendResponse,
     BackendUnavailable,
-    IdleStream,
+    IteratorStream,
 )
 from serve_apps.router.config import BackendConfig
 
@@ -34,27 +32,6 @@ class InProcessEngine(Protocol):
 
     @property
     def ready(self) -> bool: ...
-
-
-class ASGIBodyStream(IdleStream):
-    """Body chunks of an in-process ASGI response, at most ``idle`` seconds apart."""
-
-    def __init__(self, body: AsyncIterator[bytes], idle: float) -> None:
-        super().__init__(idle)
-        self._body = body
-
-    async def _read(self) -> bytes | None:
-        try:
-            async with asyncio.timeout(self._idle):
-                return await self._body.__anext__()
-        except StopAsyncIteration:
-            return None
-
-    def _broken(self, exc: Exception) -> str | None:
-        return None  # the engine's own errors arrive as error events; anything else is a bug
-
-    async def aclose(self) -> None:
-        await self._body.aclose()  # type: ignore[attr-defined]  # cancels the request in the engine
 
 
 class InProcessBackend(Backend):
@@ -74,7 +51,7 @@ class InProcessBackend(Backend):
             raise BackendUnavailable(STARTING, "the engine in this replica is still starting")
         response = await call_asgi(self._engine.guard, request.method, request.path, FORWARD_HEADERS, request.body)
         return BackendResponse(response.status, response.headers,
-                               ASGIBodyStream(response.body, self.config.timeouts.idle))
+                               IteratorStream(response.body, self.config.timeouts.idle))
 
     async def check_health(self) -> bool:
         response = await call_asgi(self._engine.guard, "GET", self._health_path)

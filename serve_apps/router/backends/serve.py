@@ -27,7 +27,7 @@ from serve_apps.router.backends.base import (
     BackendResponse,
     BackendUnavailable,
     ByteStream,
-    IdleStream,
+    IteratorStream,
 )
 from serve_apps.router.backends.http import HTTPClient
 from serve_apps.router.config import BackendConfig
@@ -42,25 +42,14 @@ def _is_transport_error(exc: BaseException) -> bool:
     return module.startswith("ray") or isinstance(exc, (ConnectionError, OSError))
 
 
-class HandleStream(IdleStream):
+class HandleStream(IteratorStream):
     """Body items of a streaming DeploymentHandle call."""
-
-    def __init__(self, generator: Any, idle: float) -> None:
-        super().__init__(idle)
-        self._generator = generator
-
-    async def _read(self) -> bytes | None:
-        try:
-            async with asyncio.timeout(self._idle):
-                return await self._generator.__anext__()
-        except StopAsyncIteration:
-            return None
 
     def _broken(self, exc: Exception) -> str | None:
         return type(exc).__name__ if _is_transport_error(exc) else None
 
     async def aclose(self) -> None:
-        self._generator.cancel()
+        self._source.cancel()  # type: ignore[attr-defined]  # a DeploymentResponseGenerator
 
 
 class ServeBackend(Backend):
