@@ -89,9 +89,12 @@ def test_up_serves_the_shipped_local_config_and_tears_down(tmp_path, colocate):
         probe.join(15)
         # While the engine loads, the door answers at once: 503 + Retry-After + an OpenAI error.
         timeline = "\n".join(f"{u} {e:.2f}s {getattr(a, 'status_code', a)!r}" for u, e, a in probe.seen)
+        # Colocated, the door shares its process (and the GIL) with the thread importing and building
+        # the engine: answers stay prompt on a quiet machine, and took up to 5 s at load average 17.
+        bound = 10 if colocate else 3
         for _, elapsed, answer in probe.seen:
             assert isinstance(answer, httpx.Response), f"{answer!r} after {elapsed:.1f} s\n{timeline}"
-            assert elapsed < 3, f"took {elapsed:.1f} s during start-up\n{timeline}"
+            assert elapsed < bound, f"took {elapsed:.1f} s during start-up\n{timeline}"
         early = [a for _, _, a in probe.seen if a.status_code != 200]
         assert early, f"no answer seen while the engine was loading\n{timeline}"
         for answer in early:
