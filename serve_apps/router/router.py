@@ -21,6 +21,7 @@ from typing import Any
 from serve_apps.asgi import JSON_HEADERS, Reply
 from serve_apps.openai_format import SSE_DONE, error_event, error_reply
 from serve_apps.router import streaming
+from serve_apps.router.accounting import USAGE_KEY, Usage, UsageTap, ask_for_usage, insert_field, usage_from_body
 from serve_apps.router.backends.base import (
     STARTING,
     UNSUPPORTED,
@@ -31,7 +32,9 @@ from serve_apps.router.backends.base import (
 )
 from serve_apps.router.config import RouterConfig
 from serve_apps.router.health import CircuitBreaker, HealthMonitor
+from serve_apps.router.keys import ANONYMOUS_KEY, ApiKey, KeyTable
 from serve_apps.router.lease import Lease
+from serve_apps.router.limits import Limiter
 from serve_apps.router.metrics import RouterMetrics
 from serve_apps.router.pool import BackendPool, BackendState, Route, UnknownBackend
 
@@ -52,6 +55,15 @@ class Attempt:
     retry_after: float | None = None
 
 
+@dataclass(slots=True)
+class Charge:
+    """Whose tokens a request spends, and whether the client's stream must not show the usage chunk
+    the router asked for on its behalf."""
+
+    key: ApiKey
+    strip_usage: bool = False
+
+
 class Router:
     def __init__(self, config: RouterConfig, backends: list[Backend], metrics: RouterMetrics | None = None) -> None:
         self.config = config
@@ -62,7 +74,8 @@ class Router:
             breaker.on_change = lambda s, name=backend.name: self.metrics.set_breaker(name, s)
             states.append(BackendState(backend, breaker))
         self.pool = BackendPool(states)
-        self.api_keys = config.auth.load_keys()
+        self.keys = KeyTable.load(config.auth)
+        self.limiter = Limiter.build(config.auth.redis, self.metrics)
         # a client may retry a 503 once the backends' next health round has had a chance to see them back
         interval = min((b.config.health.interval for b in backends), default=1.0)
         self._retry_after_503 = str(max(1, math.ceil(interval))).encode()
@@ -78,6 +91,7 @@ class Router:
         await self._monitor.stop()
         for state in self.pool.states.values():
             await state.backend.aclose()
+        await self.limiter.aclose()
 
     def _on_health(self, backend: Backend, healthy: bool) -> None:
         state = self.pool.states[backend.name]
@@ -96,15 +110,16 @@ class Router:
 
     # ------------------------------------------------------------------ generation
 
-    async def generate(self, path: str, raw: bytes, header_backend: str | None) -> Reply:
+    async def generate(self, path: str, raw: bytes, header_backend: str | None, key: ApiKey = ANONYMOUS_KEY) -> Reply:
+        """Answer one generation request of ``key`` (its allow-lists, limits and token account)."""
         try:
-            return await self._generate(path, raw, header_backend)
+            return await self._generate(path, raw, header_backend, key)
         except RecursionError:
             # Only a client's nesting makes the JSON codec (or a translation) recurse this deep; the
             # depth at which it happens depends on the caller's stack, so catch it wherever it is.
             return error_reply(400, "request body is nested too deeply", "invalid_request_error")
 
-    async def _generate(self, path: str, raw: bytes, header_backend: str | None) -> Reply:
+    async def _generate(self, path: str, raw: bytes, header_backend: str | None, key: ApiKey) -> Reply:
         try:
             payload = json.loads(raw)
         except ValueError as exc:
@@ -130,14 +145,33 @@ class Router:
             return error_reply(400, f"unknown backend {explicit!r}; known: {known}", "invalid_request_error")
         if not routes:
             return error_reply(404, f"no backend serves {path} for model `{model}`", "invalid_request_error")
+        if key.models is not None or key.backends is not None:
+            routes_or_error = _allowed_routes(key, routes, model, explicit)
+            if isinstance(routes_or_error, Reply):
+                return routes_or_error
+            routes = routes_or_error
+        limit_headers: list[tuple[bytes, bytes]] = []
+        if key.limited:
+            decision = await self.limiter.admit(key)
+            if not decision.allowed:
+                return decision.refusal(key)
+            limit_headers = decision.headers
         stream = bool(payload.get("stream"))
+        charge = Charge(key)
+        if stream and not streaming.wants_usage(payload):
+            raw, payload = ask_for_usage(raw, payload)  # counted here, removed from the client's stream
+            charge.strip_usage = True
         attempt = Attempt()
+        reply = None
         for route in routes[: self.config.max_attempts]:
             body, routed = self._body_for(route, raw, payload, model, body_backend is not None)
-            reply = await self._try(route, BackendRequest("POST", path, body, routed, stream), model, attempt)
+            reply = await self._try(route, BackendRequest("POST", path, body, routed, stream), model, attempt, charge)
             if reply is not None:
-                return reply
-        return self._exhausted(attempt)
+                break
+        if reply is None:
+            reply = self._exhausted(attempt)
+        reply.headers.extend(limit_headers)
+        return reply
 
     def _body_for(self, route: Route, raw: bytes, payload: dict[str, Any], model: str | None, modified: bool) -> tuple[bytes, dict[str, Any]]:
         if route.model == model and not modified:
@@ -149,7 +183,8 @@ class Router:
     def _lease(self, route: Route, attempt: Attempt) -> Lease:
         return Lease(route.state, self.metrics, partial(self._failed, attempt))
 
-    async def _try(self, route: Route, request: BackendRequest, model: str | None, attempt: Attempt) -> Reply | None:
+    async def _try(self, route: Route, request: BackendRequest, model: str | None, attempt: Attempt,
+                   charge: Charge) -> Reply | None:
         """One attempt; None means "try the next candidate" (the failure is noted in ``attempt``)."""
         state = route.state
         lease = self._lease(route, attempt)
@@ -161,7 +196,7 @@ class Router:
             if request.stream and response.status == 200:
                 first = await _first_chunk(response)
                 self.metrics.first_byte(state.name, time.perf_counter() - lease.started)
-                relay = self._relay(lease, first, request, model, attempt)
+                relay = self._relay(lease, first, request, model, attempt, charge)
                 lease = None  # the relay owns it now
                 return Reply(200, SSE_HEADERS + self._meta(state, attempt), relay)
             data = await response.aread()
@@ -176,7 +211,8 @@ class Router:
                 await lease.abandon()  # no-op after a verdict; frees the slot if cancelled
         headers = [(k.encode(), v.encode()) for k, v in response.headers if k == "content-type"] or JSON_HEADERS
         if response.status == 200 and data[:1] == b"{":
-            data = _tag_backend(data, state.name)
+            self._account(charge, request, state.name, usage_from_body(data))
+            data = insert_field(data, "_backend", state.name)
         return Reply(response.status, headers + self._meta(state, attempt), data)
 
     def _failed(self, attempt: Attempt, state: BackendState, reason: str, response: BackendResponse | None = None) -> None:
@@ -221,14 +257,26 @@ class Router:
 
     # ------------------------------------------------------------------ streaming
 
+    def _account(self, charge: Charge, request: BackendRequest, backend: str, usage: Usage | None) -> None:
+        """Count a request's tokens: metrics per key, model (as the backend names it) and backend, and
+        the key's token limit."""
+        if usage is None:
+            return
+        model = (request.payload or {}).get("model")
+        self.metrics.tokens(charge.key.name, model if isinstance(model, str) else "", backend, *usage)
+        if charge.key.tokens_per_minute:
+            self.limiter.add_tokens(charge.key, usage[0] + usage[1])
+
     async def _relay(self, lease: Lease, first: bytes, request: BackendRequest, model: str | None,
-                     attempt: Attempt) -> AsyncIterator[bytes]:
+                     attempt: Attempt, charge: Charge) -> AsyncIterator[bytes]:
         """Relay a stream; on a break, continue it elsewhere (see ``streaming``). ``request`` is the
         request as first sent; every continuation is built from it and *all* text sent so far."""
         path, payload = request.path, request.payload or {}
         sent_blocks: list[bytes] | None = [] if streaming.resumable(payload, path) else None
         resumed: streaming.Sent | None = None
         rewrite_state: dict[str, bool] = {}
+        tap = UsageTap(charge.strip_usage)
+        counted = request  # the request whose backend answered last (its model names the usage)
         try:
             while True:
                 name = lease.state.name
@@ -236,6 +284,10 @@ class Router:
                     async for block in streaming.event_blocks(first, lease.response):  # type: ignore[arg-type]
                         if resumed is not None:
                             block = streaming.rewrite_continuation(block, resumed, rewrite_state)
+                        if USAGE_KEY in block:  # once per stream: the rest passes untouched
+                            block = tap.scan(block)
+                            if not block:
+                                continue
                         if sent_blocks is not None:
                             sent_blocks.append(block)
                         yield block
@@ -263,12 +315,14 @@ class Router:
                     yield error_event(f"backend {name} failed mid-stream and no backend could resume it")
                     return
                 lease, first, routed_model = opened
+                counted = BackendRequest("POST", path, b"", {"model": routed_model}, True)
                 if sent.text and streaming.wants_usage(payload):
                     sent.prompt_tokens = await self._prompt_tokens(lease, payload, path, routed_model)
                 resumed, rewrite_state = sent, {}
                 yield f": resumed on {lease.state.name} after {len(sent.text)} chars\n\n".encode()
         finally:
             await lease.abandon()  # no-op after a verdict; the client went away otherwise
+            self._account(charge, counted, lease.state.name, tap.usage)
 
     async def _open_resume(self, payload: dict[str, Any], model: str | None, path: str, failed: set[str], source: str,
                            need_resume: bool = True) -> tuple[Lease, bytes, str | None] | None:
@@ -317,11 +371,16 @@ class Router:
 
     # ------------------------------------------------------------------ read-only endpoints
 
-    def models(self) -> dict[str, Any]:
+    def models(self, key: ApiKey = ANONYMOUS_KEY) -> dict[str, Any]:
+        """The models ``key`` may use, with the backends it may reach for each."""
         seen: dict[str, dict[str, Any]] = {}
         for state in self.pool.states.values():
+            if key.backends is not None and state.name not in key.backends:
+                continue
             for entry in state.backend.config.model_entries:
                 for public in (entry.name, *entry.aliases):
+                    if key.models is not None and public not in key.models and entry.name not in key.models:
+                        continue
                     card = seen.setdefault(public, {
                         "id": public, "object": "model", "created": self.pool.created,
                         "owned_by": "ray-serve-cai", "backends": [],
@@ -361,11 +420,26 @@ def _wrong_type(payload: dict[str, Any]) -> str | None:
     return None
 
 
-def _tag_backend(data: bytes, name: str) -> bytes:
-    """Insert ``"_backend": name`` into a JSON object without parsing it."""
-    rest = data[1:]
-    separator = b"" if rest.lstrip()[:1] == b"}" else b","
-    return b'{"_backend":' + json.dumps(name).encode() + separator + rest
+def _allowed_routes(key: ApiKey, routes: list[Route], model: str | None, explicit: str | None) -> list[Route] | Reply:
+    """The routes ``key`` may take, or the error OpenAI gives: an unknown-to-you model is 404
+    ``model_not_found`` (as for a model the account has no access to), a backend it may not reach 403."""
+    if key.models is not None:
+        routes = [r for r in routes if model in key.models or r.model in key.models]
+        if not routes:
+            return error_reply(404, f"The model `{model}` does not exist or you do not have access to it "
+                               f"(key {key.name!r} may use: {', '.join(sorted(key.models)) or 'no model'}).",
+                               "invalid_request_error", "model_not_found")
+    if key.backends is not None:
+        if explicit is not None and explicit not in key.backends:
+            return error_reply(403, f"key {key.name!r} may not use backend {explicit!r} "
+                               f"(allowed: {', '.join(sorted(key.backends)) or 'none'})", "permission_error",
+                               "backend_not_allowed")
+        routes = [r for r in routes if r.state.name in key.backends]
+        if not routes:
+            return error_reply(403, f"key {key.name!r} may not use any backend serving model `{model}` "
+                               f"(allowed: {', '.join(sorted(key.backends)) or 'none'})", "permission_error",
+                               "backend_not_allowed")
+    return routes
 
 
 def _retry_after(headers: list[tuple[str, str]]) -> float | None:
