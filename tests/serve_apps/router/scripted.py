@@ -83,7 +83,9 @@ class ScriptedBackend(Backend):
             response = BackendResponse(200, [("content-type", "text/event-stream")],
                                        ScriptedStream(_events(request.payload or {}, self.retokenized_extra), step.die_after))
         else:
-            body = {"object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": ANSWER}}]}
+            body = {"object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": ANSWER}}],
+                    "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": len(TOKENS),
+                              "total_tokens": PROMPT_TOKENS + len(TOKENS)}}
             response = BackendResponse(200, [("content-type", "application/json")], ScriptedStream([json.dumps(body).encode()], None))
         self.responses.append(response)
         return response
