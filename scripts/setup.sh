@@ -2,7 +2,7 @@
 # Create .venv and install ray-serve-cai with the CPU build of vLLM.
 #
 #   scripts/setup.sh            runtime only (serve the tiny model, run the CLI)
-#   scripts/setup.sh --test     plus test tools: pytest, openai SDK, Synapse, Prometheus (apt)
+#   scripts/setup.sh --test     plus test tools: pytest, openai SDK, Synapse, Prometheus and redis-server (apt)
 #
 # Environment:
 #   VENV          where to create the virtualenv (default: .venv in the repo)

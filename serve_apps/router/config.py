@@ -108,6 +108,13 @@ class BackendConfig(StrictModel):
         return [BackendModel(name=m) if isinstance(m, str) else m for m in self.models]
 
 
+def _unique_names(names: list[str], problem: str) -> list[str]:
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"{problem}: {', '.join(dupes)}")
+    return names
+
+
 class AuthConfig(StrictModel):
     """Client API keys. ``api_keys``: unnamed keys from an env var and/or a file, one per line (or comma
     separated in the env var). ``keys``: named keys with limits and allow-lists (see ``keys.py``).
@@ -120,10 +127,7 @@ class AuthConfig(StrictModel):
 
     @model_validator(mode="after")
     def _names(self) -> "AuthConfig":
-        names = [k.name for k in self.keys]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"keys: duplicate key names: {', '.join(dupes)}")
+        names = _unique_names([k.name for k in self.keys], "keys: duplicate key names")
         reserved = {ANONYMOUS} | ({LEGACY} if self.api_keys is not None else set())
         for index, name in enumerate(names):
             if name in reserved:
@@ -150,10 +154,7 @@ class RouterConfig(StrictModel):
 
     @model_validator(mode="after")
     def _unique(self) -> "RouterConfig":
-        names = [b.name for b in self.backends]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"duplicate backend names: {', '.join(dupes)}")
+        names = _unique_names([b.name for b in self.backends], "duplicate backend names")
         for index, key in enumerate(self.auth.keys):
             unknown = sorted(set(key.backends or ()) - set(names))
             if unknown:

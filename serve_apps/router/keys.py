@@ -13,16 +13,12 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
 from serve_apps.secrets import SecretRef
 from serve_apps.validation import StrictModel
-
-if TYPE_CHECKING:
-    from serve_apps.router.config import AuthConfig
 
 ANONYMOUS = "anonymous"  # the name of every request when auth is off
 LEGACY = "default"  # the name of the keys in ``auth.api_keys``
@@ -110,14 +106,14 @@ class KeyTable:
         return bool(self._by_digest)
 
     @classmethod
-    def load(cls, auth: "AuthConfig") -> "KeyTable":
+    def load(cls, api_keys: SecretRef | None, keys: list[KeyConfig]) -> "KeyTable":
         """Read every referenced key; a configured reference that yields nothing, or one key value
         under two names, fails here (at replica start), naming the entry but never the value."""
         entries: dict[str, ApiKey] = {}
         sources: list[tuple[str, ApiKey, SecretRef]] = []
-        if auth.api_keys is not None:
-            sources.append(("auth.api_keys", ApiKey(LEGACY), auth.api_keys))
-        for index, config in enumerate(auth.keys):
+        if api_keys is not None:
+            sources.append(("auth.api_keys", ApiKey(LEGACY), api_keys))
+        for index, config in enumerate(keys):
             sources.append((f"auth.keys.{index} ({config.name})", ApiKey.from_config(config), config.key))
         for where, key, ref in sources:
             values = secret_values(ref)

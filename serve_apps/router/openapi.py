@@ -70,12 +70,18 @@ _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying"
 _X_BACKEND = {"x-backend": {"description": "the backend that answered", "schema": {"type": "string"}}}
 _BACKEND_PARAM = {"name": "x-backend", "in": "header", "required": False, "schema": {"type": "string"},
                   "description": "pin the request to one backend (same as the body's `backend` field)"}
+_RATE_LIMIT_TEXT = {"limit": "the key's {unit} per minute", "remaining": "{unit} left in the key's current minute",
+                    "reset": "time until the key's {unit} window resets, e.g. `59.5s`"}
+_RATE_LIMIT = {f"x-ratelimit-{what}-{unit}": {"description": text.format(unit=unit), "schema": {"type": "string"}}
+               for unit in ("requests", "tokens") for what, text in _RATE_LIMIT_TEXT.items()}
 _GENERATE_ERRORS = {
     "400": _error("malformed body, invalid field, unknown backend or a request no backend supports"),
     "401": _error("missing or wrong API key (only when the router has keys)"),
-    "404": _error("unknown model, or no backend serves this route for it"),
+    "403": _error("the key may not use the backend named, or any backend serving the model"),
+    "404": _error("unknown model, a model the key may not use, or no backend serves this route for it"),
     "413": _error("request body larger than the router's `max_request_bytes`"),
-    "429": _error("every candidate backend is rate limited", _RETRY_AFTER),
+    "429": _error("the key's requests or tokens per minute are spent (`code: rate_limit_exceeded`), or every "
+                  "candidate backend is rate limited", {**_RETRY_AFTER, **_RATE_LIMIT}),
     "503": _error("no backend can serve the request now (all failed, or still starting)", _RETRY_AFTER),
 }
 
@@ -88,7 +94,7 @@ def _generate_operation(summary: str, request: str, response: str, chunk: str) -
         "responses": {
             "200": {
                 "description": f"a {response}, or with `stream: true` server-sent events of {chunk} ending in `data: [DONE]`",
-                "headers": _X_BACKEND,
+                "headers": {**_X_BACKEND, **_RATE_LIMIT},
                 "content": {"application/json": {"schema": {"$ref": REF.format(model=response)}},
                             "text/event-stream": {"schema": {"type": "string"}}},
             },

@@ -74,7 +74,7 @@ class Router:
             breaker.on_change = lambda s, name=backend.name: self.metrics.set_breaker(name, s)
             states.append(BackendState(backend, breaker))
         self.pool = BackendPool(states)
-        self.keys = KeyTable.load(config.auth)
+        self.keys = KeyTable.load(config.auth.api_keys, config.auth.keys)
         self.limiter = Limiter.build(config.auth.redis, self.metrics)
         # a client may retry a 503 once the backends' next health round has had a chance to see them back
         interval = min((b.config.health.interval for b in backends), default=1.0)

@@ -12,7 +12,6 @@ import pytest
 
 from serve_apps.openai_format import SSE_DONE, sse_event
 from serve_apps.router.accounting import UsageTap, ask_for_usage, usage_from_body
-from serve_apps.router.keys import KeyTable
 from tests.serve_apps.router.scripted import ANSWER, PROMPT_TOKENS, TOKENS, Step
 from tests.serve_apps.router.test_router_scripted import CHAT, body, drain, make_router, streamed_text
 
@@ -71,7 +70,7 @@ def test_a_resumed_stream_counts_the_clients_own_request_on_the_backend_that_fin
 def test_named_key_and_routed_model_label_the_counters(monkeypatch):
     monkeypatch.setenv("ACCOUNTED_KEY", "sk-accounted-1")
     router, _ = make_router([Step(), Step()], auth={"keys": [{"name": "team-x", "key": {"env": "ACCOUNTED_KEY"}}]})
-    key = KeyTable.load(router.config.auth).lookup(b"Bearer sk-accounted-1")
+    key = router.keys.lookup(b"Bearer sk-accounted-1")
 
     async def run() -> None:
         await router.generate(CHAT, body(), None, key)

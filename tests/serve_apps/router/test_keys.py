@@ -56,7 +56,7 @@ def test_lookup_by_name_with_rotation_and_legacy_keys(secrets, monkeypatch):
         "api_keys": {"env": "LEGACY_KEYS"},
         "keys": [{"name": "team-a", "key": {"env": "TEAM_A_KEYS"}, "requests_per_minute": 3},
                  {"name": "team-b", "key": {"file": str(secrets / "team-b")}, "models": ["m"]}]}}).auth
-    table = KeyTable.load(auth)
+    table = KeyTable.load(auth.api_keys, auth.keys)
     assert table.lookup(f"Bearer {SECRET_A}".encode()).name == "team-a"
     assert table.lookup(f"bearer {SECRET_OLD} ".encode()).requests_per_minute == 3
     assert table.lookup(f"Bearer {SECRET_B}".encode()).models == frozenset({"m"})
@@ -71,11 +71,11 @@ def test_one_key_value_under_two_names_fails_without_showing_it(secrets, monkeyp
     auth = RouterConfig.model_validate({"backends": [BACKEND], "auth": {"keys": [
         {"name": "team-b", "key": {"file": str(secrets / "team-b")}}, {"name": "other", "key": {"env": "TEAM_B_ALSO"}}]}}).auth
     with pytest.raises(ValueError) as caught:
-        KeyTable.load(auth)
+        KeyTable.load(auth.api_keys, auth.keys)
     assert "auth.keys.1 (other)" in str(caught.value) and "team-b" in str(caught.value) and SECRET_B not in str(caught.value)
     empty = RouterConfig.model_validate({"backends": [BACKEND], "auth": {"keys": [{"name": "x", "key": {"env": "UNSET_VAR_X"}}]}}).auth
     with pytest.raises(ValueError, match=r"auth.keys.0 \(x\) is configured but no key was found"):
-        KeyTable.load(empty)
+        KeyTable.load(empty.api_keys, empty.keys)
 
 
 def keyed_app(secrets, **key_options) -> tuple[RouterASGI, list]:
