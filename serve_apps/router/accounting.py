@@ -22,11 +22,14 @@ _DECODER = json.JSONDecoder()
 Usage = tuple[int, int]  # (prompt tokens, completion tokens)
 
 
-def insert_field(data: bytes, name: str, value: Any) -> bytes:
-    """Insert ``"name": value`` as the first member of a JSON object, without parsing the object."""
+def insert_member(data: bytes, member: bytes) -> bytes:
+    """Insert an encoded member (``b'"name":value'``) first into a JSON object, without parsing it."""
     rest = data.lstrip()[1:]
     separator = b"" if rest.lstrip()[:1] == b"}" else b","
-    return b"{" + json.dumps(name).encode() + b":" + json.dumps(value, separators=(",", ":")).encode() + separator + rest
+    return b"{" + member + separator + rest
+
+
+_INCLUDE_USAGE = b'"stream_options":{"include_usage":true}'
 
 
 def ask_for_usage(raw: bytes, payload: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
@@ -35,7 +38,7 @@ def ask_for_usage(raw: bytes, payload: dict[str, Any]) -> tuple[bytes, dict[str,
     options = payload.get("stream_options")
     new = {**payload, "stream_options": {**(options or {}), "include_usage": True}}
     if "stream_options" not in payload:
-        return insert_field(raw, "stream_options", {"include_usage": True}), new
+        return insert_member(raw, _INCLUDE_USAGE), new
     return json.dumps(new).encode(), new
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from serve_apps.asgi import JSON_HEADERS, Reply
 from serve_apps.openai_format import SSE_DONE, error_event, error_reply
 from serve_apps.router import streaming
-from serve_apps.router.accounting import USAGE_KEY, Usage, UsageTap, ask_for_usage, insert_field, usage_from_body
+from serve_apps.router.accounting import USAGE_KEY, Usage, UsageTap, ask_for_usage, insert_member, usage_from_body
 from serve_apps.router.backends.base import (
     STARTING,
     UNSUPPORTED,
@@ -212,7 +212,7 @@ class Router:
         headers = [(k.encode(), v.encode()) for k, v in response.headers if k == "content-type"] or JSON_HEADERS
         if response.status == 200 and data[:1] == b"{":
             self._account(charge, request, state.name, usage_from_body(data))
-            data = insert_field(data, "_backend", state.name)
+            data = insert_member(data, b'"_backend":' + json.dumps(state.name).encode())
         return Reply(response.status, headers + self._meta(state, attempt), data)
 
     def _failed(self, attempt: Attempt, state: BackendState, reason: str, response: BackendResponse | None = None) -> None:

@@ -17,7 +17,7 @@ from serve_apps.router.backends.serve import _CountedStream, _Endpoint
 from serve_apps.router.config import BackendConfig, BreakerConfig, RouterConfig
 from serve_apps.router.health import BreakerState, CircuitBreaker
 from serve_apps.router.pool import BackendPool, BackendState, UnknownBackend
-from serve_apps.router.accounting import insert_field
+from serve_apps.router.accounting import insert_member
 from serve_apps.router.streaming import Sent, event_blocks, resume_payload, rewrite_continuation, summarise
 
 
@@ -213,11 +213,10 @@ def test_event_blocks_never_split_an_event_and_detect_truncation():
     assert b"".join(blocks) == sse(chunk("a")) and error.reason == "protocol"
 
 
-def test_insert_field_without_parsing():
-    assert json.loads(insert_field(b'{"id": 1}', "_backend", "a")) == {"_backend": "a", "id": 1}
-    assert json.loads(insert_field(b"{ }", "_backend", 'q"x')) == {"_backend": 'q"x'}
-    assert json.loads(insert_field(b' {"a":[1]}', "stream_options", {"include_usage": True})) == {
-        "stream_options": {"include_usage": True}, "a": [1]}
+def test_insert_member_without_parsing():
+    assert json.loads(insert_member(b'{"id": 1}', b'"_backend":"a"')) == {"_backend": "a", "id": 1}
+    assert json.loads(insert_member(b"{ }", b'"_backend":' + json.dumps('q"x').encode())) == {"_backend": 'q"x'}
+    assert json.loads(insert_member(b' {"a":[1]}', b'"s":{"u":true}')) == {"s": {"u": True}, "a": [1]}
 
 
 def test_serve_endpoint_counts_a_request_until_its_body_is_done():
