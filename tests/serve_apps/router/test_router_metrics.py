@@ -67,9 +67,10 @@ def value(result: list[dict]) -> float:
     return sum(float(series["value"][1]) for series in result)
 
 
-def serve_traffic(router_cluster, fakes, prometheus: str, app: str) -> tuple[str, object]:
+def serve_traffic(router_cluster, fakes, prometheus: str, app: str) -> tuple[str, object, dict]:
     """Deploy router ``app`` over fakes a (tier 0) and b; send 3 answers, a stream, and one request
-    that falls back from a (answering 500) to b. Returns the app's URL and fake a (still failing)."""
+    that falls back from a (answering 500) to b. Returns the app's URL, fake a (still failing) and the
+    usage of b's one answer."""
     a, b = fakes["a"].ensure(), fakes["b"].ensure()
     backends = [{"name": "a", "kind": "openai", "url": a.url, "models": ["tiny-chat"], "tier": 0, **FAST},
                 {"name": "b", "kind": "openai", "url": b.url, "models": ["tiny-chat"], "tier": 1, **FAST}]
@@ -84,11 +85,11 @@ def serve_traffic(router_cluster, fakes, prometheus: str, app: str) -> tuple[str
     a.control(mode="status", status=500)
     fallback = httpx.post(url + "/v1/chat/completions", json=chat_body(), timeout=10)
     assert fallback.headers["x-fallback-from"] == "a"
-    return url, a
+    return url, a, fallback.json()["usage"]
 
 
 def test_router_metrics_reach_prometheus(router_cluster, fakes, prometheus):
-    url, a = serve_traffic(router_cluster, fakes, prometheus, "metrics")
+    url, a, usage = serve_traffic(router_cluster, fakes, prometheus, "metrics")
 
     # other router apps of this session also have a backend "a": the application label keeps them apart
     ok = wait_series(prometheus, 'ray_backend_request_count_total{application="metrics",backend="a",status="200"}',
@@ -102,6 +103,11 @@ def test_router_metrics_reach_prometheus(router_cluster, fakes, prometheus):
     wait_series(prometheus, 'ray_backend_breaker_state{backend="a"}', lambda r: len(r) >= 1)
     wait_series(prometheus, 'ray_backend_request_latency_seconds_count{backend="a"}', lambda r: value(r) >= 4)
     wait_series(prometheus, 'ray_backend_ttft_seconds_count{backend="a"}', lambda r: value(r) >= 1)
+    # token accounting: exactly the usage b's one answer carried, under the anonymous key and the model
+    for kind in ("prompt", "completion"):
+        tokens = wait_series(prometheus, f'ray_router_{kind}_tokens_total{{application="metrics",key="anonymous",'
+                                         f'model="tiny-chat",backend="b"}}', lambda r: value(r) >= usage[f"{kind}_tokens"])
+        assert value(tokens) == usage[f"{kind}_tokens"] > 0
     a.kill()
     wait_series(prometheus, 'ray_backend_health_status{backend="a"}', lambda r: value(r) == 0)
 
@@ -112,7 +118,7 @@ K8S_MONITORING = Path(__file__).resolve().parents[3] / "k8s" / "monitoring"
 def test_every_dashboard_query_returns_series(router_cluster, fakes, prometheus):
     """Each PromQL of the Grafana dashboard in k8s/monitoring (and each metric the alerts read) returns
     series from a live router: no panel sits on a metric the router does not export."""
-    url, a = serve_traffic(router_cluster, fakes, prometheus, "dashboard")
+    url, a, _ = serve_traffic(router_cluster, fakes, prometheus, "dashboard")
     a.control(mode="ok", die_after=3, delay=0.01)  # a real death 3 tokens into the stream
     resumed = stream(url, chat_body("resume me", 12))
     assert resumed.done and "resumed on b" in resumed.comments[0]
