@@ -143,9 +143,8 @@ class Decision:
         seconds = max(1, math.ceil(self.retry_after))
         message = (f"Rate limit reached for key {key.name!r} on {self.refused_by} per min: limit {limit}. "
                    f"Please try again in {seconds}s.")
-        reply = error_reply(429, message, self.refused_by or "requests", "rate_limit_exceeded",
-                            headers=[(b"retry-after", str(seconds).encode()), *self.headers])
-        return reply
+        return error_reply(429, message, self.refused_by or "requests", "rate_limit_exceeded",
+                           headers=[(b"retry-after", str(seconds).encode()), *self.headers])
 
 
 class Limiter:

@@ -32,6 +32,7 @@ from serve_apps.router.backends.base import (
 )
 from serve_apps.router.config import RouterConfig
 from serve_apps.router.health import CircuitBreaker, HealthMonitor
+from serve_apps.router.access import allowed_routes
 from serve_apps.router.keys import ANONYMOUS_KEY, ApiKey, KeyTable
 from serve_apps.router.lease import Lease
 from serve_apps.router.limits import Limiter
@@ -146,7 +147,7 @@ class Router:
         if not routes:
             return error_reply(404, f"no backend serves {path} for model `{model}`", "invalid_request_error")
         if key.models is not None or key.backends is not None:
-            routes_or_error = _allowed_routes(key, routes, model, explicit)
+            routes_or_error = allowed_routes(key, routes, model, explicit)
             if isinstance(routes_or_error, Reply):
                 return routes_or_error
             routes = routes_or_error
@@ -418,28 +419,6 @@ def _wrong_type(payload: dict[str, Any]) -> str | None:
         if value is not None and not isinstance(value, kind):
             return f"`{name}` must be {spelled}"
     return None
-
-
-def _allowed_routes(key: ApiKey, routes: list[Route], model: str | None, explicit: str | None) -> list[Route] | Reply:
-    """The routes ``key`` may take, or the error OpenAI gives: an unknown-to-you model is 404
-    ``model_not_found`` (as for a model the account has no access to), a backend it may not reach 403."""
-    if key.models is not None:
-        routes = [r for r in routes if model in key.models or r.model in key.models]
-        if not routes:
-            return error_reply(404, f"The model `{model}` does not exist or you do not have access to it "
-                               f"(key {key.name!r} may use: {', '.join(sorted(key.models)) or 'no model'}).",
-                               "invalid_request_error", "model_not_found")
-    if key.backends is not None:
-        if explicit is not None and explicit not in key.backends:
-            return error_reply(403, f"key {key.name!r} may not use backend {explicit!r} "
-                               f"(allowed: {', '.join(sorted(key.backends)) or 'none'})", "permission_error",
-                               "backend_not_allowed")
-        routes = [r for r in routes if r.state.name in key.backends]
-        if not routes:
-            return error_reply(403, f"key {key.name!r} may not use any backend serving model `{model}` "
-                               f"(allowed: {', '.join(sorted(key.backends)) or 'none'})", "permission_error",
-                               "backend_not_allowed")
-    return routes
 
 
 def _retry_after(headers: list[tuple[str, str]]) -> float | None:
