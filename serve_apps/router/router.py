@@ -323,7 +323,12 @@ class Router:
                 yield f": resumed on {lease.state.name} after {len(sent.text)} chars\n\n".encode()
         finally:
             await lease.abandon()  # no-op after a verdict; the client went away otherwise
-            self._account(charge, counted, lease.state.name, tap.usage)
+            if tap.usage is not None:
+                self._account(charge, counted, lease.state.name, tap.usage)
+            elif charge.key.tokens_per_minute and sent_blocks:
+                # No usage (the client left before it, or the backend sends none): a token limit must
+                # not be escaped that way, so it is charged the text events delivered (~ tokens).
+                self.limiter.add_tokens(charge.key, streaming.summarise(sent_blocks, path).pieces)
 
     async def _open_resume(self, payload: dict[str, Any], model: str | None, path: str, failed: set[str], source: str,
                            need_resume: bool = True) -> tuple[Lease, bytes, str | None] | None:

@@ -211,3 +211,23 @@ def test_keys_without_limits_never_touch_the_store(monkeypatch):
     app = RouterASGI(router)
     status, headers, _ = asyncio.run(post(app))
     assert status == 200 and not ratelimit(headers) and router.metrics.fail_open_count == 0
+
+
+def test_a_client_leaving_before_the_usage_chunk_is_charged_the_tokens_it_received(monkeypatch):
+    app, _ = limited_router(monkeypatch, tokens_per_minute=1000)
+
+    async def run() -> tuple[str, dict]:
+        body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}).encode()
+        reply = await app.router.generate("/v1/chat/completions", body, None, app.router.keys.lookup(f"Bearer {SECRET}".encode()))
+        stream = reply.body
+        received = [await stream.__anext__() for _ in range(4)]  # role chunk + 3 tokens, then the client leaves
+        assert b"".join(received).count(b'"content":" w') == 3
+        await stream.aclose()
+        await app.router.limiter.drain()
+        _, headers, _ = await post(app)
+        return ratelimit(headers)["remaining-tokens"], app.router.metrics.tokens_used
+
+    remaining, counted = asyncio.run(run())
+    assert remaining == str(1000 - 3)  # the 3 text events delivered
+    # the metrics count only backend usage: the left stream's none, the later complete answer's own
+    assert counted == {("team-a", "m", "b0"): [PROMPT_TOKENS, len(TOKENS)]}
