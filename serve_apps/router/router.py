@@ -21,6 +21,7 @@ from typing import Any
 from serve_apps.asgi import JSON_HEADERS, Reply
 from serve_apps.openai_format import SSE_DONE, error_event, error_reply
 from serve_apps.router import streaming
+from serve_apps.router.access import allowed_routes
 from serve_apps.router.accounting import USAGE_KEY, Usage, UsageTap, ask_for_usage, insert_member, usage_from_body
 from serve_apps.router.backends.base import (
     STARTING,
@@ -32,7 +33,6 @@ from serve_apps.router.backends.base import (
 )
 from serve_apps.router.config import RouterConfig
 from serve_apps.router.health import CircuitBreaker, HealthMonitor
-from serve_apps.router.access import allowed_routes
 from serve_apps.router.keys import ANONYMOUS_KEY, ApiKey, KeyTable
 from serve_apps.router.lease import Lease
 from serve_apps.router.limits import Limiter
@@ -212,7 +212,7 @@ class Router:
                 await lease.abandon()  # no-op after a verdict; frees the slot if cancelled
         headers = [(k.encode(), v.encode()) for k, v in response.headers if k == "content-type"] or JSON_HEADERS
         if response.status == 200 and data[:1] == b"{":
-            self._account(charge, request, state.name, usage_from_body(data))
+            self._account(charge, routed_model(request), state.name, usage_from_body(data))
             data = insert_member(data, b'"_backend":' + json.dumps(state.name).encode())
         return Reply(response.status, headers + self._meta(state, attempt), data)
 
@@ -258,13 +258,12 @@ class Router:
 
     # ------------------------------------------------------------------ streaming
 
-    def _account(self, charge: Charge, request: BackendRequest, backend: str, usage: Usage | None) -> None:
+    def _account(self, charge: Charge, model: str, backend: str, usage: Usage | None) -> None:
         """Count a request's tokens: metrics per key, model (as the backend names it) and backend, and
         the key's token limit."""
         if usage is None:
             return
-        model = (request.payload or {}).get("model")
-        self.metrics.tokens(charge.key.name, model if isinstance(model, str) else "", backend, *usage)
+        self.metrics.tokens(charge.key.name, model, backend, *usage)
         if charge.key.tokens_per_minute:
             self.limiter.add_tokens(charge.key, usage[0] + usage[1])
 
@@ -277,7 +276,7 @@ class Router:
         resumed: streaming.Sent | None = None
         rewrite_state: dict[str, bool] = {}
         tap = UsageTap(charge.strip_usage)
-        counted = request  # the request whose backend answered last (its model names the usage)
+        model_sent = routed_model(request)  # as the backend that answers last names it (labels the usage)
         try:
             while True:
                 name = lease.state.name
@@ -315,16 +314,16 @@ class Router:
                 if opened is None:
                     yield error_event(f"backend {name} failed mid-stream and no backend could resume it")
                     return
-                lease, first, routed_model = opened
-                counted = BackendRequest("POST", path, b"", {"model": routed_model}, True)
+                lease, first, resumed_model = opened
+                model_sent = resumed_model or ""
                 if sent.text and streaming.wants_usage(payload):
-                    sent.prompt_tokens = await self._prompt_tokens(lease, payload, path, routed_model)
+                    sent.prompt_tokens = await self._prompt_tokens(lease, payload, path, resumed_model)
                 resumed, rewrite_state = sent, {}
                 yield f": resumed on {lease.state.name} after {len(sent.text)} chars\n\n".encode()
         finally:
             await lease.abandon()  # no-op after a verdict; the client went away otherwise
             if tap.usage is not None:
-                self._account(charge, counted, lease.state.name, tap.usage)
+                self._account(charge, model_sent, lease.state.name, tap.usage)
             elif charge.key.tokens_per_minute and sent_blocks:
                 # No usage (the client left before it, or the backend sends none): a token limit must
                 # not be escaped that way, so it is charged the text events delivered (~ tokens).
@@ -424,6 +423,12 @@ def _wrong_type(payload: dict[str, Any]) -> str | None:
         if value is not None and not isinstance(value, kind):
             return f"`{name}` must be {spelled}"
     return None
+
+
+def routed_model(request: BackendRequest) -> str:
+    """The model as a request names it to its backend (a metric label; "" if the request names none)."""
+    model = (request.payload or {}).get("model")
+    return model if isinstance(model, str) else ""
 
 
 def _retry_after(headers: list[tuple[str, str]]) -> float | None:
