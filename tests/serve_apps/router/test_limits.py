@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
+import time
 import uuid
 
 import openai
@@ -231,3 +233,29 @@ def test_a_client_leaving_before_the_usage_chunk_is_charged_the_tokens_it_receiv
     assert remaining == str(1000 - 3)  # the 3 text events delivered
     # the metrics count only backend usage: the left stream's none, the later complete answer's own
     assert counted == {("team-a", "m", "b0"): [PROMPT_TOKENS, len(TOKENS)]}
+
+
+@needs_redis
+def test_a_hung_redis_costs_at_most_its_timeout_and_fails_open(monkeypatch, redis_server):
+    """SIGSTOP: Redis accepts nothing and answers nothing (a hung server or a black-holed network)."""
+    app, _ = limited_router(monkeypatch, redis_server.url, f"t{uuid.uuid4().hex[:8]}", requests_per_minute=1)
+
+    async def run() -> None:
+        try:
+            assert [(await post(app))[0] for _ in range(2)] == [200, 429]
+            redis_server.process.send_signal(signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                assert (await post(app))[0] == 200  # fails open after the call's timeout (0.25 s, one retry)
+                assert time.monotonic() - started < 1.5 and app.router.metrics.fail_open_count == 1
+                started = time.monotonic()
+                assert (await post(app))[0] == 200  # within retry_interval: Redis is not even asked
+                assert time.monotonic() - started < 0.1 and app.router.metrics.fail_open_count == 2
+            finally:
+                redis_server.process.send_signal(signal.SIGCONT)
+            await asyncio.sleep(0.3)
+            assert (await post(app))[0] == 429  # the window's count survived the pause
+        finally:
+            await app.router.aclose()
+
+    asyncio.run(run())
