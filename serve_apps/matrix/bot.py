@@ -58,6 +58,7 @@ class MatrixBot:
         self.handler: CommandHandler | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._inflight: set[str] = set()  # command event IDs being answered by this process
+        self._read_up_to: dict[str, str] = {}  # room -> latest command taken in this sync
         self._started = False
         if not config.allow.users:
             logger.warning("matrix bot: allow.users is empty, so nobody can use the bot until it is configured")
@@ -105,7 +106,11 @@ class MatrixBot:
         history = self.store.sync_token is None  # the very first start: what is there is history
         self._started = True
         self._handle(response, skip_timeline=history)
-        self.store.save_sync_token(response.next_batch)
+        self._send_receipts(client)
+        # one write per sync: the commands just recorded as pending, the answers and turns finished
+        # since the last one, and the token that moves past them
+        self.store.sync_token = response.next_batch
+        await self.store.save_in_thread()
         self.state.phase, self.state.last_ok, self.state.last_error = "syncing", time.monotonic(), None
         if first:
             self._resume_pending()
@@ -143,6 +148,13 @@ class MatrixBot:
         if client.should_claim_keys:
             await client.keys_claim(client.get_users_for_key_claiming())
         await client.send_to_device_messages()
+
+    def _send_receipts(self, client: AsyncClient) -> None:
+        """One read receipt per room and sync (the latest command taken), never awaited: receipts are
+        decoration and must not compete with answers for the homeserver."""
+        for room_id, event_id in self._read_up_to.items():
+            self._spawn(client.room_read_markers(room_id, event_id, event_id))
+        self._read_up_to.clear()
 
     async def _typing(self, room_id: str, on: bool) -> None:
         if self.client is not None:
@@ -189,7 +201,8 @@ class MatrixBot:
         if not (self.config.allow.user_allowed(event.sender) and self.config.allow.room_allowed(room_id)):
             return
         root = relates["event_id"] if relates.get("rel_type") == "m.thread" else event.event_id
-        self._command(Origin(room_id, event.event_id, event.sender, root), event.body)
+        delivered = time.time() * 1000 - event.server_timestamp
+        self._command(Origin(room_id, event.event_id, event.sender, root, delivered), event.body)
 
     def _command(self, origin: Origin, body: str, resumed: bool = False) -> None:
         assert self.handler is not None
@@ -210,8 +223,7 @@ class MatrixBot:
                 return
             self.store.add_pending(origin.event_id, {"room_id": origin.room_id, "sender": origin.sender,
                                                      "thread_root": origin.thread_root, "body": body})
-            if self.client is not None:
-                self._spawn(self.client.room_read_markers(origin.room_id, origin.event_id, origin.event_id))
+            self._read_up_to[origin.room_id] = origin.event_id
         self.state.commands += 1
         self._inflight.add(origin.event_id)
         self._spawn(self._answer(command, origin))
@@ -251,3 +263,4 @@ class MatrixBot:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._reset_client()
+        self.store.save()

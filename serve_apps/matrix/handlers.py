@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ class Origin:
     event_id: str
     sender: str
     thread_root: str
+    delivered_ms: float | None = None  # from the homeserver accepting the command to this bot seeing it
 
 
 class CommandHandler:
@@ -79,23 +81,34 @@ class CommandHandler:
                                 "stream_options": {"include_usage": True}}
         logger.info("matrix bot [%s] !infer from %s in %s (model %s, backend %s)", request_id, origin.sender,
                     origin.room_id, model, command.backend or "any")
-        self._typing(origin.room_id, True)  # not awaited: a notice must not delay the answer
+        streaming = self.config.streaming
+        stream = ReplyStream(self.send, origin.room_id, origin.event_id, origin.thread_root, streaming.edit_interval,
+                             streaming.max_edits, streaming.max_message_chars, streaming.first_post_after)
+        # Typing is shown only for answers that take longer than the one-message window; it is never
+        # awaited, so a notice cannot delay the answer.
+        typing = Typing(self._typing, origin.room_id)
+        timer = asyncio.get_running_loop().call_later(streaming.first_post_after, typing.start)
+        marks = {"start": time.perf_counter()}
         try:
             generation = await self.inference.chat(body, command.backend)
-            stream = ReplyStream(self.send, origin.room_id, origin.event_id, origin.thread_root,
-                                 self.config.streaming.edit_interval, self.config.streaming.max_edits,
-                                 self.config.streaming.max_message_chars)
+            marks["head"] = time.perf_counter()
             text = ""
             async for delta in generation.deltas():
+                marks.setdefault("first_token", time.perf_counter())
                 text += delta
                 await stream.update(_tagged(generation.backend, text))
+            marks["last_token"] = time.perf_counter()
             extra = {USAGE_KEY: generation.usage} if generation.usage else {}
             await stream.finish(_tagged(generation.backend, text or "(empty answer)"), **extra)
+            marks["sent"] = time.perf_counter()
         finally:
-            self._typing(origin.room_id, False)
+            timer.cancel()
+            typing.stop()
         self.store.add_turn(origin.thread_root, command.prompt, text, self.config.context_tokens * CHARS_PER_TOKEN)
-        logger.info("matrix bot [%s] answered by %s (%d chars, finish %s)", request_id, generation.backend,
-                    len(text), generation.finish_reason)
+        steps = f"delivered {origin.delivered_ms:.0f} " if origin.delivered_ms is not None else ""
+        steps += " ".join(f"{name} {1000 * (at - marks['start']):.0f}" for name, at in marks.items() if name != "start")
+        logger.info("matrix bot [%s] answered by %s (%d chars, finish %s, %d sends; ms: %s)", request_id,
+                    generation.backend, len(text), generation.finish_reason, stream.sends, steps)
 
     def _messages(self, thread_root: str, prompt: str) -> list[dict[str, str]]:
         """The thread's earlier turns, newest kept first, within the context budget."""
@@ -135,6 +148,24 @@ class CommandHandler:
             breaker = backend.get("breaker")
             lines.append(f"{backend.get('name')}: {state}" + (f" (breaker {breaker})" if breaker and breaker != "closed" else ""))
         return "\n".join(lines) or "no backends"
+
+
+@dataclass(slots=True)
+class Typing:
+    """The typing notice of one answer: on when ``start`` runs, off at ``stop`` only if it was on."""
+
+    notify: Any  # (room_id, on) -> None, fire and forget
+    room_id: str
+    on: bool = False
+
+    def start(self) -> None:
+        self.on = True
+        self.notify(self.room_id, True)
+
+    def stop(self) -> None:
+        if self.on:
+            self.on = False
+            self.notify(self.room_id, False)
 
 
 def _tagged(backend: str, text: str) -> str:
