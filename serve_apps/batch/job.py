@@ -47,6 +47,7 @@ class JobRunner:
         self._last_flush = time.monotonic()
         self._lock = asyncio.Lock()
         self.batch: Batch | None = None
+        self._first_result_at: float | None = None
 
     def _load(self) -> Batch:
         batch = self.storage.get_batch(self.batch_id)
@@ -55,13 +56,22 @@ class JobRunner:
         return batch
 
     async def run(self) -> str:
+        started = time.monotonic()
+        marks: dict[str, float] = {}
         batch = self._load()
         if batch.status == "validating":
             batch = await asyncio.to_thread(self._validate, batch)
+            marks["validated"] = time.monotonic()
         if batch.status in ("in_progress", "cancelling"):
             batch = await self._process(batch)
+            if self._first_result_at is not None:
+                marks["first result"] = self._first_result_at
+            marks["processed"] = time.monotonic()
         if batch.status in ("finalizing", "cancelling"):
             batch = await asyncio.to_thread(self._finalise, batch)
+            marks["finalised"] = time.monotonic()
+        logger.info("batch %s: %s after %.2f s (%s)", self.batch_id, batch.status, time.monotonic() - started,
+                    ", ".join(f"{name} at {at - started:.2f}" for name, at in marks.items()))
         return batch.status
 
     # ------------------------------------------------------------------ validating
@@ -184,6 +194,7 @@ class JobRunner:
     # ------------------------------------------------------------------ checkpoint
 
     def _record(self, number: int, kind: str, line: dict[str, Any]) -> None:
+        self._first_result_at = self._first_result_at or time.monotonic()
         self._buffer.append((number, kind, json.dumps(line, separators=(",", ":"))))
         self._counts[kind] += 1
 
