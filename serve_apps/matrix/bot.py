@@ -28,9 +28,15 @@ from serve_apps.matrix.policy import RateLimiter
 from serve_apps.matrix.store import BotStore
 
 logger = logging.getLogger("ray.serve")
-# Commands sent while the bot was away must not fall out of a limited timeline.
-SYNC_FILTER = {"room": {"timeline": {"limit": 200}, "state": {"lazy_load_members": False}},
-               "presence": {"types": []}}
+TIMELINE_LIMIT = 200  # events per room and sync: commands sent while the bot was away must fit
+
+
+def sync_filter(bot_user: str) -> dict[str, Any]:
+    """What the bot reads: room messages from others (its own answers would only wake its sync),
+    full member state, no presence, typing or receipts."""
+    return {"room": {"timeline": {"limit": TIMELINE_LIMIT, "not_senders": [bot_user]},
+                     "state": {"lazy_load_members": False}, "ephemeral": {"types": []}},
+            "presence": {"types": []}}
 
 
 @dataclass
@@ -58,8 +64,8 @@ class MatrixBot:
         self.handler: CommandHandler | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._inflight: set[str] = set()  # command event IDs being answered by this process
-        self._read_up_to: dict[str, str] = {}  # room -> latest command taken in this sync
         self._started = False
+        self._filter = sync_filter(config.user_id)
         if not config.allow.users:
             logger.warning("matrix bot: allow.users is empty, so nobody can use the bot until it is configured")
 
@@ -97,7 +103,7 @@ class MatrixBot:
         client = await self._ensure_client()
         first = not self._started
         response = await client.sync(timeout=self.config.sync.timeout_ms, since=self.store.sync_token,
-                                     full_state=first, sync_filter=SYNC_FILTER)
+                                     full_state=first, sync_filter=self._filter)
         if not isinstance(response, SyncResponse):
             status = getattr(response, "status_code", None)
             if status == "M_UNKNOWN_TOKEN":
@@ -106,7 +112,6 @@ class MatrixBot:
         history = self.store.sync_token is None  # the very first start: what is there is history
         self._started = True
         self._handle(response, skip_timeline=history)
-        self._send_receipts(client)
         # one write per sync: the commands just recorded as pending, the answers and turns finished
         # since the last one, and the token that moves past them
         self.store.sync_token = response.next_batch
@@ -127,7 +132,7 @@ class MatrixBot:
             self.client = client
             self._started = False
             sender = matrix_client.Sender(client)
-            self.handler = CommandHandler(self.config, self.inference, self.store, sender, self._typing)
+            self.handler = CommandHandler(self.config, self.inference, self.store, sender, self._busy)
             logger.info("matrix bot: logged in as %s (device %s)", client.user_id, client.device_id)
         return self.client
 
@@ -149,16 +154,15 @@ class MatrixBot:
             await client.keys_claim(client.get_users_for_key_claiming())
         await client.send_to_device_messages()
 
-    def _send_receipts(self, client: AsyncClient) -> None:
-        """One read receipt per room and sync (the latest command taken), never awaited: receipts are
-        decoration and must not compete with answers for the homeserver."""
-        for room_id, event_id in self._read_up_to.items():
-            self._spawn(client.room_read_markers(room_id, event_id, event_id))
-        self._read_up_to.clear()
-
-    async def _typing(self, room_id: str, on: bool) -> None:
-        if self.client is not None:
-            await self.client.room_typing(room_id, on, timeout=30000)
+    async def _busy(self, room_id: str, event_id: str, on: bool) -> None:
+        """What people see while a long answer is generated: a read receipt for the command, typing."""
+        if self.client is None:
+            return
+        if on:
+            await asyncio.gather(self.client.room_read_markers(room_id, event_id, event_id),
+                                 self.client.room_typing(room_id, True, timeout=30000))
+        else:
+            await self.client.room_typing(room_id, False)
 
     # ---------------------------------------------------------------- events
 
@@ -170,7 +174,7 @@ class MatrixBot:
         for room_id, info in response.rooms.join.items():
             if info.timeline.limited:
                 logger.warning("matrix bot: more than %d events in %s since the last sync; older ones are skipped",
-                               SYNC_FILTER["room"]["timeline"]["limit"], room_id)
+                               TIMELINE_LIMIT, room_id)
             for event in info.timeline.events:
                 self._guard(self._event, room_id, event)
 
@@ -223,7 +227,6 @@ class MatrixBot:
                 return
             self.store.add_pending(origin.event_id, {"room_id": origin.room_id, "sender": origin.sender,
                                                      "thread_root": origin.thread_root, "body": body})
-            self._read_up_to[origin.room_id] = origin.event_id
         self.state.commands += 1
         self._inflight.add(origin.event_id)
         self._spawn(self._answer(command, origin))

@@ -34,12 +34,12 @@ class Origin:
 
 class CommandHandler:
     def __init__(self, config: MatrixConfig, inference: Inference, store: BotStore, send: SendFn,
-                 typing: Any = None) -> None:
+                 busy: Any = None) -> None:
         self.config = config
         self.inference = inference
         self.store = store
         self.send = send
-        self.typing = typing  # async (room_id, on: bool) -> None, best effort
+        self.busy = busy  # async (room_id, command event_id, on: bool) -> None: receipt and typing, best effort
         self._default_model: str | None = config.model
         self._notices: set[asyncio.Task[None]] = set()
 
@@ -84,10 +84,11 @@ class CommandHandler:
         streaming = self.config.streaming
         stream = ReplyStream(self.send, origin.room_id, origin.event_id, origin.thread_root, streaming.edit_interval,
                              streaming.max_edits, streaming.max_message_chars, streaming.first_post_after)
-        # Typing is shown only for answers that take longer than the one-message window; it is never
-        # awaited, so a notice cannot delay the answer.
-        typing = Typing(self._typing, origin.room_id)
-        timer = asyncio.get_running_loop().call_later(streaming.first_post_after, typing.start)
+        # The read receipt and typing are shown only for answers that take longer than the
+        # one-message window (a quick answer is its own receipt), and never awaited: each is one more
+        # request for the homeserver, and a notice must not delay the answer.
+        busy = Busy(self._notice, origin.room_id, origin.event_id)
+        timer = asyncio.get_running_loop().call_later(streaming.first_post_after, busy.start)
         marks = {"start": time.perf_counter()}
         try:
             generation = await self.inference.chat(body, command.backend)
@@ -103,7 +104,7 @@ class CommandHandler:
             marks["sent"] = time.perf_counter()
         finally:
             timer.cancel()
-            typing.stop()
+            busy.stop()
         self.store.add_turn(origin.thread_root, command.prompt, text, self.config.context_tokens * CHARS_PER_TOKEN)
         steps = f"delivered {origin.delivered_ms:.0f} " if origin.delivered_ms is not None else ""
         steps += " ".join(f"{name} {1000 * (at - marks['start']):.0f}" for name, at in marks.items() if name != "start")
@@ -128,17 +129,17 @@ class CommandHandler:
         self._default_model = models[0]["id"] if models else None
         return self._default_model
 
-    def _typing(self, room_id: str, on: bool) -> None:
-        if self.typing is not None:
-            task = asyncio.ensure_future(self._notice(room_id, on))
+    def _notice(self, room_id: str, event_id: str, on: bool) -> None:
+        if self.busy is not None:
+            task = asyncio.ensure_future(self._send_notice(room_id, event_id, on))
             self._notices.add(task)
             task.add_done_callback(self._notices.discard)
 
-    async def _notice(self, room_id: str, on: bool) -> None:
+    async def _send_notice(self, room_id: str, event_id: str, on: bool) -> None:
         try:
-            await self.typing(room_id, on)
-        except Exception:  # a typing notice is decoration; never fail an answer for it
-            logger.debug("matrix bot: typing notice failed", exc_info=True)
+            await self.busy(room_id, event_id, on)
+        except Exception:  # receipts and typing are decoration; never fail an answer for them
+            logger.debug("matrix bot: receipt/typing notice failed", exc_info=True)
 
     @staticmethod
     def _backends_text(backends: list[dict[str, Any]]) -> str:
@@ -151,21 +152,23 @@ class CommandHandler:
 
 
 @dataclass(slots=True)
-class Typing:
-    """The typing notice of one answer: on when ``start`` runs, off at ``stop`` only if it was on."""
+class Busy:
+    """The notices of one slow answer: receipt and typing when ``start`` runs, typing off at ``stop``
+    only if it was on."""
 
-    notify: Any  # (room_id, on) -> None, fire and forget
+    notify: Any  # (room_id, event_id, on) -> None, fire and forget
     room_id: str
+    event_id: str
     on: bool = False
 
     def start(self) -> None:
         self.on = True
-        self.notify(self.room_id, True)
+        self.notify(self.room_id, self.event_id, True)
 
     def stop(self) -> None:
         if self.on:
             self.on = False
-            self.notify(self.room_id, False)
+            self.notify(self.room_id, self.event_id, False)
 
 
 def _tagged(backend: str, text: str) -> str:

@@ -64,6 +64,8 @@ def test_backend_option_and_friendly_errors(bot_stack, room):
     got = answers(bot_stack, room, [chosen, unknown, bad, empty])
     assert tag(got[chosen].text) == "engine"
     assert got[chosen].usage["completion_tokens"] == 5
+    # 5 tokens come well within streaming.first_post_after (0.5 s): one message, never edited
+    assert [len(stamps) for stamps in got[chosen].edit_ts.values()] == [1]
     assert "unknown backend 'nowhere'" in got[unknown].text and "proxied" in got[unknown].text
     assert got[bad].text == "--max-tokens needs a whole number"
     assert got[empty].text == "--model needs a value"
