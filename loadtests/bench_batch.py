@@ -246,6 +246,7 @@ def main() -> int:
                     entry[side] = (offline_baseline if side == "baseline" else offline_ours)(work, texts, args.max_tokens)
                     time.sleep(3)  # vLLM's worker busy-polls for ~1 s after its last work
                 rounds.append(entry)
+                write_result(args.name, {**result, "offline": {"rounds": rounds, "partial": True}})  # a cut-off run keeps its rounds
                 print(f"offline round {number + 1}: ours {entry['ours']['tokens_per_second']:.0f} tok/s, "
                       f"LLM.generate {entry['baseline']['tokens_per_second']:.0f} tok/s", flush=True)
             result["offline"] = {"rounds": rounds, **ratio_summary(rounds, "ours", "baseline")}
@@ -264,6 +265,8 @@ def main() -> int:
                         entry[side] = asyncio.run(load)
                         time.sleep(3)
                     rounds.append(entry)
+                    write_result(args.name, {**result, "online": {"rounds": rounds, "idle_interactive_p50_ms": idle,
+                                                                  "partial": True}})
                     print(f"online round {number + 1}: batch {entry['batch']['tokens_per_second']:.0f} tok/s, client "
                           f"c={args.concurrency} {entry['client']['tokens_per_second']:.0f} tok/s, interactive p50 "
                           f"{entry['batch']['interactive_p50_ms']:.0f} ms (idle {idle:.0f} ms)", flush=True)
