@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from launchers.local import descendants
+from launchers.local import descendants, running
 from launchers.reaper import MARKER
 
 GUARDED = """
@@ -23,18 +23,11 @@ time.sleep(300)
 """
 
 
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def wait_gone(pids: list[int], timeout: float = 15) -> list[int]:
     deadline = time.monotonic() + timeout
-    while [p for p in pids if alive(p)] and time.monotonic() < deadline:
+    while running(pids) and time.monotonic() < deadline:
         time.sleep(0.05)
-    return [p for p in pids if alive(p)]
+    return running(pids)
 
 
 def test_everything_a_sigkilled_process_started_dies_and_nothing_else(tmp_path):
@@ -54,7 +47,7 @@ def test_everything_a_sigkilled_process_started_dies_and_nothing_else(tmp_path):
         guarded.send_signal(signal.SIGKILL)
         guarded.wait(5)
         assert wait_gone(tree) == []
-        assert alive(bystander.pid)
+        assert running([bystander.pid])
     finally:
         bystander.kill()
         guarded.kill()
@@ -96,6 +89,6 @@ def _marked_sleepers() -> list[int]:
         except OSError:
             continue
         if cmdline == b"sleep\x00300\x00" and any(item.startswith(MARKER.encode() + b"=") and len(item) > len(MARKER) + 1
-                                                   for item in environ.split(b"\0")) and alive(int(entry.name)):
+                                                   for item in environ.split(b"\0")) and running([int(entry.name)]):
             found.append(int(entry.name))
     return found

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from launchers.local import descendants
+from launchers.local import descendants, running
 
 CLI = [sys.executable, "-m", "ray_serve_cai"]
 TOTAL = 300
@@ -38,14 +38,6 @@ def start(args: list[str], log: Path) -> subprocess.Popen:
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
-def alive(pid: int) -> bool:
-    """Running, not a zombie waiting for a parent (or a container's init) to reap it."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def kill_when(process: subprocess.Popen, output: Path, at_least: int, timeout: float = 400) -> int:
     """SIGKILL the CLI once ``output`` holds ``at_least`` lines; its whole Ray instance (GCS, raylet,
     agents, workers, engine processes) must be gone shortly after, with nobody reaping it by hand."""
@@ -59,9 +51,9 @@ def kill_when(process: subprocess.Popen, output: Path, at_least: int, timeout: f
     process.send_signal(signal.SIGKILL)
     process.wait(10)
     gone_by = time.monotonic() + 20
-    while [pid for pid in tree if alive(pid)] and time.monotonic() < gone_by:
+    while running(tree) and time.monotonic() < gone_by:
         time.sleep(0.1)
-    left = {pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:120] for pid in tree if alive(pid)}
+    left = {pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:120] for pid in running(tree)}
     assert not left, f"processes of the killed CLI's Ray instance are still running: {left}"
     return lines_in(output)
 

@@ -14,7 +14,7 @@ import openai
 import pytest
 import yaml
 
-from launchers.local import LocalCluster, descendants, free_port
+from launchers.local import LocalCluster, descendants, free_port, running
 from tests.conftest import MODEL, ROOT
 from tests.serve_apps.batch.test_batch_api import jsonl, line, upload, wait_done
 from tests.serve_apps.router.helpers import backends, wait_for
@@ -47,13 +47,6 @@ def router_cluster(storage: Path | str, engine_url: str, workdir: Path,
     return cluster, url
 
 
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def sigkill_cluster(cluster: LocalCluster) -> None:
     """SIGKILL every process of the cluster at once: GCS, raylet, agents, controller, replicas, job actor."""
     assert cluster.process is not None
@@ -65,7 +58,7 @@ def sigkill_cluster(cluster: LocalCluster) -> None:
             pass
     cluster.process.wait(10)
     deadline = time.monotonic() + 20
-    while any(alive(pid) for pid in tree) and time.monotonic() < deadline:
+    while running(tree) and time.monotonic() < deadline:
         time.sleep(0.1)
 
 
