@@ -71,8 +71,9 @@ class JobRunner:
         if batch.status in ("finalizing", "cancelling"):
             batch = await asyncio.to_thread(self._finalise, batch)
             marks["finalised"] = time.monotonic()
-        logger.info("batch %s: %s after %.2f s (%s)", self.batch_id, batch.status, time.monotonic() - started,
-                    ", ".join(f"{name} at {at - started:.2f}" for name, at in marks.items()))
+        if marks:
+            logger.info("batch %s: %s after %.2f s (%s)", self.batch_id, batch.status, time.monotonic() - started,
+                        ", ".join(f"{name} at {at - started:.2f}" for name, at in marks.items()))
         return batch.status
 
     # ------------------------------------------------------------------ validating
@@ -311,21 +312,21 @@ class BatchJobs:
                 logger.info("batch jobs: router %s not reachable yet", self.router_app)
 
     async def run(self, batch_id: str) -> str:
-        """Start the job unless it is running (idempotent: every router replica calls it)."""
+        """Start the job unless it is running (idempotent: every router replica calls it, often at
+        the same moment, so nothing may be awaited between the check and the task's creation)."""
         self._touched = time.monotonic()
         task = self._tasks.get(batch_id)
         if task is not None and not task.done():
             return "running"
-        batch = await asyncio.to_thread(self.storage.get_batch, batch_id)
-        if batch is None or batch.status in TERMINAL:
-            return batch.status if batch else "missing"
         self._runners[batch_id] = runner = JobRunner(self.config, self.storage, batch_id, self._send)
         self._tasks[batch_id] = asyncio.create_task(self._run(batch_id, runner))
-        return "running"
+        return "started"
 
     async def _run(self, batch_id: str, runner: JobRunner) -> str:
         try:
-            return await runner.run()
+            return await runner.run()  # a finished batch returns its status at once
+        except LookupError:
+            return "missing"
         except Exception:
             logger.exception("batch %s: job failed; it resumes from its checkpoint at the next supervisor round",
                              batch_id)

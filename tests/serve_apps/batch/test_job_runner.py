@@ -194,12 +194,15 @@ def test_the_job_host_runs_each_batch_once_however_often_asked(tmp_path):
     async def run():
         host = BatchJobs(config.model_dump(), "app", "Router")
         host._handle = Handle(router)
-        # every router replica asks, every supervisor round: each batch still runs once
-        states = [await host.run(batch.id) for batch in (first, second, first, second)]
-        await asyncio.gather(*host._tasks.values())
-        return states, await host.run(first.id), await host.run("batch_missing")
+        # every router replica asks, every supervisor round, often at the same moment: each batch runs once
+        states = await asyncio.gather(*(host.run(batch.id) for batch in (first, second, first, second, first)))
+        results = await asyncio.gather(*host._tasks.values())
+        await host.run(first.id)  # finished: nothing is sent again
+        await host.run("batch_missing")
+        return states, results, await asyncio.gather(*host._tasks.values())
 
-    states, again, missing = asyncio.run(run())
-    assert states == ["running"] * 4 and again == "completed" and missing == "missing"
-    assert sorted(router.calls) == sorted(f"p{i}" for i in [*range(10), *range(10, 20)])
+    states, results, later = asyncio.run(run())
+    assert sorted(states) == ["running"] * 3 + ["started"] * 2
+    assert results == ["completed", "completed"] and later == ["completed", "completed", "missing"]
+    assert sorted(router.calls) == sorted(f"p{i}" for i in [*range(10), *range(10, 20)])  # every line once
     assert all(storage.get_batch(b.id).status == "completed" for b in (first, second))
