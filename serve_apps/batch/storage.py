@@ -59,9 +59,10 @@ class Storage:
             return []
 
     def _read_json(self, path: str) -> dict[str, Any] | None:
+        # One whole read (one GET on object stores): a file object would check the object's ETag on
+        # each ranged read and fail when a job replaced batch.json in between (s3fs FileExpired).
         try:
-            with self.fs.open(path, "rb") as handle:
-                return json.loads(handle.read())
+            return json.loads(self.fs.cat_file(path))
         except FileNotFoundError:
             return None
 

@@ -8,6 +8,7 @@ import io
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,6 +93,30 @@ def test_storage_layer_on_s3(s3_server):
     assert "prefix/batches/batch_xyz/parts/00000001.part" in keys and "prefix/files/file-abc.jsonl" in keys
     assert not [key for key in keys if ".tmp-" in key]  # parts are renamed into place, no leftovers
     assert storage.delete_file("file-abc") and storage.get_file("file-abc") is None
+
+
+def test_a_batch_read_while_its_job_rewrites_it(s3_server):
+    """The router reads batch.json while the job replaces it (every checkpoint): never an error."""
+    reader, writer = Storage("s3://batch-race/p"), Storage("s3://batch-race/p")
+    batch = Batch(id="batch_race", endpoint="/v1/chat/completions", input_file_id="file-x", completion_window="24h",
+                  status="in_progress", created_at=now())
+    writer.save_batch(batch)
+    stop = threading.Event()
+
+    def rewrite() -> None:
+        count = 0
+        while not stop.is_set():
+            count += 1
+            writer.save_batch(batch.model_copy(update={"metadata": {"n": str(count)}}))
+
+    thread = threading.Thread(target=rewrite)
+    thread.start()
+    try:
+        seen = {reader.get_batch("batch_race").status for _ in range(60)}
+    finally:
+        stop.set()
+        thread.join()
+    assert seen == {"in_progress"}
 
 
 @pytest.mark.engine

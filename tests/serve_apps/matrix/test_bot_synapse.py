@@ -20,10 +20,10 @@ from launchers.polling import poll_until
 from loadtests.matrix_people import Answer, tag
 from serve_apps.matrix.replies import DONE_KEY, USAGE_KEY
 from tests.conftest import MODEL
-from tests.serve_apps.matrix.conftest import APP, BotStack, room_with_bot
+from tests.serve_apps.matrix.conftest import APP, EDIT_INTERVAL_S, BotStack, room_with_bot
 
 pytestmark = pytest.mark.engine
-EDIT_INTERVAL_MS = 1000
+EDIT_INTERVAL_MS = EDIT_INTERVAL_S * 1000
 
 
 @pytest.fixture(scope="module")
