@@ -183,9 +183,14 @@ async def batch_load(url: str, texts: list[str], max_tokens: int) -> dict[str, A
         start = time.perf_counter()
         batch = (await client.post("/v1/batches", json={"input_file_id": file_id, "endpoint": "/v1/completions",
                                                         "completion_window": "24h"})).json()
+        created = time.perf_counter() - start
+        timeline = [(round(created, 3), batch["status"], batch["request_counts"]["completed"])]
         while batch["status"] not in ("completed", "failed", "cancelled", "expired"):
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.05)
             batch = (await client.get(f"/v1/batches/{batch['id']}")).json()
+            state = (batch["status"], batch["request_counts"]["completed"])
+            if state != timeline[-1][1:]:  # where the time goes: start-up, progress, finalising
+                timeline.append((round(time.perf_counter() - start, 3), *state))
         seconds = time.perf_counter() - start
         stop.set()
         latencies = await user
@@ -197,7 +202,7 @@ async def batch_load(url: str, texts: list[str], max_tokens: int) -> dict[str, A
     return {"tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds, "status": batch["status"],
             "request_counts": batch["request_counts"],
             "interactive_p50_ms": statistics.median(latencies) * 1000 if latencies else None,
-            "interactive_requests": len(latencies)}
+            "interactive_requests": len(latencies), "timeline_s_status_completed": timeline}
 
 
 async def idle_latency(url: str, seconds: float = 5.0) -> float:
@@ -241,6 +246,7 @@ def main() -> int:
                     entry[side] = (offline_baseline if side == "baseline" else offline_ours)(work, texts, args.max_tokens)
                     time.sleep(3)  # vLLM's worker busy-polls for ~1 s after its last work
                 rounds.append(entry)
+                write_result(args.name, {**result, "offline": {"rounds": rounds, "partial": True}})  # a cut-off run keeps its rounds
                 print(f"offline round {number + 1}: ours {entry['ours']['tokens_per_second']:.0f} tok/s, "
                       f"LLM.generate {entry['baseline']['tokens_per_second']:.0f} tok/s", flush=True)
             result["offline"] = {"rounds": rounds, **ratio_summary(rounds, "ours", "baseline")}
@@ -259,6 +265,8 @@ def main() -> int:
                         entry[side] = asyncio.run(load)
                         time.sleep(3)
                     rounds.append(entry)
+                    write_result(args.name, {**result, "online": {"rounds": rounds, "idle_interactive_p50_ms": idle,
+                                                                  "partial": True}})
                     print(f"online round {number + 1}: batch {entry['batch']['tokens_per_second']:.0f} tok/s, client "
                           f"c={args.concurrency} {entry['client']['tokens_per_second']:.0f} tok/s, interactive p50 "
                           f"{entry['batch']['interactive_p50_ms']:.0f} ms (idle {idle:.0f} ms)", flush=True)

@@ -127,6 +127,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--pause", type=float, default=2.0, help="seconds between runs (engine busy-poll)")
     parser.add_argument("--name", default="bench_matrix", help="results file name under loadtests/results/")
+    parser.add_argument("--profile", action="store_true",
+                        help="unbuffered Serve logs, and the bot's per-step timings (from its log) in the results")
     args = parser.parse_args()
     if args.commands % args.users:
         parser.error("--commands must be a multiple of --users")
@@ -151,9 +153,12 @@ def main() -> None:
                   "store_path": str(workdir / "bot-store"), "allow": {"users": ["*:" + SERVER_NAME]},
                   "rate_limit": {"requests": 10000, "per_seconds": 60}, "max_tokens": args.max_tokens,
                   "request_defaults": defaults}
+        env_vars = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+        if args.profile:  # the fast path buffers logs 1000 lines deep; the bot's step timings must reach the file
+            env_vars["RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE"] = "1"
         config = {"http_options": {"host": "127.0.0.1", "port": port}, "applications": [
             {"name": "router", "route_prefix": "/", "import_path": "serve_apps.router.app:build_router_app",
-             "runtime_env": {"env_vars": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}}, "args": {
+             "runtime_env": {"env_vars": env_vars}, "args": {
                  "engines": [{"name": MODEL, "model": "builtin:tiny-chat", "kv_cache_gb": 1}],
                  "backends": [{"name": "engine", "kind": "serve", "engine": MODEL}], "matrix": matrix}}]}
         (workdir / "serve.yaml").write_text(yaml.safe_dump(config))
@@ -193,6 +198,7 @@ def main() -> None:
                       flush=True)
             result["overhead_p50_ms"] = result["bot"]["p50_ms"] - result["direct"]["p50_ms"]
             rounds.append(result)
+        steps = bot_steps(Path(cluster.temp_dir)) if args.profile else {}
     finally:
         if observer is not None:
             observer.stopping = True
@@ -207,10 +213,27 @@ def main() -> None:
     }
     for key, value in medians.items():
         print(f"{key}: {value:.1f}")
-    path = write_result(args.name, {"summary": medians, "rounds": rounds, "commands": args.commands, "users": args.users,
+    if steps:
+        print("bot steps, median ms after the command reached the bot:", json.dumps(steps))
+    path = write_result(args.name, {"summary": medians, "bot_steps_ms": steps, "rounds": rounds, "commands": args.commands, "users": args.users,
                                     "max_tokens": args.max_tokens, "load_avg": open("/proc/loadavg").read().split()[:3],
                                     "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     print(f"wrote {path}")
+
+
+def bot_steps(ray_temp_dir: Path) -> dict[str, float]:
+    """Medians of the step timings the bot logs with every answer ("ms: delivered 12 head 30 ...")."""
+    found: dict[str, list[float]] = {}
+    for log in ray_temp_dir.glob("session_latest/logs/serve/replica_*MatrixInferenceBot*.log"):
+        for line in log.read_text(errors="replace").splitlines():
+            if "answered by" not in line or "ms: " not in line:
+                continue
+            words = line.split("ms: ", 1)[1].rstrip(")").split()
+            for name, value in zip(words[::2], words[1::2]):
+                found.setdefault(name, []).append(float(value.rstrip(")")))
+            sends = line.split(" sends;")[0].rsplit(" ", 1)[-1]
+            found.setdefault("sends", []).append(float(sends))
+    return {name: statistics.median(values) for name, values in found.items()}
 
 
 def generates(base: str, body: dict[str, Any]) -> bool:

@@ -21,7 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "append OpenAI batch output lines ({id, custom_id, response: {status_code, request_id, body}, "
         "error}) to OUT, successes and per-line errors alike. Every line is checked before any engine "
         "starts. Killed or interrupted, run it again with --resume: lines already in OUT are skipped, "
-        "nothing is written twice. Without --address it starts a private Ray instance on 127.0.0.1.",
+        "nothing is written twice. Without --address it starts a private Ray instance on 127.0.0.1 "
+        "that ends with the command, however the command ends (SIGKILL included).",
     )
     run.add_argument("input", metavar="IN",
                      help="batch input file (JSONL): a path, or a URI every cluster node can read with --address")
@@ -53,9 +54,11 @@ def _run(args: argparse.Namespace) -> int:
         raise CLIError("--engine-kwargs must be a JSON object", 2)
     if args.address is None:
         from launchers.local import AUTH_ENV, LOOPBACK_ENV
+        from launchers.reaper import guard
 
         for key, value in {**LOOPBACK_ENV, **AUTH_ENV}.items():
             os.environ.setdefault(key, value)
+        guard()  # the private Ray instance dies with this process, even when it is SIGKILLed
     from tqdm import tqdm
 
     from serve_apps.batch.offline import OfflineError, OfflineJob, check_input, run

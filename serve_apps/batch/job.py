@@ -1,7 +1,8 @@
 """One batch job: validate the input file, send every line through the router, checkpoint, finalise.
 
-A ``BatchJob`` runs as a detached, named Ray actor per batch (``jobs.py`` starts it), so it outlives the
-router replica that created it; every router replica re-attaches unfinished jobs on start. The job's
+Jobs run in ``BatchJobs``, a detached, named Ray actor per router app (``jobs.py`` keeps it running),
+so they outlive the router replica that created them; every router replica re-attaches unfinished
+jobs. The job's
 only state that matters is in storage (the batch object and its checkpoint parts), so a job killed at
 any instant and started again continues where the parts end, sending nothing twice that was recorded
 and losing nothing that was not.
@@ -47,6 +48,7 @@ class JobRunner:
         self._last_flush = time.monotonic()
         self._lock = asyncio.Lock()
         self.batch: Batch | None = None
+        self._first_result_at: float | None = None
 
     def _load(self) -> Batch:
         batch = self.storage.get_batch(self.batch_id)
@@ -55,13 +57,23 @@ class JobRunner:
         return batch
 
     async def run(self) -> str:
+        started = time.monotonic()
+        marks: dict[str, float] = {}
         batch = self._load()
         if batch.status == "validating":
             batch = await asyncio.to_thread(self._validate, batch)
+            marks["validated"] = time.monotonic()
         if batch.status in ("in_progress", "cancelling"):
             batch = await self._process(batch)
+            if self._first_result_at is not None:
+                marks["first result"] = self._first_result_at
+            marks["processed"] = time.monotonic()
         if batch.status in ("finalizing", "cancelling"):
             batch = await asyncio.to_thread(self._finalise, batch)
+            marks["finalised"] = time.monotonic()
+        if marks:
+            logger.info("batch %s: %s after %.2f s (%s)", self.batch_id, batch.status, time.monotonic() - started,
+                        ", ".join(f"{name} at {at - started:.2f}" for name, at in marks.items()))
         return batch.status
 
     # ------------------------------------------------------------------ validating
@@ -184,6 +196,7 @@ class JobRunner:
     # ------------------------------------------------------------------ checkpoint
 
     def _record(self, number: int, kind: str, line: dict[str, Any]) -> None:
+        self._first_result_at = self._first_result_at or time.monotonic()
         self._buffer.append((number, kind, json.dumps(line, separators=(",", ":"))))
         self._counts[kind] += 1
 
@@ -252,53 +265,88 @@ class JobRunner:
         return batch
 
 
-class BatchJob:
-    """The Ray actor around ``JobRunner``: reaches the router by its deployment handle."""
+class BatchJobs:
+    """The Ray actor that runs the batch jobs of one router app, each as a ``JobRunner`` task.
 
-    def __init__(self, config: dict[str, Any], batch_id: str, router_app: str, router_deployment: str) -> None:
+    Kept running and warm by the router replicas' supervisors (``jobs.py``), so a new batch starts at
+    once instead of waiting seconds for a worker process, its imports and a first router handle. Every
+    job's state is in storage: when this actor is killed, Ray restarts it and the next supervisor
+    round starts every unfinished job again from its checkpoint. A host nobody touches for
+    ``IDLE_EXIT_S`` (its router app was deleted or now uses another configuration) and that runs no
+    job exits for good.
+    """
+
+    IDLE_EXIT_S = 120.0  # at least; ten supervisor rounds when those are slower
+
+    def __init__(self, config: dict[str, Any], router_app: str, router_deployment: str) -> None:
         self.config = BatchConfig.model_validate(config)
-        self.batch_id = batch_id
         self.router_app = router_app
         self.router_deployment = router_deployment
-        self._runner: JobRunner | None = None
-        self._task: asyncio.Task[str] | None = None
+        self.storage = Storage(self.config.storage)
+        self._runners: dict[str, JobRunner] = {}
+        self._tasks: dict[str, asyncio.Task[str]] = {}
         self._handle: Any = None
+        self._touched = time.monotonic()
+        self._reaper: asyncio.Task[None] | None = None
+        self._idle_exit = max(self.IDLE_EXIT_S, 10 * self.config.supervise_seconds)
 
     async def _send(self, path: str, raw: bytes) -> tuple[int, bytes]:
+        return await self._router().batch_call.remote(path, raw)
+
+    def _router(self) -> Any:
         if self._handle is None:
             from ray import serve
 
             self._handle = serve.get_deployment_handle(self.router_deployment, app_name=self.router_app)
-        return await self._handle.batch_call.remote(path, raw)
+        return self._handle
 
-    async def run(self) -> str:
-        """Start the job unless it is running (idempotent: every router replica calls it)."""
-        if self._task is None or self._task.done():
-            storage = Storage(self.config.storage)
-            batch = storage.get_batch(self.batch_id)
-            if batch is None or batch.status in TERMINAL:
-                self._exit()
-                return batch.status if batch else "missing"
-            self._runner = JobRunner(self.config, storage, self.batch_id, self._send)
-            self._task = asyncio.create_task(self._run())
-        return "running"
+    async def touch(self) -> None:
+        """The supervisor's keep-alive; the first one also opens the router handle, so the first
+        request of the first batch does not pay for it."""
+        self._touched = time.monotonic()
+        if self._reaper is None:
+            self._reaper = asyncio.create_task(self._exit_when_idle())
+            try:
+                await self._router().backends_status.remote()
+            except Exception:  # the router is still starting: the first batch opens it then
+                logger.info("batch jobs: router %s not reachable yet", self.router_app)
 
-    async def _run(self) -> str:
+    async def run(self, batch_id: str) -> str:
+        """Start the job unless it is running (idempotent: every router replica calls it, often at
+        the same moment, so nothing may be awaited between the check and the task's creation)."""
+        self._touched = time.monotonic()
+        task = self._tasks.get(batch_id)
+        if task is not None and not task.done():
+            return "running"
+        self._runners[batch_id] = runner = JobRunner(self.config, self.storage, batch_id, self._send)
+        self._tasks[batch_id] = asyncio.create_task(self._run(batch_id, runner))
+        return "started"
+
+    async def _run(self, batch_id: str, runner: JobRunner) -> str:
         try:
-            return await self._runner.run()  # type: ignore[union-attr]
+            return await runner.run()  # a finished batch returns its status at once
+        except LookupError:
+            return "missing"
         except Exception:
-            logger.exception("batch %s: job failed; it resumes from its checkpoint when restarted", self.batch_id)
+            logger.exception("batch %s: job failed; it resumes from its checkpoint at the next supervisor round",
+                             batch_id)
             raise
         finally:
-            self._exit()
+            self._runners.pop(batch_id, None)
+            self._touched = time.monotonic()
 
-    async def cancel(self) -> None:
-        if self._runner is not None:
-            self._runner.cancelled = True
+    async def cancel(self, batch_id: str) -> None:
+        runner = self._runners.get(batch_id)
+        if runner is not None:
+            runner.cancelled = True
 
-    def _exit(self) -> None:
-        """A finished job's actor goes away (no restart); an unfinished one is re-attached by the router."""
-        import ray
+    async def _exit_when_idle(self) -> None:
+        while True:
+            await asyncio.sleep(self._idle_exit / 4)
+            busy = any(not task.done() for task in self._tasks.values())
+            if not busy and time.monotonic() - self._touched > self._idle_exit:
+                import ray
 
-        asyncio.get_running_loop().call_later(
-            0.1, lambda: ray.kill(ray.get_runtime_context().current_actor, no_restart=True))
+                logger.info("batch jobs: %s idle, exiting", self.router_app)
+                ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+                return

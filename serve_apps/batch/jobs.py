@@ -1,15 +1,17 @@
-"""Start and re-attach batch job actors from a router replica.
+"""Run batch jobs from a router replica.
 
-Every router replica runs one supervisor loop: it looks for unfinished batches in storage and makes sure
-each has its job actor running. The actor is detached and named after the batch, so whichever replica
-gets there first creates it, the others find it, and a job whose actor died (SIGKILL, node loss, a
-whole new cluster) is started again from its checkpoint within ``supervise_seconds``.
+Every router replica runs one supervisor loop. Each round it touches the router app's job host (one
+detached, named ``BatchJobs`` actor per app and batch configuration: whichever replica gets there
+first creates it, the others find it) and asks it to run every unfinished batch in storage. So the
+host stays warm for the next batch, and a job whose host died (SIGKILL, node loss, a whole new
+cluster) is started again from its checkpoint within ``supervise_seconds``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import logging
 from typing import Any
 
@@ -36,34 +38,36 @@ class JobSupervisor:
         if self._task is not None:
             self._task.cancel()
 
-    def actor_name(self, batch_id: str) -> str:
-        return f"{self.router_app}-{batch_id}"
+    @property
+    def host_name(self) -> str:
+        # A changed configuration (another storage, say) gets a host of its own; the old one runs
+        # out its jobs and exits once nobody touches it.
+        digest = hashlib.sha256(self.config.model_dump_json().encode()).hexdigest()[:8]
+        return f"{self.router_app}-batch-jobs-{digest}"
 
     @staticmethod
     @functools.cache
     def _actor() -> Any:
         import ray
 
-        from serve_apps.batch.job import BatchJob
+        from serve_apps.batch.job import BatchJobs
 
-        return ray.remote(BatchJob)
+        return ray.remote(BatchJobs)
+
+    def host(self) -> Any:
+        """The app's job host, created if it does not exist (idempotent, from any replica)."""
+        return self._actor().options(
+            name=self.host_name, namespace=self.config.namespace, get_if_exists=True, lifetime="detached",
+            max_restarts=-1, num_cpus=0, max_concurrency=1000,
+        ).remote(self.config.model_dump(), self.router_app, self.router_deployment)
 
     def ensure(self, batch_id: str) -> None:
-        """Create the job actor if it does not exist and make sure it is running (idempotent)."""
-        actor = self._actor().options(
-            name=self.actor_name(batch_id), namespace=self.config.namespace, get_if_exists=True,
-            lifetime="detached", max_restarts=-1, num_cpus=0, max_concurrency=1000,
-        ).remote(self.config.model_dump(), batch_id, self.router_app, self.router_deployment)
-        actor.run.remote()
+        """Make sure the batch's job is running (idempotent)."""
+        self.host().run.remote(batch_id)
 
     def cancel(self, batch_id: str) -> None:
         """Storage already says "cancel"; tell a running job now rather than at its next tick."""
-        import ray
-
-        try:
-            ray.get_actor(self.actor_name(batch_id), namespace=self.config.namespace).cancel.remote()
-        except ValueError:  # no actor: the supervisor finalises it from storage
-            self.ensure(batch_id)
+        self.host().cancel.remote(batch_id)
 
     async def _loop(self) -> None:
         while True:
@@ -74,6 +78,8 @@ class JobSupervisor:
             await asyncio.sleep(self.config.supervise_seconds)
 
     def _sweep(self) -> None:
+        host = self.host()
+        host.touch.remote()
         for batch_id in self.storage.batch_ids():
             if batch_id in self._finished:
                 continue
@@ -83,4 +89,4 @@ class JobSupervisor:
             if batch.status in TERMINAL:
                 self._finished.add(batch_id)
                 continue
-            self.ensure(batch_id)
+            host.run.remote(batch_id)

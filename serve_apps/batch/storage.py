@@ -29,7 +29,10 @@ OUTPUT, ERROR = "o", "e"
 class Storage:
     def __init__(self, uri: str) -> None:
         self.uri = uri
-        fs, root = fsspec.core.url_to_fs(os.path.expanduser(uri) if "://" not in uri else uri)
+        # Several processes (router replicas, job actors) share the storage: a cached listing would
+        # hide what the others wrote (s3fs caches listings per process by default).
+        fs, root = fsspec.core.url_to_fs(os.path.expanduser(uri) if "://" not in uri else uri,
+                                         use_listings_cache=False)
         self.fs: fsspec.AbstractFileSystem = fs
         self.root = root.rstrip("/")
         for sub in ("files", "batches"):
@@ -47,10 +50,19 @@ class Storage:
             handle.write(data)
         self.fs.mv(tmp, path)
 
-    def _read_json(self, path: str) -> dict[str, Any] | None:
+    def _ls(self, path: str) -> list[str]:
+        """Names under ``path``; none when it does not exist (object stores have no empty
+        directories: a prefix with no objects is simply absent)."""
         try:
-            with self.fs.open(path, "rb") as handle:
-                return json.loads(handle.read())
+            return [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(path, detail=False)]
+        except FileNotFoundError:
+            return []
+
+    def _read_json(self, path: str) -> dict[str, Any] | None:
+        # One whole read (one GET on object stores): a file object would check the object's ETag on
+        # each ranged read and fail when a job replaced batch.json in between (s3fs FileExpired).
+        try:
+            return json.loads(self.fs.cat_file(path))
         except FileNotFoundError:
             return None
 
@@ -81,8 +93,7 @@ class Storage:
 
     def file_ids(self) -> list[str]:
         """Every stored file id, newest first (ids are time-ordered)."""
-        names = [p.rsplit("/", 1)[-1] for p in self.fs.ls(self._path("files"), detail=False)]
-        return sorted((n[:-5] for n in names if n.endswith(".json")), reverse=True)
+        return sorted((n[:-5] for n in self._ls(self._path("files")) if n.endswith(".json")), reverse=True)
 
     def open_file(self, file_id: str) -> IO[bytes]:
         return self.fs.open(self._path("files", f"{file_id}.jsonl"), "rb")
@@ -110,8 +121,7 @@ class Storage:
 
     def batch_ids(self) -> list[str]:
         """Every stored batch id, newest first."""
-        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self._path("batches"), detail=False)]
-        return sorted((n for n in names if n.startswith("batch_")), reverse=True)
+        return sorted((n for n in self._ls(self._path("batches")) if n.startswith("batch_")), reverse=True)
 
     def request_cancel(self, batch_id: str) -> None:
         self._write_atomic(self._path("batches", batch_id, "cancel"), b"1")
@@ -128,9 +138,7 @@ class Storage:
 
     def part_paths(self, batch_id: str) -> list[str]:
         directory = self._path("batches", batch_id, "parts")
-        if not self.fs.exists(directory):
-            return []
-        return sorted(p for p in self.fs.ls(directory, detail=False) if p.endswith(".part"))
+        return sorted(f"{directory}/{name}" for name in self._ls(directory) if name.endswith(".part"))
 
     def read_part(self, path: str) -> Iterator[tuple[int, str, str]]:
         with self.fs.open(path, "rt", encoding="utf-8") as handle:

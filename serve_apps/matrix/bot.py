@@ -28,9 +28,15 @@ from serve_apps.matrix.policy import RateLimiter
 from serve_apps.matrix.store import BotStore
 
 logger = logging.getLogger("ray.serve")
-# Commands sent while the bot was away must not fall out of a limited timeline.
-SYNC_FILTER = {"room": {"timeline": {"limit": 200}, "state": {"lazy_load_members": False}},
-               "presence": {"types": []}}
+TIMELINE_LIMIT = 200  # events per room and sync: commands sent while the bot was away must fit
+
+
+def sync_filter(bot_user: str) -> dict[str, Any]:
+    """What the bot reads: room messages from others (its own answers would only wake its sync),
+    full member state, no presence, typing or receipts."""
+    return {"room": {"timeline": {"limit": TIMELINE_LIMIT, "not_senders": [bot_user]},
+                     "state": {"lazy_load_members": False}, "ephemeral": {"types": []}},
+            "presence": {"types": []}}
 
 
 @dataclass
@@ -59,6 +65,7 @@ class MatrixBot:
         self._tasks: set[asyncio.Task[None]] = set()
         self._inflight: set[str] = set()  # command event IDs being answered by this process
         self._started = False
+        self._filter = sync_filter(config.user_id)
         if not config.allow.users:
             logger.warning("matrix bot: allow.users is empty, so nobody can use the bot until it is configured")
 
@@ -96,7 +103,7 @@ class MatrixBot:
         client = await self._ensure_client()
         first = not self._started
         response = await client.sync(timeout=self.config.sync.timeout_ms, since=self.store.sync_token,
-                                     full_state=first, sync_filter=SYNC_FILTER)
+                                     full_state=first, sync_filter=self._filter)
         if not isinstance(response, SyncResponse):
             status = getattr(response, "status_code", None)
             if status == "M_UNKNOWN_TOKEN":
@@ -105,7 +112,10 @@ class MatrixBot:
         history = self.store.sync_token is None  # the very first start: what is there is history
         self._started = True
         self._handle(response, skip_timeline=history)
-        self.store.save_sync_token(response.next_batch)
+        # one write per sync: the commands just recorded as pending, the answers and turns finished
+        # since the last one, and the token that moves past them
+        self.store.sync_token = response.next_batch
+        await self.store.save_in_thread()
         self.state.phase, self.state.last_ok, self.state.last_error = "syncing", time.monotonic(), None
         if first:
             self._resume_pending()
@@ -122,7 +132,7 @@ class MatrixBot:
             self.client = client
             self._started = False
             sender = matrix_client.Sender(client)
-            self.handler = CommandHandler(self.config, self.inference, self.store, sender, self._typing)
+            self.handler = CommandHandler(self.config, self.inference, self.store, sender, self._busy)
             logger.info("matrix bot: logged in as %s (device %s)", client.user_id, client.device_id)
         return self.client
 
@@ -144,9 +154,15 @@ class MatrixBot:
             await client.keys_claim(client.get_users_for_key_claiming())
         await client.send_to_device_messages()
 
-    async def _typing(self, room_id: str, on: bool) -> None:
-        if self.client is not None:
-            await self.client.room_typing(room_id, on, timeout=30000)
+    async def _busy(self, room_id: str, event_id: str, on: bool) -> None:
+        """What people see while a long answer is generated: a read receipt for the command, typing."""
+        if self.client is None:
+            return
+        if on:
+            await asyncio.gather(self.client.room_read_markers(room_id, event_id, event_id),
+                                 self.client.room_typing(room_id, True, timeout=30000))
+        else:
+            await self.client.room_typing(room_id, False)
 
     # ---------------------------------------------------------------- events
 
@@ -158,7 +174,7 @@ class MatrixBot:
         for room_id, info in response.rooms.join.items():
             if info.timeline.limited:
                 logger.warning("matrix bot: more than %d events in %s since the last sync; older ones are skipped",
-                               SYNC_FILTER["room"]["timeline"]["limit"], room_id)
+                               TIMELINE_LIMIT, room_id)
             for event in info.timeline.events:
                 self._guard(self._event, room_id, event)
 
@@ -189,7 +205,8 @@ class MatrixBot:
         if not (self.config.allow.user_allowed(event.sender) and self.config.allow.room_allowed(room_id)):
             return
         root = relates["event_id"] if relates.get("rel_type") == "m.thread" else event.event_id
-        self._command(Origin(room_id, event.event_id, event.sender, root), event.body)
+        delivered = time.time() * 1000 - event.server_timestamp
+        self._command(Origin(room_id, event.event_id, event.sender, root, delivered), event.body)
 
     def _command(self, origin: Origin, body: str, resumed: bool = False) -> None:
         assert self.handler is not None
@@ -210,8 +227,6 @@ class MatrixBot:
                 return
             self.store.add_pending(origin.event_id, {"room_id": origin.room_id, "sender": origin.sender,
                                                      "thread_root": origin.thread_root, "body": body})
-            if self.client is not None:
-                self._spawn(self.client.room_read_markers(origin.room_id, origin.event_id, origin.event_id))
         self.state.commands += 1
         self._inflight.add(origin.event_id)
         self._spawn(self._answer(command, origin))
@@ -251,3 +266,4 @@ class MatrixBot:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._reset_client()
+        self.store.save()

@@ -52,8 +52,12 @@ class RateLimit(StrictModel):
 
 
 class StreamingConfig(StrictModel):
-    """Replies are posted at the first tokens and edited as tokens arrive (``m.replace``)."""
+    """Replies are posted at the first tokens (or whole, when the answer is done within
+    ``first_post_after``) and edited as tokens arrive (``m.replace``)."""
 
+    first_post_after: float = Field(
+        0.5, ge=0, le=10,
+        description="seconds to wait for the whole answer before posting a first part (0: post at the first token)")
     edit_interval: float = Field(1.5, ge=0.2, description="seconds between edits of one reply (rate limits)")
     max_edits: int = Field(60, ge=0, description="edits per reply part; the final edit always goes out")
     max_message_chars: int = Field(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -28,16 +29,17 @@ class Origin:
     event_id: str
     sender: str
     thread_root: str
+    delivered_ms: float | None = None  # from the homeserver accepting the command to this bot seeing it
 
 
 class CommandHandler:
     def __init__(self, config: MatrixConfig, inference: Inference, store: BotStore, send: SendFn,
-                 typing: Any = None) -> None:
+                 busy: Any = None) -> None:
         self.config = config
         self.inference = inference
         self.store = store
         self.send = send
-        self.typing = typing  # async (room_id, on: bool) -> None, best effort
+        self.busy = busy  # async (room_id, command event_id, on: bool) -> None: receipt and typing, best effort
         self._default_model: str | None = config.model
         self._notices: set[asyncio.Task[None]] = set()
 
@@ -79,23 +81,35 @@ class CommandHandler:
                                 "stream_options": {"include_usage": True}}
         logger.info("matrix bot [%s] !infer from %s in %s (model %s, backend %s)", request_id, origin.sender,
                     origin.room_id, model, command.backend or "any")
-        self._typing(origin.room_id, True)  # not awaited: a notice must not delay the answer
+        streaming = self.config.streaming
+        stream = ReplyStream(self.send, origin.room_id, origin.event_id, origin.thread_root, streaming.edit_interval,
+                             streaming.max_edits, streaming.max_message_chars, streaming.first_post_after)
+        # The read receipt and typing are shown only for answers that take longer than the
+        # one-message window (a quick answer is its own receipt), and never awaited: each is one more
+        # request for the homeserver, and a notice must not delay the answer.
+        busy = Busy(self._notice, origin.room_id, origin.event_id)
+        timer = asyncio.get_running_loop().call_later(streaming.first_post_after, busy.start)
+        marks = {"start": time.perf_counter()}
         try:
             generation = await self.inference.chat(body, command.backend)
-            stream = ReplyStream(self.send, origin.room_id, origin.event_id, origin.thread_root,
-                                 self.config.streaming.edit_interval, self.config.streaming.max_edits,
-                                 self.config.streaming.max_message_chars)
+            marks["head"] = time.perf_counter()
             text = ""
             async for delta in generation.deltas():
+                marks.setdefault("first_token", time.perf_counter())
                 text += delta
                 await stream.update(_tagged(generation.backend, text))
+            marks["last_token"] = time.perf_counter()
             extra = {USAGE_KEY: generation.usage} if generation.usage else {}
             await stream.finish(_tagged(generation.backend, text or "(empty answer)"), **extra)
+            marks["sent"] = time.perf_counter()
         finally:
-            self._typing(origin.room_id, False)
+            timer.cancel()
+            busy.stop()
         self.store.add_turn(origin.thread_root, command.prompt, text, self.config.context_tokens * CHARS_PER_TOKEN)
-        logger.info("matrix bot [%s] answered by %s (%d chars, finish %s)", request_id, generation.backend,
-                    len(text), generation.finish_reason)
+        steps = f"delivered {origin.delivered_ms:.0f} " if origin.delivered_ms is not None else ""
+        steps += " ".join(f"{name} {1000 * (at - marks['start']):.0f}" for name, at in marks.items() if name != "start")
+        logger.info("matrix bot [%s] answered by %s (%d chars, finish %s, %d sends; ms: %s)", request_id,
+                    generation.backend, len(text), generation.finish_reason, stream.sends, steps)
 
     def _messages(self, thread_root: str, prompt: str) -> list[dict[str, str]]:
         """The thread's earlier turns, newest kept first, within the context budget."""
@@ -115,17 +129,17 @@ class CommandHandler:
         self._default_model = models[0]["id"] if models else None
         return self._default_model
 
-    def _typing(self, room_id: str, on: bool) -> None:
-        if self.typing is not None:
-            task = asyncio.ensure_future(self._notice(room_id, on))
+    def _notice(self, room_id: str, event_id: str, on: bool) -> None:
+        if self.busy is not None:
+            task = asyncio.ensure_future(self._send_notice(room_id, event_id, on))
             self._notices.add(task)
             task.add_done_callback(self._notices.discard)
 
-    async def _notice(self, room_id: str, on: bool) -> None:
+    async def _send_notice(self, room_id: str, event_id: str, on: bool) -> None:
         try:
-            await self.typing(room_id, on)
-        except Exception:  # a typing notice is decoration; never fail an answer for it
-            logger.debug("matrix bot: typing notice failed", exc_info=True)
+            await self.busy(room_id, event_id, on)
+        except Exception:  # receipts and typing are decoration; never fail an answer for them
+            logger.debug("matrix bot: receipt/typing notice failed", exc_info=True)
 
     @staticmethod
     def _backends_text(backends: list[dict[str, Any]]) -> str:
@@ -135,6 +149,26 @@ class CommandHandler:
             breaker = backend.get("breaker")
             lines.append(f"{backend.get('name')}: {state}" + (f" (breaker {breaker})" if breaker and breaker != "closed" else ""))
         return "\n".join(lines) or "no backends"
+
+
+@dataclass(slots=True)
+class Busy:
+    """The notices of one slow answer: receipt and typing when ``start`` runs, typing off at ``stop``
+    only if it was on."""
+
+    notify: Any  # (room_id, event_id, on) -> None, fire and forget
+    room_id: str
+    event_id: str
+    on: bool = False
+
+    def start(self) -> None:
+        self.on = True
+        self.notify(self.room_id, self.event_id, True)
+
+    def stop(self) -> None:
+        if self.on:
+            self.on = False
+            self.notify(self.room_id, self.event_id, False)
 
 
 def _tagged(backend: str, text: str) -> str:

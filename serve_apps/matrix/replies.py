@@ -1,5 +1,7 @@
 """Posting answers: a reply in the asking message's thread, posted at the first tokens and edited
 (``m.replace``) as tokens arrive, at most once per interval; long answers are split over messages.
+A short answer that is complete within ``first_post_after`` goes out as one message: one homeserver
+round trip instead of a post and an edit.
 
 Every event the bot sends has a transaction ID derived from the command's event ID and the event's
 role, so a retried send (homeserver restart, a new leader re-running a command) is deduplicated by the
@@ -66,14 +68,28 @@ class ReplyStream:
     edit_interval: float
     max_edits: int
     max_chars: int
+    first_post_after: float = 0.0
     clock: Callable[[], float] = time.monotonic
     parts: list[_Part] = field(default_factory=list)
     final_fields: dict[str, Any] = field(default_factory=dict)  # added to the final version's content
     _last_edit: float = float("-inf")
+    _started: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._started = self.clock()
+
+    @property
+    def posted(self) -> bool:
+        return bool(self.parts)
+    sends: int = 0  # events sent for this answer (posts and edits)
 
     async def update(self, text: str) -> None:
-        """Post at the first text; after that, at most one round of changes per ``edit_interval``."""
+        """Post once ``first_post_after`` has passed since the stream began (an answer finished by then
+        goes out as one message, with no edit); after that, at most one round of changes per
+        ``edit_interval``."""
         if not text.strip():
+            return
+        if not self.parts and self.clock() - self._started < self.first_post_after:
             return
         if self.parts and self.clock() - self._last_edit < self.edit_interval:
             return
@@ -95,6 +111,7 @@ class ReplyStream:
                            "m.relates_to": thread_relation(self.thread_root, self.command_event_id)}
                 if marked:
                     content.update({DONE_KEY: True, **self.final_fields})
+                self.sends += 1
                 event_id = await self.send(self.room_id, "m.room.message", content,
                                            txn_id(self.command_event_id, f"part-{index}"))
                 if event_id is None:
@@ -111,6 +128,7 @@ class ReplyStream:
 
     async def _edit(self, part: _Part, text: str, index: int, complete: bool, marked: bool) -> None:
         part.edits += 1
+        self.sends += 1
         new_content: dict[str, Any] = {"msgtype": "m.text", "body": text}
         if marked:
             new_content.update({DONE_KEY: True, **self.final_fields})

@@ -3,14 +3,20 @@ commands nor loses context: the sync token, the IDs of answered commands, thread
 session of a password login (mode 0600). The E2EE keys live next to them in nio's own store.
 
 Files are small JSON documents replaced atomically (write + rename): a crash leaves the old or the
-new version, never half of one.
+new version, never half of one. Changes are kept in memory and written together by ``save`` (the sync
+loop saves once per sync, in a thread, together with the token that moves past the commands it
+recorded), so answering a command never waits for the disk. A crash loses at most the marks of the
+last moments; those commands stay pending and are re-run, and their re-sent replies are deduplicated
+by transaction ID.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import tempfile
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -53,12 +59,10 @@ class BotStore:
         self._answered: OrderedDict[str, None] = OrderedDict((e, None) for e in state.get("answered", []))
         self._threads: OrderedDict[str, list[list[str]]] = OrderedDict(state.get("threads", {}))
         self._pending: dict[str, dict[str, str]] = dict(state.get("pending", {}))
+        self._write_lock = threading.Lock()
+        self._taken = self._written = 0
 
     # ---------------------------------------------------------------- sync position and answers
-
-    def save_sync_token(self, token: str) -> None:
-        self.sync_token = token
-        self._save()
 
     def answered(self, event_id: str) -> bool:
         return event_id in self._answered
@@ -66,7 +70,6 @@ class BotStore:
     def add_pending(self, event_id: str, record: dict[str, str]) -> None:
         """A command taken but not yet answered (re-run after a crash or a leader change)."""
         self._pending[event_id] = record
-        self._save()
 
     def pending(self) -> dict[str, dict[str, str]]:
         return dict(self._pending)
@@ -76,7 +79,6 @@ class BotStore:
         self._answered[event_id] = None
         while len(self._answered) > ANSWERED_KEEP:
             self._answered.popitem(last=False)
-        self._save()
 
     # ---------------------------------------------------------------- thread turns
 
@@ -91,11 +93,27 @@ class BotStore:
         self._threads[thread_id] = turns
         while len(self._threads) > THREADS_KEEP:
             self._threads.popitem(last=False)
-        self._save()
 
-    def _save(self) -> None:
-        _write_atomic(self._state_path, {"sync_token": self.sync_token, "answered": list(self._answered),
-                                         "threads": dict(self._threads), "pending": self._pending})
+    # ---------------------------------------------------------------- writing
+
+    def save(self) -> None:
+        self._write(*self._snapshot())
+
+    async def save_in_thread(self) -> None:
+        """``save`` off the event loop; what it writes is taken now, on the loop."""
+        await asyncio.to_thread(self._write, *self._snapshot())
+
+    def _snapshot(self) -> tuple[int, dict[str, Any]]:
+        self._taken += 1
+        return self._taken, {"sync_token": self.sync_token, "answered": list(self._answered),
+                             "threads": {thread: list(turns) for thread, turns in self._threads.items()},
+                             "pending": dict(self._pending)}
+
+    def _write(self, seq: int, data: dict[str, Any]) -> None:
+        with self._write_lock:  # a slow older write never replaces a newer one
+            if seq > self._written:
+                _write_atomic(self._state_path, data)
+                self._written = seq
 
     # ---------------------------------------------------------------- login session
 

@@ -1,5 +1,6 @@
 """``ray-serve-cai batch run`` on a private Ray instance with one real vLLM engine of the tiny model:
-a few hundred lines, the CLI SIGKILLed twice mid-run and resumed -- every custom_id exactly once."""
+a few hundred lines, the CLI SIGKILLed twice mid-run and resumed -- every custom_id exactly once, and
+nothing of the killed CLI's Ray instance left running."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from launchers.local import descendants
+from launchers.local import descendants, running
 
 CLI = [sys.executable, "-m", "ray_serve_cai"]
 TOTAL = 300
@@ -38,21 +39,22 @@ def start(args: list[str], log: Path) -> subprocess.Popen:
 
 
 def kill_when(process: subprocess.Popen, output: Path, at_least: int, timeout: float = 400) -> int:
-    """SIGKILL the CLI once ``output`` holds ``at_least`` lines; then reap what its Ray instance leaves."""
+    """SIGKILL the CLI once ``output`` holds ``at_least`` lines; its whole Ray instance (GCS, raylet,
+    agents, workers, engine processes) must be gone shortly after, with nobody reaping it by hand."""
     deadline = time.monotonic() + timeout
     while lines_in(output) < at_least:
         assert process.poll() is None, "the CLI exited before it could be killed"
         assert time.monotonic() < deadline, "no progress"
         time.sleep(0.05)
     tree = descendants(process.pid)
+    assert len(tree) >= 4, f"expected a Ray instance below the CLI, found {tree}"
     process.send_signal(signal.SIGKILL)
     process.wait(10)
-    time.sleep(3)  # Ray fate-shares the raylet and workers with the driver; its agents linger: reap them
-    for pid in tree:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    gone_by = time.monotonic() + 20
+    while running(tree) and time.monotonic() < gone_by:
+        time.sleep(0.1)
+    left = {pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:120] for pid in running(tree)}
+    assert not left, f"processes of the killed CLI's Ray instance are still running: {left}"
     return lines_in(output)
 
 

@@ -160,8 +160,8 @@ def test_cancel_keeps_finished_results(client):
 
 
 def test_job_and_router_killed_mid_run_resume_exactly_once(client):
-    """SIGKILL the job actor twice and the router replica once while the batch runs: every custom_id
-    is in the output exactly once."""
+    """SIGKILL the job host actor twice and the router replica once while the batch runs: every
+    custom_id is in the output exactly once."""
     total = 400
     lines = [line(f"r{i}", f"resume {i}", max_tokens=32, ignore_eos=True) for i in range(total)]
     batch = client.batches.create(input_file_id=upload(client, lines), endpoint="/v1/chat/completions",
@@ -177,11 +177,11 @@ def test_job_and_router_killed_mid_run_resume_exactly_once(client):
             time.sleep(0.1)
 
     assert progressed_past(40) < total
-    sigkill("ray::BatchJob")
+    sigkill("ray::BatchJobs")
     assert progressed_past(140) < total, "too fast to kill mid-run"
     sigkill(f"ray::ServeReplica:{APP}:MultiBackendRouter")
     assert progressed_past(200) < total
-    sigkill("ray::BatchJob")
+    sigkill("ray::BatchJobs")
     batch = wait_done(client, batch.id, timeout=300)
     assert batch.status == "completed"
     output = jsonl(client, batch.output_file_id)

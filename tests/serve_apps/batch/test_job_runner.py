@@ -170,3 +170,39 @@ def test_expired_lines_go_to_the_error_file(tmp_path):
     errors = read_file(storage, done.error_file_id)
     assert [e["error"]["code"] for e in errors] == ["batch_expired"] * 5
     assert done.output_file_id is None and done.expired_at
+
+
+class Handle:
+    """The router's DeploymentHandle as the job host uses it: ``batch_call.remote(...)``, awaitable."""
+
+    def __init__(self, router: Router) -> None:
+        self.batch_call = self
+        self.router = router
+
+    def remote(self, path: str, raw: bytes):
+        return self.router(path, raw)
+
+
+def test_the_job_host_runs_each_batch_once_however_often_asked(tmp_path):
+    from serve_apps.batch.job import BatchJobs
+
+    config = BatchConfig(storage=str(tmp_path), flush_seconds=0.05)
+    storage = Storage(config.storage)
+    first, second = (make_batch(storage, [request(i + 10 * n) for i in range(10)]) for n in range(2))
+    router = Router(delay=0.01)
+
+    async def run():
+        host = BatchJobs(config.model_dump(), "app", "Router")
+        host._handle = Handle(router)
+        # every router replica asks, every supervisor round, often at the same moment: each batch runs once
+        states = await asyncio.gather(*(host.run(batch.id) for batch in (first, second, first, second, first)))
+        results = await asyncio.gather(*host._tasks.values())
+        await host.run(first.id)  # finished: nothing is sent again
+        await host.run("batch_missing")
+        return states, results, await asyncio.gather(*host._tasks.values())
+
+    states, results, later = asyncio.run(run())
+    assert sorted(states) == ["running"] * 3 + ["started"] * 2
+    assert results == ["completed", "completed"] and later == ["completed", "completed", "missing"]
+    assert sorted(router.calls) == sorted(f"p{i}" for i in [*range(10), *range(10, 20)])  # every line once
+    assert all(storage.get_batch(b.id).status == "completed" for b in (first, second))

@@ -30,6 +30,8 @@ from tests.conftest import MODEL, write_serve_config
 
 PROXY = Path(__file__).parents[1] / "router" / "tcp_proxy.py"
 APP = "mbot"
+# short enough that a long answer gets several edits after the default 0.5 s first-post window
+EDIT_INTERVAL_S = 0.5
 
 
 @dataclass
@@ -97,7 +99,7 @@ class BotStack:
             "access_token": {"file": str(token_file)}, "store_path": str(self.tmp / "store"),
             "allow": {"users": [self.people.alice.user_id, self.people.bob.user_id]},
             "rate_limit": {"requests": 100, "per_seconds": 60}, "max_tokens": 16,
-            "streaming": {"edit_interval": 1.0, "max_message_chars": 1000},
+            "streaming": {"edit_interval": EDIT_INTERVAL_S, "max_message_chars": 1000},
             "request_defaults": {"ignore_eos": True}, "encryption": True,
             "sync": {"timeout_ms": 5000, "backoff_initial": 0.2, "backoff_max": 1.0},
             "lease": {"check_every": 1.0},

@@ -78,6 +78,7 @@ def test_pending_commands_resume_once_and_answered_ones_never(tmp_path):
     bot.store.add_pending("$2", {"room_id": ROOM, "sender": "@alice:x.org", "thread_root": "$2", "body": "!infer second"})
     assert list(bot.store.pending()) == ["$1", "$2"]  # the recorder does not mark answers
     bot.store.mark_answered("$1")
+    bot.store.save()  # what the sync loop does after each sync
 
     async def resume() -> None:
         again = MatrixBot(bot.config, inference=None)  # a restart on the same store

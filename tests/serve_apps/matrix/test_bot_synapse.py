@@ -20,10 +20,10 @@ from launchers.polling import poll_until
 from loadtests.matrix_people import Answer, tag
 from serve_apps.matrix.replies import DONE_KEY, USAGE_KEY
 from tests.conftest import MODEL
-from tests.serve_apps.matrix.conftest import APP, BotStack, room_with_bot
+from tests.serve_apps.matrix.conftest import APP, EDIT_INTERVAL_S, BotStack, room_with_bot
 
 pytestmark = pytest.mark.engine
-EDIT_INTERVAL_MS = 1000
+EDIT_INTERVAL_MS = EDIT_INTERVAL_S * 1000
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +64,8 @@ def test_backend_option_and_friendly_errors(bot_stack, room):
     got = answers(bot_stack, room, [chosen, unknown, bad, empty])
     assert tag(got[chosen].text) == "engine"
     assert got[chosen].usage["completion_tokens"] == 5
+    # 5 tokens come well within streaming.first_post_after (0.5 s): one message, never edited
+    assert [len(stamps) for stamps in got[chosen].edit_ts.values()] == [1]
     assert "unknown backend 'nowhere'" in got[unknown].text and "proxied" in got[unknown].text
     assert got[bad].text == "--max-tokens needs a whole number"
     assert got[empty].text == "--model needs a value"

@@ -93,13 +93,15 @@ def test_rate_limit_is_per_user_and_slides():
 def test_store_persists_token_answers_pending_threads_and_session(tmp_path):
     store = BotStore(tmp_path / "s")
     assert store.sync_token is None
-    store.save_sync_token("s72_1")
+    store.sync_token = "s72_1"
     store.add_pending("$e1", {"room_id": "!r:x", "sender": "@a:x", "thread_root": "$e1", "body": "!infer hi"})
     store.add_pending("$e2", {"room_id": "!r:x", "sender": "@a:x", "thread_root": "$e2", "body": "!infer yo"})
     store.mark_answered("$e1")
     store.add_turn("$root", "q1", "a1", keep_chars=100)
     store.add_turn("$root", "q2" * 30, "a2" * 30, keep_chars=100)  # over budget: the oldest turn goes
     store.save_session("@bot:x", "DEV", "secret-token")
+    assert BotStore(tmp_path / "s").sync_token is None  # changes stay in memory until saved
+    asyncio.run(store.save_in_thread())
     again = BotStore(tmp_path / "s")
     assert again.sync_token == "s72_1"
     assert again.answered("$e1") and not again.answered("$e2")
@@ -163,6 +165,33 @@ def test_reply_stream_throttles_edits_and_marks_the_final_version():
     assert all(DONE_KEY not in c.get("m.new_content", c) for _, c in send.events[:-1])
     assert send.events[0][0] == txn_id("$cmd", "part-0")  # stable: a retried post is deduplicated
     assert len({txn for txn, _ in send.events}) == len(send.events)
+
+
+def test_reply_stream_posts_a_quick_answer_once_and_a_slow_one_after_the_window():
+    now = [0.0]
+    quick, slow = Recorder(), Recorder()
+    quick_stream = ReplyStream(quick, "!r:x", "$cmd", "$cmd", edit_interval=1.5, max_edits=5, max_chars=1000,
+                               first_post_after=0.5, clock=lambda: now[0])
+    slow_stream = ReplyStream(slow, "!r:x", "$cmd2", "$cmd2", edit_interval=1.5, max_edits=5, max_chars=1000,
+                              first_post_after=0.5, clock=lambda: now[0])
+
+    async def run():
+        for step, text in enumerate(["[a] He", "[a] Hello", "[a] Hello there"]):
+            now[0] = 0.1 * step  # all inside the window
+            await quick_stream.update(text)
+            await slow_stream.update(text)
+        await quick_stream.finish("[a] Hello there!")
+        now[0] = 0.6
+        await slow_stream.update("[a] Hello there, and")  # the window is over: posted
+        now[0] = 0.9
+        await slow_stream.finish("[a] Hello there, and more")
+
+    asyncio.run(run())
+    assert [(c["body"], c[DONE_KEY]) for _, c in quick.events] == [("[a] Hello there!", True)]  # one send
+    assert quick_stream.sends == 1 and slow_stream.sends == 2
+    bodies = [c.get("m.new_content", c)["body"] for _, c in slow.events]
+    assert bodies == ["[a] Hello there, and", "[a] Hello there, and more"]
+    assert DONE_KEY not in slow.events[0][1] and slow.events[1][1]["m.new_content"][DONE_KEY] is True
 
 
 def test_reply_stream_splits_long_answers_over_messages():
