@@ -4,10 +4,11 @@ through the router; count client-visible errors and measure how fast traffic mov
 Half the requests stream (max_tokens 128, ~0.5 s each, so some are in flight at the kill), half don't (max_tokens 16). Two stock vLLM servers are
 started (a: tier 0, b: tier 1), so this needs memory for two engines (~7 GB).
 
-    .venv/bin/python loadtests/bench_router_failover.py [--rate 10] [--duration 20] [--kill-at 10] [--door serve]
+    .venv/bin/python -m loadtests.bench_router_failover [--rate 10] [--duration 20] [--kill-at 10] [--door serve]
 
 ``--door`` picks how clients reach the router: its own listener (default, ``router.listen``) or Serve's
-ingress (HAProxy).
+ingress (HAProxy). ``run`` is the same measurement for ``ray-serve-cai bench`` (one kill per round, the
+killed server restarted on its port between rounds), with a per-second timeline for the plot.
 """
 
 from __future__ import annotations
@@ -15,12 +16,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
-from bench_router_lib import Connection, free_port, split_url, start_router, start_vllm, stop_on_sigterm, write_result
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from loadtests.bench_router_lib import (Connection, cdf_sample, free_port, split_url, start_router, start_vllm,  # noqa: E402
+                                        stop_on_sigterm, write_result)
+from ray_serve_cai.bench.results import BenchOutput, BenchSettings, Row, TimelinePoint, headline  # noqa: E402
 
 
 async def one(url: str, index: int, t0: float) -> dict:
@@ -61,6 +67,90 @@ async def open_loop(url: str, rate: float, duration: float, kill_at: float, kill
     return list(await asyncio.gather(*tasks)), killed_at
 
 
+def summarize(records: list[dict], killed_at: float) -> dict[str, Any]:
+    errors = [r for r in records if r.get("status") != 200 or not r.get("complete")]
+    after = sorted((r for r in records if r["start"] >= killed_at), key=lambda r: r["start"])
+    in_flight = [r for r in records if r["start"] < killed_at < r["end"]]
+    served_by_b = [r for r in records if r["end"] >= killed_at and r.get("backend") == "b" or r.get("resumed")]
+    first_b = min((r["end"] for r in served_by_b), default=None)
+    # from when on does every new request go straight to b (no failed attempt on a first)?
+    settled = next((r["start"] for i, r in enumerate(after)
+                    if all(x.get("backend") == "b" and not x.get("fallback_from") for x in after[i:])), None)
+    return {
+        "requests": len(records), "client_errors": len(errors), "killed_at_s": killed_at,
+        "in_flight_at_kill": len(in_flight),
+        "in_flight_rescued": sum(1 for r in in_flight if r.get("complete")),
+        "first_answer_from_b_after_kill_s": None if first_b is None else first_b - killed_at,
+        "traffic_moved_s": None if settled is None else max(0.0, settled - killed_at),
+        "requests_after_kill_with_fallback": sum(1 for r in after if r.get("fallback_from")),
+        "targets": {"client_errors": 0, "traffic_moved_s_le": 1.0},
+    }
+
+
+def timeline(records: list[dict]) -> list[TimelinePoint]:
+    """Requests per second of start time, and how many of them failed."""
+    seconds = int(max((r["start"] for r in records), default=0)) + 1
+    points = [TimelinePoint(t=float(t), requests=0, errors=0) for t in range(seconds)]
+    for r in records:
+        point = points[int(r["start"])]
+        point.requests += 1
+        point.errors += int(r.get("status") != 200 or not r.get("complete"))
+    return points
+
+
+def measure(workdir: Path, rounds: int, rate: float, duration: float, kill_at: float, door: str = "listener"
+            ) -> list[tuple[list[dict], float]]:
+    """Two stock vLLM servers behind the router; each round SIGKILLs ``a`` mid-run (restarted between rounds)."""
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(start_vllm, workdir / f"vllm-{name}.log") for name in ("a", "b")]
+        a, b = (f.result() for f in futures)
+    a_port = int(a.url.rsplit(":", 1)[1])
+    cluster = None
+    runs = []
+    try:
+        backends = [{"name": "a", "kind": "openai", "url": a.url, "models": ["tiny-chat"], "tier": 0},
+                    {"name": "b", "kind": "openai", "url": b.url, "models": ["tiny-chat"], "tier": 1}]
+        listen_port = free_port() if door == "listener" else None
+        cluster, url = start_router(backends, workdir, listen_port=listen_port, haproxy=door == "serve")
+        if listen_port:
+            url = f"http://127.0.0.1:{listen_port}"
+        for index in range(rounds):
+            if index:  # the killed server comes back on its port; the router's health check finds it again
+                a = start_vllm(workdir / "vllm-a.log", port=a_port)
+                time.sleep(10)
+            asyncio.run(open_loop(url, rate, 3, 99, lambda: None))  # warm-up, no kill
+            records, killed_at = asyncio.run(open_loop(url, rate, duration, kill_at, a.kill))
+            runs.append((records, killed_at))
+            summary = summarize(records, killed_at)
+            print(f"round {index}: {summary['requests']} requests, {summary['client_errors']} client errors, "
+                  f"traffic moved in {summary['traffic_moved_s']} s", flush=True)
+    finally:
+        if cluster:
+            cluster.stop()
+        a.kill()
+        b.kill()
+    return runs
+
+
+def run(settings: BenchSettings) -> BenchOutput:
+    rate, duration, kill_at = (10.0, 10.0, 5.0) if settings.tiny else (10.0, 20.0, 10.0)
+    runs = measure(settings.workdir, settings.rounds, rate, duration, kill_at)
+    rows = []
+    for index, (records, killed_at) in enumerate(runs):
+        summary = summarize(records, killed_at)
+        latencies = [r["end"] - r["start"] for r in records if r.get("complete")]
+        rows.append(Row(round=index, target="router, a killed", latencies_ms=cdf_sample(latencies), metrics={
+            k: v for k, v in summary.items() if not isinstance(v, dict)}))
+    first = runs[0]
+    headlines = [headline("client errors per kill run", [r.metrics["client_errors"] for r in rows], at_most=0),
+                 headline("traffic moved to b after the kill", [r.metrics["traffic_moved_s"] for r in rows], "s",
+                          at_most=1.0),
+                 headline("in-flight requests rescued", [r.metrics["in_flight_rescued"] for r in rows]),
+                 headline("in flight at the kill", [r.metrics["in_flight_at_kill"] for r in rows])]
+    return BenchOutput(rows=rows, headlines=headlines, timeline=timeline(first[0]), events={"kill": first[1]},
+                       details={"rate": rate, "duration_s": duration, "kill_at_s": kill_at, "door": "listener"})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=10.0)
@@ -71,41 +161,9 @@ def main() -> None:
     args = parser.parse_args()
     stop_on_sigterm()
     workdir = Path(tempfile.mkdtemp(prefix="bench-failover-"))
-    with ThreadPoolExecutor(2) as pool:
-        futures = [pool.submit(start_vllm, workdir / f"vllm-{name}.log") for name in ("a", "b")]
-        a, b = (f.result() for f in futures)
-    cluster = None
-    try:
-        backends = [{"name": "a", "kind": "openai", "url": a.url, "models": ["tiny-chat"], "tier": 0},
-                    {"name": "b", "kind": "openai", "url": b.url, "models": ["tiny-chat"], "tier": 1}]
-        listen_port = free_port() if args.door == "listener" else None
-        cluster, url = start_router(backends, workdir, listen_port=listen_port)
-        if listen_port:
-            url = f"http://127.0.0.1:{listen_port}"
-        asyncio.run(open_loop(url, args.rate, 3, 99, lambda: None))  # warm-up, no kill
-        records, killed_at = asyncio.run(open_loop(url, args.rate, args.duration, args.kill_at, a.kill))
-    finally:
-        if cluster:
-            cluster.stop()
-        a.kill()
-        b.kill()
+    [(records, killed_at)] = measure(workdir, 1, args.rate, args.duration, args.kill_at, args.door)
     errors = [r for r in records if r.get("status") != 200 or not r.get("complete")]
-    after = sorted((r for r in records if r["start"] >= killed_at), key=lambda r: r["start"])
-    in_flight = [r for r in records if r["start"] < killed_at < r["end"]]
-    served_by_b = [r for r in records if r["end"] >= killed_at and r.get("backend") == "b" or r.get("resumed")]
-    first_b = min((r["end"] for r in served_by_b), default=None)
-    # from when on does every new request go straight to b (no failed attempt on a first)?
-    settled = next((r["start"] for i, r in enumerate(after)
-                    if all(x.get("backend") == "b" and not x.get("fallback_from") for x in after[i:])), None)
-    summary = {
-        "requests": len(records), "client_errors": len(errors), "killed_at_s": killed_at,
-        "in_flight_at_kill": len(in_flight),
-        "in_flight_rescued": sum(1 for r in in_flight if r.get("complete")),
-        "first_answer_from_b_after_kill_s": None if first_b is None else first_b - killed_at,
-        "traffic_moved_s": None if settled is None else max(0.0, settled - killed_at),
-        "requests_after_kill_with_fallback": sum(1 for r in after if r.get("fallback_from")),
-        "targets": {"client_errors": 0, "traffic_moved_s_le": 1.0},
-    }
+    summary = summarize(records, killed_at)
     for key, value in summary.items():
         print(f"{key}: {value}")
     path = write_result("bench_router_p3", {"summary": summary, "records": records, "rate": args.rate,

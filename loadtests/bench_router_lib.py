@@ -135,10 +135,20 @@ async def _chat_ok(connection: Connection, prefix: str, body: bytes, headers: di
     return status == 200
 
 
+def cdf_sample(latencies: list[float], points: int = 200) -> list[float]:
+    """``points`` evenly spaced order statistics of ``latencies`` (s) in ms: the distribution's shape for a
+    CDF plot without storing every request."""
+    ordered = sorted(latencies)
+    if len(ordered) <= points:
+        return [round(x * 1000, 3) for x in ordered]
+    return [round(ordered[round(i * (len(ordered) - 1) / (points - 1))] * 1000, 3) for i in range(points)]
+
+
 def _latency_summary(latencies: list[float], errors: int) -> dict[str, Any]:
     return {"requests": len(latencies), "errors": errors,
             "median_ms": statistics.median(latencies) * 1000 if latencies else None,
-            "p99_ms": sorted(latencies)[int(len(latencies) * 0.99) - 1] * 1000 if latencies else None}
+            "p99_ms": sorted(latencies)[int(len(latencies) * 0.99) - 1] * 1000 if latencies else None,
+            "cdf_ms": cdf_sample(latencies)}
 
 
 async def interleaved(targets: dict[str, tuple[str, dict[str, str] | None]], body: bytes, duration: float,

@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ray_serve_cai.commands.local",
     "ray_serve_cai.commands.check",
     "ray_serve_cai.commands.batch",
+    "ray_serve_cai.commands.bench",
     "launchers.cai.cli",
     "launchers.kuberay.cli",
 )
