@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 
 import aiohttp
 
+from loadtests.bench_router_lib import cdf_sample
+
 
 @dataclass
 class LoadResult:
@@ -26,6 +28,9 @@ class LoadResult:
     tokens_per_s: float
     ttft_median_ms: float
     ttft_p90_ms: float
+    ttft_p95_ms: float
+    requests_per_s: float
+    ttft_cdf_ms: list[float]
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -44,10 +49,12 @@ def _usage_tokens(tail: bytes) -> int:
 
 
 async def run_load(label: str, base_url: str, model: str, *, concurrency: int = 64, per_worker: int = 2,
-                   max_tokens: int = 64, path: str = "/v1/completions") -> LoadResult:
+                   max_tokens: int = 64, path: str = "/v1/completions",
+                   headers: dict[str, str] | None = None) -> LoadResult:
     body = {"model": model, "prompt": "def main():", "max_tokens": max_tokens, "ignore_eos": True,
             "temperature": 0.8, "stream": True, "stream_options": {"include_usage": True}}
     payload = json.dumps(body).encode()
+    request_headers = {"content-type": "application/json", **(headers or {})}
     ttfts: list[float] = []
     tokens = 0
     errors = 0
@@ -59,8 +66,7 @@ async def run_load(label: str, base_url: str, model: str, *, concurrency: int = 
             for _ in range(per_worker):
                 started = time.perf_counter()
                 try:
-                    async with session.post(base_url + path, data=payload,
-                                            headers={"content-type": "application/json"}) as response:
+                    async with session.post(base_url + path, data=payload, headers=request_headers) as response:
                         if response.status != 200:
                             errors += 1
                             await response.read()
@@ -80,9 +86,12 @@ async def run_load(label: str, base_url: str, model: str, *, concurrency: int = 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     wall = time.perf_counter() - started
     ttfts.sort()
+    done = concurrency * per_worker - errors
     return LoadResult(
         label=label, requests=concurrency * per_worker, errors=errors, completion_tokens=tokens, wall_s=wall,
         tokens_per_s=tokens / wall if wall else 0.0,
         ttft_median_ms=1000 * statistics.median(ttfts) if ttfts else float("nan"),
         ttft_p90_ms=1000 * ttfts[int(0.9 * (len(ttfts) - 1))] if ttfts else float("nan"),
+        ttft_p95_ms=1000 * ttfts[int(0.95 * (len(ttfts) - 1))] if ttfts else float("nan"),
+        requests_per_s=done / wall if wall else 0.0, ttft_cdf_ms=cdf_sample(ttfts),
     )

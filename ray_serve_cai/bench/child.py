@@ -1,6 +1,6 @@
 """Run one registered benchmark in this process (the runner starts it in a session of its own).
 
-    python -m ray_serve_cai.bench.child NAME SETTINGS.json OUTPUT.json
+    python -m ray_serve_cai.bench.child NAME MODULE:FUNCTION SETTINGS.json OUTPUT.json
 
 Writes the validated ``BenchOutput`` to OUTPUT.json; on failure writes ``{"error": ..., "missing": bool}``
 there and exits 1. SIGTERM becomes SystemExit, so the benchmark's ``finally`` blocks stop what it started.
@@ -13,17 +13,17 @@ import signal
 import sys
 from pathlib import Path
 
-from ray_serve_cai.bench.registry import BENCHMARKS, BenchmarkMissing
+from ray_serve_cai.bench.registry import Benchmark, BenchmarkMissing
 from ray_serve_cai.bench.results import BenchOutput, BenchSettings
 
 
 def main(argv: list[str]) -> int:
-    name, settings_path, output_path = argv
+    name, target, settings_path, output_path = argv
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     settings = BenchSettings.model_validate_json(Path(settings_path).read_text())
     out = Path(output_path)
     try:
-        function = BENCHMARKS[name].load()
+        function = Benchmark(name, name, "", target, 0).load()
         output = BenchOutput.model_validate(function(settings))
     except BenchmarkMissing as exc:
         out.write_text(json.dumps({"error": str(exc), "missing": True}))

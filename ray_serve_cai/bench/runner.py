@@ -69,7 +69,7 @@ class Runner:
         started, clock = _utcnow(), time.monotonic()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(self.root), os.environ.get("PYTHONPATH")])),
                "PYTHONUNBUFFERED": "1"}
-        child = subprocess.Popen([sys.executable, "-m", "ray_serve_cai.bench.child", bench.name,
+        child = subprocess.Popen([sys.executable, "-m", "ray_serve_cai.bench.child", bench.name, bench.target,
                                   str(work / "settings.json"), str(output_path)],
                                  cwd=self.root, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
         sampler = MemorySampler(child.pid).start()
