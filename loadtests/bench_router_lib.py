@@ -90,6 +90,11 @@ class Connection:
         self.reader = self.writer = None
 
 
+def progress(message: str) -> None:
+    """A progress line on stderr: long start-ups must never look hung."""
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
 def split_url(url: str) -> tuple[str, int, str]:
     rest = url.split("://", 1)[1]
     hostport, _, path = rest.partition("/")
@@ -248,6 +253,7 @@ def start_vllm(log: Path, port: int | None = None, kv_cache_gb: int = 1, timeout
     from serve_apps.models import ensure_tiny_model
 
     port = port or free_port()
+    progress(f"starting a stock vLLM server on 127.0.0.1:{port} (~80 s; log {log})")
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(ensure_tiny_model()),
            "--served-model-name", "tiny-chat", "--host", "127.0.0.1", "--port", str(port), "--enforce-eager"]
     return spawn(cmd, {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gb)}, log, port, "/health", timeout)
@@ -259,6 +265,7 @@ def start_router(backends: list[dict[str, Any]], workdir: Path, env: dict[str, s
     set by LocalCluster) plus, by default, the HAProxy ingress. With ``listen_port`` the router also
     serves its own data-plane listener on that port (``router.listen``)."""
     extra = {"PYTHONPATH": str(ROOT), **(env or {})}
+    progress(f"starting a Ray cluster and the router ({len(backends)} backends; ~30-60 s; log {workdir / 'ray.log'})")
     cluster = LocalCluster(haproxy=haproxy, extra_env=extra, log_path=workdir / "ray.log")
     cluster.start()
     port = free_port()
@@ -298,6 +305,7 @@ def start_litellm(backend_urls: list[str], workdir: Path, provider: str = "hoste
     path = workdir / "litellm.yaml"
     path.write_text(yaml.safe_dump(config))
     port = free_port()
+    progress(f"starting the LiteLLM proxy on 127.0.0.1:{port} (~20 s)")
     cmd = [str(binary), "--config", str(path), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
     env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
     return spawn(cmd, env, workdir / "litellm.log", port, "/health/liveliness", 180)

@@ -8,7 +8,9 @@ model and two ``serve`` backends on it, one per transport; clients use the route
 ``X-Backend`` picks the transport. Alternating rounds of ``--concurrency`` streams x ``--tokens``
 tokens (ignore_eos); tokens/s and median TTFT.
 
-    .venv/bin/python loadtests/bench_router_stream.py [--rounds 3] [--concurrency 64] [--tokens 64]
+    .venv/bin/python -m loadtests.bench_router_stream [--rounds 3] [--concurrency 64] [--tokens 64]
+
+``run`` is the same measurement for ``ray-serve-cai bench``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import asyncio
 import json
 import statistics
+import sys
 import tempfile
 import time
 import urllib.request
@@ -24,9 +27,11 @@ from pathlib import Path
 
 import yaml
 
-from bench_router_lib import (ROOT, Connection, LocalCluster, free_port, split_url, stop_on_sigterm, wait_http, worker_token,
-                              write_result)
-from launchers.polling import PollTimeout, poll_until
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from launchers.polling import PollTimeout, poll_until  # noqa: E402
+from loadtests.bench_router_lib import (ROOT, Connection, LocalCluster, cdf_sample, free_port, progress,  # noqa: E402
+                                        split_url, stop_on_sigterm, wait_http, worker_token, write_result)
+from ray_serve_cai.bench.results import BenchOutput, BenchSettings, Row, headline  # noqa: E402
 
 
 async def streams(url: str, concurrency: int, tokens: int, headers: dict[str, str] | None) -> dict:
@@ -54,7 +59,7 @@ async def streams(url: str, concurrency: int, tokens: int, headers: dict[str, st
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
     return {"tokens_per_s": counted / elapsed, "ttft_median_ms": statistics.median(ttfts) * 1000 if ttfts else None,
-            "errors": errors, "elapsed_s": elapsed}
+            "errors": errors, "elapsed_s": elapsed, "ttft_cdf_ms": cdf_sample(ttfts)}
 
 
 def _engine_endpoint(cluster: LocalCluster, router: str, timeout: float) -> tuple[str, dict[str, str]]:
@@ -79,16 +84,9 @@ def _engine_endpoint(cluster: LocalCluster, router: str, timeout: float) -> tupl
     return url, {"authorization": f"Bearer {worker_token(cluster, 'router', 'engine-tiny-chat', url)}"}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--pause", type=float, default=3.0)
-    args = parser.parse_args()
-    stop_on_sigterm()
-    workdir = Path(tempfile.mkdtemp(prefix="bench-stream-"))
-    cluster = LocalCluster(haproxy=True, extra_env={"PYTHONPATH": str(ROOT)}, log_path=workdir / "ray.log")
+def measure(workdir: Path, rounds: int, concurrency: int, tokens: int, pause: float, haproxy: bool = True) -> list[dict]:
+    progress("starting a Ray cluster with the router and one engine replica (~2 min)")
+    cluster = LocalCluster(haproxy=haproxy, extra_env={"PYTHONPATH": str(ROOT)}, log_path=workdir / "ray.log")
     cluster.start()
     port = free_port()
     listen = free_port()
@@ -102,7 +100,7 @@ def main() -> None:
              "engines": [{"name": "tiny-chat", "model": "builtin:tiny-chat", "kv_cache_gb": 1, "max_ongoing_requests": 256}],
              "backends": backends, "router": {"listen": {"port": listen}}}}]}
     (workdir / "serve.yaml").write_text(yaml.safe_dump(config))
-    rounds = []
+    results = []
     try:
         cluster.deploy(workdir / "serve.yaml")
         wait_http(router + "/health", 600)
@@ -111,22 +109,57 @@ def main() -> None:
                    "router_http": (router, {"x-backend": "http"})}
         for url, headers in targets.values():
             asyncio.run(streams(url, 8, 16, headers))
-        for index in range(args.rounds):
+        names = list(targets)
+        for index in range(rounds):
             result = {"round": index}
-            for name, (url, headers) in targets.items():
-                time.sleep(args.pause)
-                result[name] = asyncio.run(streams(url, args.concurrency, args.tokens, headers))
+            for name in names[index % len(names):] + names[:index % len(names)]:
+                url, headers = targets[name]
+                time.sleep(pause)
+                result[name] = asyncio.run(streams(url, concurrency, tokens, headers))
                 print(f"round {index} {name:14} {result[name]['tokens_per_s']:8.0f} tok/s  "
                       f"TTFT {result[name]['ttft_median_ms']} ms  errors {result[name]['errors']}", flush=True)
-            rounds.append(result)
+            results.append(result)
     finally:
         cluster.stop()
+    return results
+
+
+def summarize(rounds: list[dict]) -> dict:
     summary = {f"{name}_ratio_to_direct": [r[name]["tokens_per_s"] / r["direct"]["tokens_per_s"] for r in rounds]
                for name in ("router_handle", "router_http")}
     for key in list(summary):
         summary[key + "_median"] = statistics.median(summary[key])
     for name in ("direct", "router_handle", "router_http"):
         summary[f"{name}_ttft_ms_median"] = statistics.median(r[name]["ttft_median_ms"] for r in rounds)
+    return summary
+
+
+def run(settings: BenchSettings) -> BenchOutput:
+    concurrency, tokens, pause = (8, 16, 1.0) if settings.tiny else (64, 64, 3.0)
+    rounds = measure(settings.workdir, settings.rounds, concurrency, tokens, pause, settings.haproxy)
+    rows = [Row(round=r["round"], target=name, latencies_ms=r[name]["ttft_cdf_ms"],
+                metrics={k: v for k, v in r[name].items() if k != "ttft_cdf_ms"})
+            for r in rounds for name in ("direct", "router_handle", "router_http")]
+    summary = summarize(rounds)
+    return BenchOutput(rows=rows, headlines=[
+        headline("router over HTTP tok/s / direct", summary["router_http_ratio_to_direct"]),
+        headline("router over handle tok/s / direct", summary["router_handle_ratio_to_direct"]),
+        headline("direct TTFT p50", summary["direct_ttft_ms_median"], "ms"),
+        headline("router over HTTP TTFT p50", summary["router_http_ttft_ms_median"], "ms")],
+        details={"concurrency": concurrency, "tokens": tokens})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--pause", type=float, default=3.0)
+    args = parser.parse_args()
+    stop_on_sigterm()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-stream-"))
+    rounds = measure(workdir, args.rounds, args.concurrency, args.tokens, args.pause)
+    summary = summarize(rounds)
     for key, value in summary.items():
         print(f"{key}: {value}")
     path = write_result("bench_router_stream", {"summary": summary, "rounds": rounds, "concurrency": args.concurrency,

@@ -27,7 +27,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from loadtests.bench_router_lib import (LITELLM_VENV, ROOT, LocalCluster, bench_body, closed_loop, cpu_seconds,  # noqa: E402
-                                        free_port, start_litellm, start_vllm, stop_on_sigterm, wait_http)
+                                        free_port, progress, start_litellm, start_vllm, stop_on_sigterm,
+                                        wait_http)
 from loadtests.streamload import run_load  # noqa: E402
 from ray_serve_cai.bench.results import BenchOutput, BenchSettings, Row, headline  # noqa: E402
 
@@ -43,6 +44,7 @@ def per_worker(concurrency: int, tiny: bool) -> int:
 
 def start_routers(stock_url: str, workdir: Path) -> tuple[LocalCluster, dict[int, str]]:
     """One Ray cluster with a router app per backend count, each on its own listener port."""
+    progress(f"starting a Ray cluster with routers of {', '.join(map(str, BACKEND_COUNTS))} backends (~60 s)")
     cluster = LocalCluster(extra_env={"PYTHONPATH": str(ROOT)}, log_path=workdir / "ray.log")
     cluster.start()
     ports = {n: free_port() for n in BACKEND_COUNTS}

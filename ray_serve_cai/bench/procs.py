@@ -32,6 +32,7 @@ KINDS: tuple[tuple[str, str], ...] = (
     ("synapse", "synapse"),
     ("locust", "load client (locust)"),
     ("batch run", "batch run CLI"),
+    ("ray::IDLE", "ray idle workers"),
     ("raylet", "ray system"),
     ("gcs_server", "ray system"),
     ("dashboard", "ray system"),
@@ -135,13 +136,13 @@ class MemorySampler:
                 for kind, mib in sorted(self.peaks.items(), key=lambda item: -item[1])]
 
 
-def kill_session(session: int, sig: int = signal.SIGKILL) -> int:
-    """Send ``sig`` to every process left in ``session``; how many there were."""
-    killed = 0
+def kill_session(session: int, sig: int = signal.SIGKILL) -> list[str]:
+    """Send ``sig`` to every process left in ``session``; the command lines of those it reached."""
+    killed = []
     for proc in session_processes(session):
         try:
             os.kill(proc.pid, sig)
-            killed += 1
+            killed.append(proc.cmdline.strip()[:120])
         except ProcessLookupError:
             pass
     return killed

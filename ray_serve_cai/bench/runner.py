@@ -91,10 +91,10 @@ class Runner:
             memory = sampler.stop()
             leftovers = kill_session(child.pid)
         if leftovers:
-            self.log(f"[bench] {bench.name}: killed {leftovers} leftover process(es)")
+            self.log(f"[bench] {bench.name}: killed {len(leftovers)} leftover process(es): {'; '.join(leftovers)}")
         record = dict(name=bench.name, title=bench.title, baseline=bench.baseline, started=started,
                       seconds=round(time.monotonic() - clock, 1), settings=settings, memory=memory,
-                      leftovers_killed=leftovers)
+                      leftovers_killed=len(leftovers))
         reply = json.loads(output_path.read_text()) if output_path.exists() else None
         if status is not None:
             return BenchmarkRecord(**record, status=status, error=f"{status} after {record['seconds']:.0f} s")

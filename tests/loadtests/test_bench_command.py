@@ -1,0 +1,41 @@
+"""``ray-serve-cai bench --only p2 --rounds 1 --tiny`` runs for real (a stock vLLM server, a Ray cluster
+with the router) and writes a valid results file, a table and plots; nothing it started survives it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ray_serve_cai.bench.plots import render_all
+from ray_serve_cai.bench.results import read_results
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.engine
+
+
+def test_bench_p2_tiny_writes_valid_results_and_plots(tmp_path):
+    out = tmp_path / "results"
+    done = subprocess.run([sys.executable, "-m", "ray_serve_cai", "bench", "--only", "p2", "--rounds", "1", "--tiny",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [path] = out.glob("*.json")
+    results = read_results(path)  # the pydantic model of the format: the file is valid
+    assert path.name == f"{results.stem()}.json" and results.finished is not None
+    [record] = results.benchmarks
+    assert record.name == "p2" and record.status == "ok" and record.settings.tiny
+    rows = {row.target: row for row in record.output.rows}
+    assert set(rows) == {"direct", "router", "router-serve"}
+    for row in rows.values():
+        assert row.metrics["c64_rps"] > 0 and row.metrics["c1_median_ms"] > 0 and row.latencies_ms
+    assert {h.metric for h in record.output.headlines} >= {"router listener added latency c=1",
+                                                          "router listener throughput c=64 / direct"}
+    memory = {m.process: m.peak_rss_mib for m in record.memory}
+    assert memory["stock vLLM server"] > 200 and 50 < memory["router replica"] < 1000
+    assert "serve controller" in memory
+    assert record.leftovers_killed == 0  # the benchmark stopped everything itself
+    table = (out / f"{results.stem()}.md").read_text()
+    assert "| p2 | 1 (tiny) | router listener added latency c=1 |" in table and table in done.stdout
+    assert [p.name for p in render_all(results, tmp_path)] == [f"{results.stem()}-latency-cdf.png"]
