@@ -19,6 +19,14 @@ def _pyplot():
     return plt
 
 
+def _plain_ticks(axis) -> None:
+    from matplotlib.ticker import ScalarFormatter
+
+    formatter = ScalarFormatter()
+    formatter.set_scientific(False)
+    axis.set_major_formatter(formatter)
+
+
 def _ok(results: BenchResults, name: str | None = None) -> list[BenchmarkRecord]:
     return [r for r in results.benchmarks if r.status == "ok" and r.output is not None
             and (name is None or r.name == name)]
@@ -38,8 +46,9 @@ def latency_cdf(results: BenchResults, path: Path) -> Path | None:
         for target, values in sorted(by_target.items()):
             if values:
                 ordered = sorted(values)
-                ax.plot(ordered, [(i + 1) / len(ordered) for i in range(len(ordered))], label=f"{target} (n={len(ordered)})")
+                ax.plot(ordered, [(i + 1) / len(ordered) for i in range(len(ordered))], label=target)
         ax.set_xscale("log")
+        _plain_ticks(ax.xaxis)
         ax.set_xlabel("latency (ms, log)")
         ax.set_ylabel("fraction of requests")
         ax.set_title(f"{record.name}: {record.title}", fontsize=9)
@@ -78,6 +87,13 @@ def scaling(results: BenchResults, path: Path) -> Path | None:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     right.set_yscale("log")
+    _plain_ticks(right.yaxis)
+    from matplotlib.ticker import NullLocator
+
+    levels = sorted({c for by_c in cells.values() for c in by_c})
+    for ax in (left, right):  # the measured levels as plain numbers on the log axis
+        ax.set_xticks(levels, [str(c) for c in levels])
+        ax.xaxis.set_minor_locator(NullLocator())
     fig.suptitle(f"Throughput and TTFT vs concurrency, {results.stem()}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -93,9 +109,11 @@ def failover_timeline(results: BenchResults, path: Path) -> Path | None:
     fig, axes = plt.subplots(len(records), 1, figsize=(9, 3.2 * len(records)), squeeze=False)
     for ax, record in zip(axes[:, 0], records):
         points = record.output.timeline
-        ax.bar([p.t for p in points], [p.requests - p.errors for p in points], width=0.9, label="answered/s")
-        ax.bar([p.t for p in points], [p.errors for p in points], width=0.9, bottom=[p.requests - p.errors for p in points],
-               color="tab:red", label="errors/s")
+        # a bar covers its second [t, t + 1): the kill line falls inside the second it happened in
+        ax.bar([p.t for p in points], [p.requests - p.errors for p in points], width=0.9, align="edge",
+               label="answered/s")
+        ax.bar([p.t for p in points], [p.errors for p in points], width=0.9, align="edge",
+               bottom=[p.requests - p.errors for p in points], color="tab:red", label="errors/s")
         for event, at in record.output.events.items():
             ax.axvline(at, color="black", linestyle="--")
             ax.annotate(event, (at, ax.get_ylim()[1] * 0.9), fontsize=8, xytext=(4, 0), textcoords="offset points")
