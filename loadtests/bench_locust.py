@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from loadtests.bench_router_lib import ROOT, free_port, start_router, start_vllm, stop_on_sigterm  # noqa: E402
+from loadtests.bench_router_lib import ROOT, free_port, start_router, start_vllm, stop_on_sigterm, write_output  # noqa: E402
 from ray_serve_cai.bench.results import BenchOutput, BenchSettings, Row, TimelinePoint, headline  # noqa: E402
 
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
@@ -161,11 +160,7 @@ def main() -> None:
                                      args.rate_per_user, args.max_tokens, 3.0)
     output = to_output(runs, killed, timeline, {"duration_s": args.duration, "kill_at_s": args.kill_at, "users": args.users,
                                                 "rate_per_user": args.rate_per_user, "max_tokens": args.max_tokens})
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(output.model_dump(), indent=1))
-    for h in output.headlines:
-        print(f"{h.metric}: {h.value} {h.unit} (target {h.target}: {h.ok})")
-    print(f"wrote {args.out}")
+    write_output(output, args.out)
 
 
 if __name__ == "__main__":

@@ -330,6 +330,15 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
+def write_output(output: Any, path: Path) -> None:
+    """A standalone run's ``BenchOutput``: its headlines printed, the whole of it written to ``path``."""
+    for h in output.headlines:
+        print(f"{h.metric}: {h.value} {h.unit}" + (f" (target {h.target}: {'met' if h.ok else 'NOT met'})" if h.target else ""))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(output.model_dump_json(indent=1))
+    print(f"wrote {path}")
+
+
 def write_result(name: str, payload: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"

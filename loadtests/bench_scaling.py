@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import tempfile
@@ -28,7 +27,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from loadtests.bench_router_lib import (LITELLM_VENV, ROOT, LocalCluster, bench_body, closed_loop, cpu_seconds,  # noqa: E402
                                         free_port, progress, start_litellm, start_vllm, stop_on_sigterm,
-                                        wait_http)
+                                        wait_http, write_output)
 from loadtests.streamload import run_load  # noqa: E402
 from ray_serve_cai.bench.results import BenchOutput, BenchSettings, Row, headline  # noqa: E402
 
@@ -162,11 +161,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-scaling-"))
     curves, cpu, note = measure(workdir, args.rounds, levels, args.max_tokens, False, args.pause)
     output = to_output(curves, cpu, note, {"levels": list(levels), "max_tokens": args.max_tokens})
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(output.model_dump(), indent=1))
-    for h in output.headlines:
-        print(f"{h.metric}: {h.value} {h.unit}")
-    print(f"wrote {args.out}")
+    write_output(output, args.out)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,14 @@ def _plain_ticks(axis) -> None:
     axis.set_major_formatter(formatter)
 
 
+def _save(plt, fig, title: str, path: Path) -> Path:
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def _ok(results: BenchResults, name: str | None = None) -> list[BenchmarkRecord]:
     return [r for r in results.benchmarks if r.status == "ok" and r.output is not None
             and (name is None or r.name == name)]
@@ -54,11 +62,7 @@ def latency_cdf(results: BenchResults, path: Path) -> Path | None:
         ax.set_title(f"{record.name}: {record.title}", fontsize=9)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"Latency CDF, {results.stem()}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, f"Latency CDF, {results.stem()}", path)
 
 
 def scaling(results: BenchResults, path: Path) -> Path | None:
@@ -94,11 +98,7 @@ def scaling(results: BenchResults, path: Path) -> Path | None:
     for ax in (left, right):  # the measured levels as plain numbers on the log axis
         ax.set_xticks(levels, [str(c) for c in levels])
         ax.xaxis.set_minor_locator(NullLocator())
-    fig.suptitle(f"Throughput and TTFT vs concurrency, {results.stem()}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, f"Throughput and TTFT vs concurrency, {results.stem()}", path)
 
 
 def failover_timeline(results: BenchResults, path: Path) -> Path | None:
@@ -121,11 +121,7 @@ def failover_timeline(results: BenchResults, path: Path) -> Path | None:
         ax.set_ylabel("requests per second")
         ax.set_title(f"{record.name}: {record.title}", fontsize=9)
         ax.legend(fontsize=8)
-    fig.suptitle(f"Failover timeline, {results.stem()}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, f"Failover timeline, {results.stem()}", path)
 
 
 def render_all(results: BenchResults, out_dir: Path) -> list[Path]:

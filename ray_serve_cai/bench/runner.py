@@ -43,14 +43,14 @@ class Runner:
         self.interrupted = False
 
     def run(self, benchmarks: list[Benchmark]) -> Path:
-        path = write_results(self.results, self.out_dir)
+        write_results(self.results, self.out_dir)
         for index, bench in enumerate(benchmarks, 1):
             if self.interrupted:
                 break
             self.log(f"[bench] {index}/{len(benchmarks)} {bench.name}: {bench.title}")
             record = self._one(bench)
             self.results.benchmarks.append(record)
-            path = write_results(self.results, self.out_dir)
+            write_results(self.results, self.out_dir)
             extra = f": {record.error}" if record.error else ""
             self.log(f"[bench] {index}/{len(benchmarks)} {bench.name}: {record.status} in {record.seconds:.0f} s{extra}")
         self.results.finished = _utcnow()
