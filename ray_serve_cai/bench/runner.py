@@ -23,7 +23,7 @@ from ray_serve_cai.bench.machine import git_commit, machine_facts
 from ray_serve_cai.bench.procs import MemorySampler, kill_session
 from ray_serve_cai.bench.registry import Benchmark
 from ray_serve_cai.bench.results import (BenchmarkRecord, BenchOutput, BenchResults, BenchSettings, Status,
-                                         write_results)
+                                         read_results, write_results)
 
 STOP_GRACE_S = 120.0  # a benchmark stopping its clusters on SIGTERM needs up to a minute or two
 
@@ -42,7 +42,27 @@ class Runner:
                                     machine=machine_facts(root / "loadtests" / ".venv-litellm" / "bin" / "python"))
         self.interrupted = False
 
+    def _keep_earlier(self, benchmarks: list[Benchmark]) -> None:
+        """A results file of the same date and commit already there (a run split into lock-sized pieces):
+        keep its benchmarks that this run does not repeat."""
+        earlier_path = self.out_dir / f"{self.results.stem()}.json"
+        if not earlier_path.exists():
+            return
+        try:
+            earlier = read_results(earlier_path)
+        except (ValueError, OSError) as exc:  # not ours or damaged: never silently merged, never lost
+            keep = earlier_path.with_suffix(f".unreadable-{time.time_ns()}.json")
+            earlier_path.rename(keep)
+            self.log(f"[bench] {earlier_path} is not a valid results file ({str(exc)[:200]}); moved to {keep}")
+            return
+        names = {b.name for b in benchmarks}
+        kept = [r for r in earlier.benchmarks if r.name not in names]
+        if kept:
+            self.log(f"[bench] keeping {', '.join(r.name for r in kept)} from the earlier run in {earlier_path}")
+        self.results.benchmarks = kept
+
     def run(self, benchmarks: list[Benchmark]) -> Path:
+        self._keep_earlier(benchmarks)
         write_results(self.results, self.out_dir)
         for index, bench in enumerate(benchmarks, 1):
             if self.interrupted:

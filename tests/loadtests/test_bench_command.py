@@ -39,3 +39,46 @@ def test_bench_p2_tiny_writes_valid_results_and_plots(tmp_path):
     table = (out / f"{results.stem()}.md").read_text()
     assert "| p2 | 1 (tiny) | router listener added latency c=1 |" in table and table in done.stdout
     assert [p.name for p in render_all(results, tmp_path)] == [f"{results.stem()}-latency-cdf.png"]
+
+
+def vllm_servers() -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and b"vllm.entrypoints.openai.api_server" in (entry / "cmdline").read_bytes():
+                found.add(int(entry.name))
+        except OSError:
+            pass
+    return found
+
+
+def test_sigterm_mid_benchmark_stops_it_and_everything_it_started(tmp_path):
+    """SIGTERM (what Ctrl-C does in a terminal) while the benchmark starts its vLLM server: exit 130, the
+    results file says interrupted, and the server is gone."""
+    import signal
+    import time
+
+    before = vllm_servers()
+    out = tmp_path / "results"
+    cli = subprocess.Popen([sys.executable, "-m", "ray_serve_cai", "bench", "--only", "p2", "p3", "--rounds", "1",
+                            "--tiny", "--out", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True)
+    seen = []
+    try:
+        for line in cli.stderr:
+            seen.append(line)
+            if "starting a stock vLLM server" in line:
+                break
+        deadline = time.monotonic() + 120
+        while not vllm_servers() - before and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert vllm_servers() - before, "".join(seen)
+        cli.send_signal(signal.SIGTERM)
+        rest = cli.communicate(timeout=300)[1]
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    assert cli.returncode == 130, rest[-2000:]
+    [record] = read_results(next(out.glob("*.json"))).benchmarks  # p3 never started
+    assert record.name == "p2" and record.status == "interrupted"
+    assert not vllm_servers() - before

@@ -62,3 +62,19 @@ def test_no_process_a_benchmark_started_survives_it(tmp_path):
     results, _ = run(tmp_path, bench("ok", f"{FNS}:leaves_a_server_behind"), bench("slow", f"{FNS}:hangs"), budget=12)
     assert [r.status for r in results.benchmarks] == ["ok", "timeout"]
     assert alive("sleep 301") == [] and alive("sleep 302") == []
+
+
+def test_a_later_run_of_the_same_commit_keeps_the_benchmarks_it_does_not_repeat(tmp_path):
+    run(tmp_path, bench("one", f"{FNS}:leaves_a_server_behind"), bench("two", f"{FNS}:breaks"))
+    results, lines = run(tmp_path, bench("two", f"{FNS}:leaves_a_server_behind"))
+    assert [(r.name, r.status) for r in results.benchmarks] == [("one", "ok"), ("two", "ok")]
+    assert any("keeping one" in line for line in lines)
+    assert len(list(tmp_path.glob("*.json"))) == 1
+
+
+def test_a_damaged_results_file_is_moved_aside_not_merged(tmp_path):
+    first, _ = run(tmp_path, bench("one", f"{FNS}:breaks"))
+    (tmp_path / f"{first.stem()}.json").write_text("{broken")
+    results, lines = run(tmp_path, bench("two", f"{FNS}:breaks"))
+    assert [r.name for r in results.benchmarks] == ["two"]
+    assert len(list(tmp_path.glob("*.unreadable-*.json"))) == 1
