@@ -8,6 +8,8 @@ from pathlib import Path
 from ray_serve_cai.bench.results import BenchResults
 
 OK_MARK = {True: "yes", False: "**no**", None: ""}
+# P6 budgets (MiB) per kind of process; the other kinds are reported without one
+MEMORY_BUDGET_MIB = {"router replica": 300}
 
 
 def _number(value: float | None) -> str:
@@ -38,10 +40,12 @@ def markdown(results: BenchResults) -> str:
             lines.append(f"| {record.name} | {rounds} | {headline.metric} | {_number(headline.value)}{unit} | "
                          f"{headline.target or ''} | {OK_MARK[headline.ok]} |")
     lines += ["", "Peak RSS per kind of process (P6; a process tree summed per sample, MiB):", "",
-              "| benchmark | process | peak RSS MiB | processes |", "| --- | --- | --- | --- |"]
+              "| benchmark | process | peak RSS MiB | processes | target | met |", "| --- | --- | --- | --- | --- | --- |"]
     for record in results.benchmarks:
         for peak in record.memory:
-            lines.append(f"| {record.name} | {peak.process} | {peak.peak_rss_mib:.0f} | {peak.processes} |")
+            budget = MEMORY_BUDGET_MIB.get(peak.process)
+            check = f"<= {budget} | {OK_MARK[peak.peak_rss_mib <= budget]}" if budget else " | "
+            lines.append(f"| {record.name} | {peak.process} | {peak.peak_rss_mib:.0f} | {peak.processes} | {check} |")
     return "\n".join(lines) + "\n"
 
 

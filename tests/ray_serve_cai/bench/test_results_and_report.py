@@ -76,7 +76,7 @@ def test_markdown_has_every_headline_target_and_failure():
     assert "| scaling | 2 (tiny) | front door / stock | 0.93 | >= 0.9 | yes |" in text
     assert "| p3 | 2 (tiny) | client errors | 0 | <= 0 | yes |" in text
     assert "| p1 | 2 (tiny) | missing | module loadtests.bench_frontdoor is missing | | |" in text
-    assert "| scaling | router replica | 171 | 1 |" in text
+    assert "| scaling | router replica | 171 | 1 | <= 300 | yes |" in text
     assert "commit abc1234" in text
 
 
