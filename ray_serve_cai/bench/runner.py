@@ -91,7 +91,8 @@ class Runner:
                "PYTHONUNBUFFERED": "1"}
         child = subprocess.Popen([sys.executable, "-m", "ray_serve_cai.bench.child", bench.name, bench.target,
                                   str(work / "settings.json"), str(output_path)],
-                                 cwd=self.root, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+                                 cwd=self.root, env=env, stdin=subprocess.DEVNULL, stdout=sys.stderr,
+                                 start_new_session=True)  # progress on stderr: stdout holds only the table
         sampler = MemorySampler(child.pid).start()
         status: Status | None = None
         budget = self._budget(bench)
