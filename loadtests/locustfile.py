@@ -189,7 +189,10 @@ class OpenAIBatchUser(_OpenAIUser):
                                     "body": self.chat_body()}) + "\n" for i in range(count))
         auth = {k: v for k, v in self.headers.items() if k == "authorization"}
         started = time.perf_counter()
-        error, size = self._run_batch(lines, auth, count)
+        try:
+            error, size = self._run_batch(lines, auth, count)
+        except (KeyError, ValueError) as exc:  # an answer that is not the Batch API's JSON
+            error, size = f"unexpected answer: {type(exc).__name__}: {exc}", 0
         events.request.fire(request_type="BATCH", name="openai batch", response_length=size, context={},
                             response_time=1000 * (time.perf_counter() - started),
                             exception=RuntimeError(error) if error else None)

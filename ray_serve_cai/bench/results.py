@@ -87,7 +87,8 @@ class BenchmarkRecord(StrictModel):
     settings: BenchSettings
     output: BenchOutput | None = None
     memory: list[MemoryPeak] = []
-    leftovers_killed: int = 0  # processes the runner had to kill after the benchmark returned
+    # command lines of the processes the runner had to kill after the benchmark returned
+    leftovers_killed: list[str] = []
 
 
 class Machine(StrictModel):

@@ -115,7 +115,7 @@ class Runner:
             self.log(f"[bench] {bench.name}: killed {len(leftovers)} leftover process(es): {'; '.join(leftovers)}")
         record = dict(name=bench.name, title=bench.title, baseline=bench.baseline, started=started,
                       seconds=round(time.monotonic() - clock, 1), settings=settings, memory=memory,
-                      leftovers_killed=len(leftovers))
+                      leftovers_killed=leftovers)
         reply = json.loads(output_path.read_text()) if output_path.exists() else None
         if status is not None:
             return BenchmarkRecord(**record, status=status, error=f"{status} after {record['seconds']:.0f} s")

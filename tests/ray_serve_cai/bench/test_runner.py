@@ -30,7 +30,7 @@ def test_rows_memory_and_leftovers(tmp_path):
     [record] = results.benchmarks
     assert record.status == "ok", record.error
     assert [r.round for r in record.output.rows] == [0, 1]
-    assert record.leftovers_killed == 1
+    assert record.leftovers_killed == ["sleep 301"]
     driver = {m.process: m for m in record.memory}["benchmark driver"]
     assert driver.peak_rss_mib > 40
     assert any("killed 1 leftover" in line for line in lines)
