@@ -53,6 +53,8 @@ def _read(entry: Path) -> _Proc | None:
     try:
         stat = (entry / "stat").read_text()
         fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] in ("Z", "X"):  # already dead, waiting to be reaped: nothing left to kill or measure
+            return None
         rss = int((entry / "statm").read_text().split()[1]) * PAGE
         cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except (OSError, IndexError, ValueError):
