@@ -25,7 +25,8 @@ from ray_serve_cai.bench.registry import Benchmark
 from ray_serve_cai.bench.results import (BenchmarkRecord, BenchOutput, BenchResults, BenchSettings, Status,
                                          read_results, write_results)
 
-STOP_GRACE_S = 120.0  # a benchmark stopping its clusters on SIGTERM needs up to a minute or two
+STOP_GRACE_S = 120.0
+LEFTOVER_GRACE_S = 2.0  # processes SIGKILLed by the benchmark's own cleanup take a moment to be gone  # a benchmark stopping its clusters on SIGTERM needs up to a minute or two
 
 
 def _utcnow() -> dt.datetime:
@@ -110,6 +111,7 @@ class Runner:
             self._stop(child)
         finally:
             memory = sampler.stop()
+            time.sleep(LEFTOVER_GRACE_S)
             leftovers = kill_session(child.pid)
         if leftovers:
             self.log(f"[bench] {bench.name}: killed {len(leftovers)} leftover process(es): {'; '.join(leftovers)}")
