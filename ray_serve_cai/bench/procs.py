@@ -76,24 +76,25 @@ def kind_of(cmdline: str) -> str | None:
     return next((kind for marker, kind in KINDS if marker in cmdline), None)
 
 
-def classify(procs: list[_Proc], root: int) -> dict[int, str]:
-    """Each process's kind: its own marker, else its nearest named ancestor's, else the benchmark's own."""
+def classify(procs: list[_Proc], root: int) -> dict[int, tuple[str, int]]:
+    """Each process's kind and owner: its own marker (it owns itself), else its nearest named ancestor's,
+    else the benchmark driver's (``root``)."""
     by_pid = {p.pid: p for p in procs}
-    kinds: dict[int, str] = {}
+    owners: dict[int, tuple[str, int]] = {}
 
-    def resolve(pid: int, depth: int = 0) -> str:
-        if pid in kinds:
-            return kinds[pid]
+    def resolve(pid: int, depth: int = 0) -> tuple[str, int]:
+        if pid in owners:
+            return owners[pid]
         proc = by_pid.get(pid)
         if proc is None or depth > 64:
-            return "benchmark driver"
+            return "benchmark driver", root
         own = "benchmark driver" if pid == root else kind_of(proc.cmdline)
-        kinds[pid] = own or resolve(proc.ppid, depth + 1)
-        return kinds[pid]
+        owners[pid] = (own, pid) if own else resolve(proc.ppid, depth + 1)
+        return owners[pid]
 
     for proc in procs:
         resolve(proc.pid)
-    return kinds
+    return owners
 
 
 @dataclass
@@ -104,22 +105,27 @@ class MemorySampler:
     interval: float = 1.0
     peaks: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
+    largest: dict[str, float] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
     def sample(self) -> None:
         procs = session_processes(self.session)
-        kinds = classify(procs, self.session)
+        owners = classify(procs, self.session)
         totals: dict[str, int] = {}
         counts: dict[str, int] = {}
+        trees: dict[tuple[str, int], int] = {}
         for proc in procs:
-            kind = kinds[proc.pid]
+            kind, owner = owners[proc.pid]
             totals[kind] = totals.get(kind, 0) + proc.rss
+            trees[kind, owner] = trees.get((kind, owner), 0) + proc.rss
             counts[kind] = counts.get(kind, 0) + 1
         for kind, total in totals.items():
             if total / 2**20 > self.peaks.get(kind, 0.0):
                 self.peaks[kind] = total / 2**20
                 self.counts[kind] = counts[kind]
+        for (kind, _), rss in trees.items():
+            self.largest[kind] = max(self.largest.get(kind, 0.0), rss / 2**20)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
@@ -134,7 +140,8 @@ class MemorySampler:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)
-        return [MemoryPeak(process=kind, peak_rss_mib=round(mib, 1), processes=self.counts[kind])
+        return [MemoryPeak(process=kind, peak_rss_mib=round(mib, 1), processes=self.counts[kind],
+                           largest_mib=round(self.largest[kind], 1))
                 for kind, mib in sorted(self.peaks.items(), key=lambda item: -item[1])]
 
 

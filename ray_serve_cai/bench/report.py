@@ -39,13 +39,16 @@ def markdown(results: BenchResults) -> str:
             unit = f" {headline.unit}" if headline.unit else ""
             lines.append(f"| {record.name} | {rounds} | {headline.metric} | {_number(headline.value)}{unit} | "
                          f"{headline.target or ''} | {OK_MARK[headline.ok]} |")
-    lines += ["", "Peak RSS per kind of process (P6; a process tree summed per sample, MiB):", "",
-              "| benchmark | process | peak RSS MiB | processes | target | met |", "| --- | --- | --- | --- | --- | --- |"]
+    lines += ["", "Peak RSS per kind of process (P6, MiB): all of a kind summed per sample, and the largest one "
+              "(a process with its engine subprocesses); the target applies to the largest one.", "",
+              "| benchmark | process | peak RSS, all | processes | largest one | target | met |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
     for record in results.benchmarks:
         for peak in record.memory:
             budget = MEMORY_BUDGET_MIB.get(peak.process)
-            check = f"<= {budget} | {OK_MARK[peak.peak_rss_mib <= budget]}" if budget else " | "
-            lines.append(f"| {record.name} | {peak.process} | {peak.peak_rss_mib:.0f} | {peak.processes} | {check} |")
+            check = f"<= {budget} | {OK_MARK[peak.largest_mib <= budget]}" if budget else " | "
+            lines.append(f"| {record.name} | {peak.process} | {peak.peak_rss_mib:.0f} | {peak.processes} | "
+                         f"{peak.largest_mib:.0f} | {check} |")
     return "\n".join(lines) + "\n"
 
 

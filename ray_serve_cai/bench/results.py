@@ -66,11 +66,13 @@ class BenchOutput(StrictModel):
 
 
 class MemoryPeak(StrictModel):
-    """Peak RSS of one kind of process during a benchmark (its whole process tree, summed per sample)."""
+    """Peak RSS of one kind of process during a benchmark: all of that kind summed per sample (each with
+    its unnamed descendants, e.g. vLLM's engine core under a server), and the largest single one."""
 
     process: str
     peak_rss_mib: float = Field(ge=0)
     processes: int = Field(ge=0)
+    largest_mib: float = Field(ge=0)
 
 
 Status = Literal["ok", "failed", "missing", "timeout", "interrupted"]

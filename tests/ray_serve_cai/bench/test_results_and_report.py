@@ -23,7 +23,8 @@ START = dt.datetime(2026, 11, 29, 18, 0, tzinfo=dt.timezone.utc)
 def record(name: str, output: BenchOutput | None, status: str = "ok", error: str | None = None) -> BenchmarkRecord:
     return BenchmarkRecord(name=name, title=f"{name} title", baseline="base", status=status, error=error, started=START,
                            seconds=12.5, settings=BenchSettings(rounds=2, workdir=Path("/tmp/x"), tiny=True),
-                           output=output, memory=[MemoryPeak(process="router replica", peak_rss_mib=171.4, processes=1)])
+                           output=output, memory=[MemoryPeak(process="router replica", peak_rss_mib=342.8, processes=2,
+                                                      largest_mib=171.4)])
 
 
 def sample_results() -> BenchResults:
@@ -76,7 +77,7 @@ def test_markdown_has_every_headline_target_and_failure():
     assert "| scaling | 2 (tiny) | front door / stock | 0.93 | >= 0.9 | yes |" in text
     assert "| p3 | 2 (tiny) | client errors | 0 | <= 0 | yes |" in text
     assert "| p1 | 2 (tiny) | missing | module loadtests.bench_frontdoor is missing | | |" in text
-    assert "| scaling | router replica | 171 | 1 | <= 300 | yes |" in text
+    assert "| scaling | router replica | 343 | 2 | 171 | <= 300 | yes |" in text
     assert "commit abc1234" in text
 
 
