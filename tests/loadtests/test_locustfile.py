@@ -18,12 +18,13 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.engine
 
 
-def locust(host: str, prefix: Path, *options: str, seconds: int = 6) -> dict[str, dict[str, str]]:
+def locust(host: str, prefix: Path, *options: str, seconds: int = 6, exit_code: int = 0) -> dict[str, dict[str, str]]:
+    """A headless run; locust exits 1 when any request failed."""
     cmd = [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests" / "locustfile.py"), "--headless",
            "--host", host, "-u", "4", "-r", "4", "-t", f"{seconds}s", "--csv", str(prefix), "--only-summary",
            "--stop-timeout", "60", "--max-tokens", "4", *options]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == exit_code, result.stderr[-2000:]
     return {row["Name"]: row for row in csv.DictReader(open(f"{prefix}_stats.csv"))}
 
 
@@ -65,5 +66,5 @@ def test_pinned_batch_and_openai_batch_users_against_the_router(router_url, tmp_
 
 def test_a_pinned_user_reports_an_unknown_backend(router_url, tmp_path):
     """The router answers 4xx for a backend it does not have: every pinned request is a failure."""
-    rows = locust(router_url, tmp_path / "stats", "--mix", "pinned:1", "--backend", "nope", seconds=4)
+    rows = locust(router_url, tmp_path / "stats", "--mix", "pinned:1", "--backend", "nope", seconds=4, exit_code=1)
     assert int(rows["chat (pinned)"]["Failure Count"]) == int(rows["chat (pinned)"]["Request Count"]) > 0
