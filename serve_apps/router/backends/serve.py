@@ -25,6 +25,8 @@ from typing import Any
 
 from serve_apps.router.affinity import PrefixAffinity
 from serve_apps.router.backends.base import (
+    CHAT_PATH,
+    COMPLETIONS_PATH,
     Backend,
     BackendRequest,
     BackendResponse,
@@ -36,6 +38,7 @@ from serve_apps.router.backends.http import HTTPClient
 from serve_apps.router.config import BackendConfig
 from serve_apps.router.metrics import RouterMetrics
 
+GENERATION_PATHS = frozenset({CHAT_PATH, COMPLETIONS_PATH})  # a /tokenize on the side follows load
 FORWARD_HEADERS = [("content-type", "application/json")]
 FORWARD_HEADERS_DICT = dict(FORWARD_HEADERS)
 
@@ -117,7 +120,7 @@ class ServeBackend(Backend):
         # A refused connection means the replica just went away: drop it and pick again among the
         # others (with affinity, its prefixes move to them), then the handle as the last way in.
         keys = None
-        if self._affinity is not None and len(self._endpoints) > 1:
+        if self._affinity is not None and len(self._endpoints) > 1 and request.path in GENERATION_PATHS:
             keys = self._affinity.keys(request.payload)  # once per request, O(prompt length)
         for _ in range(len(self._endpoints)):
             endpoint = self._pick(keys)
