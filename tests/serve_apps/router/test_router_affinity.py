@@ -121,12 +121,12 @@ def test_burst_of_one_prefix_spills_to_the_other_replica(stack):
     assert all(engines_after[u]["vllm:request_success"] > engines_before[u]["vllm:request_success"] for u in tokens)
     # the Prometheus series, as the node's metrics agent exports it
     port = cluster.metrics_port()
-    pattern = re.compile(r'ray_backend_affinity_count_total\{[^}]*backend="spilly"[^}]*outcome="spill"[^}]*\} (\d+(\.\d+)?)')
 
     def exported() -> bool:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-            found = pattern.search(response.read().decode())
-        return found is not None and float(found.group(1)) >= 1
+            lines = response.read().decode().splitlines()
+        return any(line.startswith("ray_backend_affinity_count_total{") and 'backend="spilly"' in line
+                   and 'outcome="spill"' in line and float(line.rsplit(" ", 1)[1]) >= 1 for line in lines)
 
     wait_for(exported, timeout=60, interval=2, message="ray_backend_affinity_count_total spill series")
 
