@@ -297,10 +297,13 @@ def worker_endpoints(env: dict[str, str], app: str, deployment: str, attempts: i
     """``{url: token}`` of the engine workers' own ports, asked through the deployment handle (as the
     router does; Serve spreads the calls over replicas) from a separate driver process, so this process
     never joins the cluster. ``env`` is the cluster's (``LocalCluster.env()``)."""
-    code = ("import json, sys, ray; from ray import serve; ray.init(address='auto', logging_level='ERROR');"
-            f"h = serve.get_deployment_handle({deployment!r}, app_name={app!r});"
-            f"answers = [h.endpoint.remote().result() for _ in range({attempts})];"
-            "print(json.dumps({a['url']: a['token'] for a in answers if a}))")
+    # inside an event loop: with RAY_SERVE_THROUGHPUT_OPTIMIZED (the cluster's env) handles need one
+    code = ("import asyncio, json, ray; from ray import serve; ray.init(address='auto', logging_level='ERROR')\n"
+            "async def main():\n"
+            f"    h = serve.get_deployment_handle({deployment!r}, app_name={app!r})\n"
+            f"    answers = await asyncio.gather(*(h.endpoint.remote() for _ in range({attempts})))\n"
+            "    print(json.dumps({a['url']: a['token'] for a in answers if a}))\n"
+            "asyncio.run(main())")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     if out.returncode != 0 or not out.stdout.strip():
         raise RuntimeError(f"no replica of {app}/{deployment} answered: {out.stderr[-500:]}")
