@@ -224,20 +224,27 @@ def main() -> None:
                 system = sized_prompt(tokenizer, args.system_tokens, f"{index}-{mode}-{time.time_ns()}")
                 result[mode] = phase(router, mode, system, args, tokens)
                 r = result[mode]
-                print(f"round {index} {mode:8} hit rate {r['hit_rate']:.3f}  TTFT p50 {r['ttft_p50_ms']:.0f} ms "
-                      f"p95 {r['ttft_p95_ms']:.0f} ms  router CPU {r['router_cpu_ms_per_request']:.3f} ms/req  "
+                print(f"round {index} {mode:8} hit rate {_fmt(r['hit_rate'], 3)}  TTFT p50 {_fmt(r['ttft_p50_ms'])} ms "
+                      f"p95 {_fmt(r['ttft_p95_ms'])} ms  router CPU {_fmt(r['router_cpu_ms_per_request'], 3)} ms/req  "
                       f"replicas {r['per_replica_requests']}  errors {r['errors']}", flush=True)
             rounds.append(result)
+            path = save(args, context, rounds)  # after every round: a late failure keeps what was measured
     finally:
         cluster.stop()
-    summary = summarise(rounds)
-    for key, value in summary.items():
+    for key, value in summarise(rounds).items():
         print(f"{key}: {value}")
-    path = write_result(args.output, {
-        "summary": summary, "rounds": rounds,
+    print(f"wrote {path}")
+
+
+def _fmt(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def save(args: argparse.Namespace, context: int, rounds: list[dict[str, Any]]) -> Path:
+    return write_result(args.output, {
+        "summary": summarise(rounds), "rounds": rounds,
         "settings": {k: v for k, v in vars(args).items() if k != "output"} | {"context_tokens": context},
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
