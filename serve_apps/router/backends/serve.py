@@ -117,15 +117,20 @@ class ServeBackend(Backend):
         return BackendResponse(int(head["status"]), headers, HandleStream(generator, self.config.timeouts.idle))
 
     async def send(self, request: BackendRequest) -> BackendResponse:
-        # A refused connection means the replica just went away: drop it and pick again among the
-        # others (with affinity, its prefixes move to them), then the handle as the last way in.
+        # A replica that dies refuses connections, or, while its process is still exiting, accepts
+        # them and closes them unanswered. Before any response head either means "not this replica":
+        # try the others (a refused one is dropped, and with affinity its prefixes move), then the
+        # handle. Once a head has arrived, failures are the router's (fallback / resume).
         keys = None
         if self._affinity is not None and len(self._endpoints) > 1 and request.path in GENERATION_PATHS:
             keys = self._affinity.keys(request.payload)  # once per request, O(prompt length)
+        tried: set[str] = set()
+        broken: BackendUnavailable | None = None
         for _ in range(len(self._endpoints)):
-            endpoint = self._pick(keys)
+            endpoint = self._pick(keys, tried)
             if endpoint is None:
                 break
+            tried.add(endpoint.url)
             endpoint.outstanding += 1
             endpoint.requests += 1
             try:
@@ -133,8 +138,11 @@ class ServeBackend(Backend):
                                                       endpoint.headers, request.body)
             except BackendUnavailable as exc:
                 endpoint.outstanding -= 1
+                if exc.reason == "disconnect":
+                    broken = exc
+                    continue
                 if exc.reason != "connect":
-                    raise  # sent, then failed: the router decides (fallback / resume)
+                    raise
                 await self._drop(endpoint.url)  # gone; its replacement shows up on a later round
             except BaseException:
                 endpoint.outstanding -= 1
@@ -142,12 +150,16 @@ class ServeBackend(Backend):
             else:
                 response.stream = _CountedStream(response.stream, endpoint)
                 return response
+        if broken is not None and set(self._endpoints) <= tried:
+            raise broken
         if not self._up:
             raise BackendUnavailable("starting", "engine replicas are still starting")
         return await self._open(request.method, request.path, request.body, self.config.timeouts.first_byte)
 
-    def _pick(self, keys: list[int] | None) -> "_Endpoint | None":
+    def _pick(self, keys: list[int] | None, tried: set[str]) -> "_Endpoint | None":
         endpoints = self._endpoints
+        if tried:
+            endpoints = {url: e for url, e in endpoints.items() if url not in tried}
         if not endpoints:
             return None
         if self._affinity is None or keys is None:
