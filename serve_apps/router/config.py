@@ -220,6 +220,11 @@ class RouterAppArgs(RouterConfig):
                     f"(known: {', '.join(sorted(known)) or 'none'})"
                 )
         if self.router.colocate:
+            for index, backend in enumerate(self.backends):
+                if backend.routing == "prefix_affinity" and backend.engine in known:
+                    raise ValueError(
+                        f"backends.{index}: routing prefix_affinity chooses among engine replicas; with "
+                        "router.colocate each router replica calls its own engine in process")
             for index, engine in enumerate(self.engines):
                 if engine.num_replicas != 1 or engine.autoscaling is not None:
                     raise ValueError(

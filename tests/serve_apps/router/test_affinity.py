@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from serve_apps.checks import parse_router_args
 from serve_apps.router.affinity import PrefixAffinity, PrefixIndex, prefix_keys, render_prompt
 from serve_apps.router.config import BackendConfig
 from serve_apps.validation import format_validation_error
@@ -174,3 +175,12 @@ def test_config_routing_is_checked_at_load():
         with pytest.raises(ValidationError) as info:
             BackendConfig(name="e", **fields)
         assert says in format_validation_error(info.value)
+
+
+def test_affinity_with_colocated_engines_is_refused():
+    args = {"engines": [{"name": "tiny-chat", "model": "builtin:tiny-chat"}], "router": {"colocate": True},
+            "backends": [{"name": "e", "kind": "serve", "engine": "tiny-chat", "routing": "prefix_affinity"}]}
+    with pytest.raises(ValueError, match="backends.0: routing prefix_affinity chooses among engine replicas"):
+        parse_router_args(args)
+    args["backends"][0]["routing"] = "least_outstanding"
+    assert parse_router_args(args).router.colocate
