@@ -3,6 +3,11 @@ block keys, longest-chain choice, spill-over, endpoints leaving and joining, the
 
 from __future__ import annotations
 
+import asyncio
+import json
+import re
+from typing import Any
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -10,6 +15,9 @@ from pydantic import ValidationError
 
 from serve_apps.checks import parse_router_args
 from serve_apps.router.affinity import PrefixAffinity, PrefixIndex, prefix_keys, render_prompt
+from serve_apps.router.backends.base import BackendRequest
+from serve_apps.router.backends.http import HTTPClient
+from serve_apps.router.backends.serve import ServeBackend, _Endpoint
 from serve_apps.router.config import BackendConfig
 from serve_apps.validation import format_validation_error
 
@@ -184,3 +192,56 @@ def test_affinity_with_colocated_engines_is_refused():
         parse_router_args(args)
     args["backends"][0]["routing"] = "least_outstanding"
     assert parse_router_args(args).router.colocate
+
+
+class _UnusedHandle:
+    """Stands in for the DeploymentHandle, which these requests never reach (endpoints are known)."""
+
+    def options(self, **_: Any) -> "_UnusedHandle":
+        return self
+
+
+async def _answer_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    head = await reader.readuntil(b"\r\n\r\n")
+    await reader.readexactly(int(re.search(rb"content-length: (\d+)", head, re.I).group(1)))
+    body = b'{"ok": true}'
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+    await writer.drain()
+    writer.close()
+
+
+async def _close_unanswered(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.close()  # what a replica whose process is exiting does to a connection it had accepted
+
+
+def test_serve_backend_moves_a_request_off_a_dying_replica():
+    """Real sockets, no Ray: the preferred replica first closes connections unanswered (still exiting),
+    then refuses them (gone); both times the request is answered by the other replica, and only the
+    refusal drops the endpoint and its prefixes."""
+
+    async def scenario() -> None:
+        dying = await asyncio.start_server(_close_unanswered, "127.0.0.1", 0)
+        alive = await asyncio.start_server(_answer_ok, "127.0.0.1", 0)
+        urls = [f"http://127.0.0.1:{s.sockets[0].getsockname()[1]}" for s in (dying, alive)]
+        config = BackendConfig(name="e", kind="serve", engine="x", routing="prefix_affinity",
+                               affinity={"block_size": BLOCK}, timeouts={"connect": 2, "first_byte": 5, "idle": 5})
+        backend = ServeBackend(config, _UnusedHandle())
+        backend._endpoints = {u: _Endpoint(u, HTTPClient(config.model_copy(update={"url": u})), {}) for u in urls}
+        affinity = backend._affinity
+        try:
+            for attempt, prompt in enumerate(("a conversation that lives on the dying replica", "another one, also there")):
+                payload = {"model": "x", "prompt": prompt}
+                affinity.index.record(affinity.keys(payload), urls[0])
+                if attempt == 1:
+                    dying.close()
+                    await dying.wait_closed()
+                response = await backend.send(BackendRequest("POST", "/v1/completions", json.dumps(payload).encode(), payload))
+                assert response.status == 200 and await response.aread() == b'{"ok": true}'
+                assert backend._endpoints[urls[1]].outstanding == 0
+            assert list(backend._endpoints) == [urls[1]] and urls[0] not in affinity.index.blocks
+            assert affinity.index.blocks[urls[1]] > 0  # the moved prefixes now live on the survivor
+        finally:
+            await backend.aclose()
+            alive.close()
+
+    asyncio.run(scenario())
