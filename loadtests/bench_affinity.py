@@ -80,15 +80,15 @@ def replica_counters(tokens: dict[str, str]) -> dict[str, dict[str, float]]:
     return {url: vllm_counters(url, token) for url, token in tokens.items()}
 
 
-def phase(url: str, backend: str, system: str, args: argparse.Namespace, tokens: dict[str, str]) -> dict[str, Any]:
+def phase(url: str, backend: str, systems: list[str], args: argparse.Namespace, tokens: dict[str, str]) -> dict[str, Any]:
     before, cpu_before = replica_counters(tokens), cpu_seconds(ROUTER_PROCESS)
     ttfts: list[float] = []
     errors: list[str] = []
     started = time.perf_counter()
 
     async def run() -> None:
-        await asyncio.gather(*(conversation(url, backend, system, i, args.turns, args.max_tokens, ttfts, errors)
-                               for i in range(args.conversations)))
+        await asyncio.gather(*(conversation(url, backend, systems[i % len(systems)], i, args.turns, args.max_tokens,
+                                            ttfts, errors) for i in range(args.conversations)))
 
     asyncio.run(run())
     elapsed = time.perf_counter() - started
@@ -169,6 +169,8 @@ def main() -> None:
                         help="vLLM KV-cache block (tokens); vLLM's CPU default of 128 caches a conversation's "
                              "own turns only once they fill a block; 0 = vLLM's default")
     parser.add_argument("--pause", type=float, default=3.0, help="seconds between phases (vLLM busy-polls after work)")
+    parser.add_argument("--distinct", action="store_true",
+                        help="each conversation its own system prompt (many long prefixes) instead of one shared")
     parser.add_argument("--tiny", action="store_true",
                         help="smoke setting: 1 round, 4 conversations x 2 turns, 200-token system prompt")
     parser.add_argument("--output", default="bench_affinity", help="results file name under loadtests/results/")
@@ -215,14 +217,16 @@ def main() -> None:
             raise RuntimeError(f"expected two engine workers, met {len(tokens)}")
         for mode in MODES:  # warm-up, not recorded: first requests pay for lazy initialisation
             warm = argparse.Namespace(**{**vars(args), "conversations": 2, "turns": 1})
-            phase(router, mode, sized_prompt(tokenizer, 64, f"warm-{mode}"), warm, tokens)
+            phase(router, mode, [sized_prompt(tokenizer, 64, f"warm-{mode}")], warm, tokens)
         for index in range(args.rounds):
             order = list(MODES) if index % 2 == 0 else list(reversed(MODES))
             result: dict[str, Any] = {"round": index, "order": order}
             for mode in order:
                 time.sleep(args.pause)
-                system = sized_prompt(tokenizer, args.system_tokens, f"{index}-{mode}-{time.time_ns()}")
-                result[mode] = phase(router, mode, system, args, tokens)
+                salt = f"{index}-{mode}-{time.time_ns()}"
+                systems = [sized_prompt(tokenizer, args.system_tokens, f"{salt}-{i}")
+                           for i in range(args.conversations if args.distinct else 1)]
+                result[mode] = phase(router, mode, systems, args, tokens)
                 r = result[mode]
                 print(f"round {index} {mode:8} hit rate {_fmt(r['hit_rate'], 3)}  TTFT p50 {_fmt(r['ttft_p50_ms'])} ms "
                       f"p95 {_fmt(r['ttft_p95_ms'])} ms  router CPU {_fmt(r['router_cpu_ms_per_request'], 3)} ms/req  "
