@@ -207,8 +207,13 @@ class ServeBackend(Backend):
                 endpoint.missed = 0
             elif endpoint.outstanding == 0:
                 endpoint.missed += 1
-                if endpoint.missed >= 3:  # not met in three rounds: the replica is gone
-                    await self._drop(url)
+                # Not met in three rounds: Serve's handle may just have favoured the other replicas,
+                # so ask the port itself before dropping it (dropping forgets its prefixes).
+                if endpoint.missed >= 3:
+                    if await endpoint.client.get_ok(url + self._health_path, endpoint.headers):
+                        endpoint.missed = 0
+                    else:
+                        await self._drop(url)
         for url in seen.keys() - self._endpoints.keys():
             headers = {**FORWARD_HEADERS_DICT, "authorization": f"Bearer {seen[url]}"}
             self._endpoints[url] = _Endpoint(url, HTTPClient(self.config.model_copy(update={"url": url})), headers)

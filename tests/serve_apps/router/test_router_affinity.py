@@ -46,7 +46,9 @@ def stack(router_cluster):
 
     wait_for(both_ready, timeout=900, interval=2, message="two engine replicas published to both backends")
     tokens = worker_endpoints(router_cluster.cluster.env(), "affinity", f"engine-{MODEL}")
-    assert sorted(tokens) == sorted(backends(url)["sticky"]["endpoints"])
+    assert len(tokens) == 2
+    wait_for(lambda: all(sorted(backends(url)[b["name"]]["endpoints"]) == sorted(tokens) for b in BACKENDS),
+             timeout=30, message="both backends know both workers")
     yield url, tokens, router_cluster
     router_cluster.deploy({})  # frees the engines for the next tests
 
