@@ -120,8 +120,10 @@ class _EngineReplica:
 
     async def endpoint(self) -> dict[str, str] | None:
         """``{"url": "http://node-ip:port", "token": ...}`` of this replica's own listener (engine
-        workers), else None. The token travels only over the handle; the port refuses calls without it."""
-        if self.listener is None or not self.listener.serving:
+        workers), else None. The token travels only over the handle; the port refuses calls without it.
+        Published only once the engine is ready: a replacement replica still loading its engine would
+        otherwise look like the least loaded endpoint and answer the router's requests with 503."""
+        if self.listener is None or not self.listener.serving or not self.state.ready:
             return None
         return {"url": f"http://{self.listener.host}:{self.listener.port}", "token": self._token}
 

@@ -22,6 +22,7 @@ from serve_apps.router.asgi import RouterASGI
 from serve_apps.router.backends import Backend, create_backend
 from serve_apps.router.backends.inprocess import InProcessBackend
 from serve_apps.router.config import BackendConfig, BackendModel, ListenAddress, RouterConfig
+from serve_apps.router.metrics import RouterMetrics
 from serve_apps.router.router import Router
 
 
@@ -39,8 +40,9 @@ class MultiBackendRouter:
             from serve_apps.replica import LocalEngine  # engine code only where an engine runs
 
             self.local_engines = {c["name"]: LocalEngine(c) for c in local_engines}
-        backends = [self._backend(b, handles) for b in parsed.backends]
-        self.router = Router(parsed, backends)
+        metrics = RouterMetrics()
+        backends = [self._backend(b, handles, metrics) for b in parsed.backends]
+        self.router = Router(parsed, backends, metrics)
         self.router.start()
         self.batch: BatchService | None = None
         batch_config = BatchConfig.model_validate(batch or {})
@@ -56,14 +58,15 @@ class MultiBackendRouter:
             address = ListenAddress.model_validate(listen)
             self.listener = await start_listener(self.asgi, address.host, address.port)
 
-    def _backend(self, backend: BackendConfig, handles: dict[str, Any]) -> Backend:
+    def _backend(self, backend: BackendConfig, handles: dict[str, Any], metrics: RouterMetrics) -> Backend:
         if backend.kind != "serve":
             return create_backend(backend)
         if backend.app:  # an engine deployed as its own Serve app
-            return create_backend(backend, serve.get_deployment_handle(backend.deployment, app_name=backend.app))
+            handle = serve.get_deployment_handle(backend.deployment, app_name=backend.app)
+            return create_backend(backend, handle, metrics)
         if backend.engine in self.local_engines:
             return InProcessBackend(backend, self.local_engines[backend.engine])
-        return create_backend(backend, handles[backend.engine])
+        return create_backend(backend, handles[backend.engine], metrics)
 
     async def __serve_build_asgi_app__(self) -> RouterASGI:
         return self.asgi

@@ -59,6 +59,15 @@ class BackendModel(StrictModel):
     aliases: list[str] = Field(default_factory=list)
 
 
+class AffinityConfig(StrictModel):
+    """``routing: prefix_affinity`` settings (see ``serve_apps.router.affinity``)."""
+
+    block_size: int = Field(128, ge=16, le=65536, description="prompt block length in UTF-8 bytes (characters for ASCII)")
+    spill_margin: int = Field(4, ge=0, description=(
+        "take the least-loaded endpoint when the preferred one has more than this many extra outstanding requests"))
+    capacity: int = Field(65536, ge=1, description="prefix blocks remembered (LRU); ~180 bytes of router memory each")
+
+
 class BackendConfig(StrictModel):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     kind: BackendKind
@@ -70,6 +79,10 @@ class BackendConfig(StrictModel):
         "auto", description=("kind serve: `auto` streams over HTTP from each engine worker's own port where "
                              "replicas publish one (measured faster), else the handle; `handle` always uses "
                              "DeploymentHandle.forward"))
+    routing: Literal["least_outstanding", "prefix_affinity"] = Field(
+        "least_outstanding", description=("kind serve: how a request picks one of the engine replicas; "
+                                          "prefix_affinity sends prompts sharing a prefix to the same replica"))
+    affinity: AffinityConfig = Field(default_factory=AffinityConfig)
     models: list[BackendModel | str] = Field(
         default_factory=list, description="served models; empty = whatever the request asks"
     )
@@ -95,6 +108,10 @@ class BackendConfig(StrictModel):
                 raise ValueError("kind serve with `app` also needs `deployment`")
             if self.url:
                 raise ValueError("kind serve takes no `url`; use kind openai for an engine over HTTP")
+            if self.routing == "prefix_affinity" and self.transport == "handle":
+                raise ValueError("routing prefix_affinity picks replicas by their own ports: it needs transport auto")
+        elif self.routing != "least_outstanding":
+            raise ValueError("`routing` applies to kind serve only (it picks among an engine's replicas)")
         elif self.transport != "auto":
             raise ValueError("`transport` applies to kind serve only")
         elif not self.url:
@@ -203,6 +220,11 @@ class RouterAppArgs(RouterConfig):
                     f"(known: {', '.join(sorted(known)) or 'none'})"
                 )
         if self.router.colocate:
+            for index, backend in enumerate(self.backends):
+                if backend.routing == "prefix_affinity" and backend.engine in known:
+                    raise ValueError(
+                        f"backends.{index}: routing prefix_affinity chooses among engine replicas; with "
+                        "router.colocate each router replica calls its own engine in process")
             for index, engine in enumerate(self.engines):
                 if engine.num_replicas != 1 or engine.autoscaling is not None:
                     raise ValueError(

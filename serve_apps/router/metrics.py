@@ -78,6 +78,10 @@ class RouterMetrics:
         self.fail_opens = metrics.Counter(
             "router_ratelimit_fail_open_count", "Requests admitted without a limit check: the shared store was down",
         )
+        self.affinity_choices = metrics.Counter(
+            "backend_affinity_count", "routing prefix_affinity: replica choices by outcome (hit, miss, spill)",
+            ("backend", "outcome"),
+        )
 
     def _call(self, metric: str, method: str, value: float, tags: dict[str, str]) -> None:
         if self._enabled:
@@ -127,3 +131,6 @@ class RouterMetrics:
     def fail_open(self) -> None:
         self.fail_open_count += 1
         self._call("fail_opens", "inc", 1, {})
+
+    def affinity(self, backend: str, outcome: str) -> None:
+        self._call("affinity_choices", "inc", 1, {"backend": backend, "outcome": outcome})

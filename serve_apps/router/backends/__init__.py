@@ -14,6 +14,7 @@ from serve_apps.router.backends.base import (
     ByteStream,
 )
 from serve_apps.router.config import BackendConfig
+from serve_apps.router.metrics import RouterMetrics
 
 KINDS = {
     "openai": "serve_apps.router.backends.openai:OpenAIBackend",
@@ -23,11 +24,11 @@ KINDS = {
 }
 
 
-def create_backend(config: BackendConfig, handle: Any = None) -> Backend:
+def create_backend(config: BackendConfig, handle: Any = None, metrics: RouterMetrics | None = None) -> Backend:
     module, _, cls = KINDS[config.kind].partition(":")
     backend_cls = getattr(import_module(module), cls)
     if config.kind == "serve":
-        return backend_cls(config, handle)
+        return backend_cls(config, handle, metrics)
     return backend_cls(config)
 
 

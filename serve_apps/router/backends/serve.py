@@ -7,7 +7,9 @@ Two transports, one body format (exactly what vLLM's HTTP server sends):
   serves its guarded OpenAI app on an ephemeral port of its node and says where (and the token that
   port requires) through ``endpoint()``. The backend learns the endpoints
   on every health round (asking the handle a few times, so every replica is met) and spreads requests
-  over them, least outstanding first. Measured faster for streams: one socket write per chunk.
+  over them: least outstanding first, or (``routing: prefix_affinity``) to the replica that already
+  served the prompt's prefix (``serve_apps.router.affinity``). Measured faster for streams: one
+  socket write per chunk.
 - the handle: ``forward(method, path, headers, body)`` streams a head dict then body bytes; each
   streamed item costs one Ray object / gRPC message. Used when no endpoint is known yet, when
   ``transport: handle``, and for one request whose endpoint refused the connection (a replica that
@@ -21,7 +23,10 @@ import random
 from collections.abc import AsyncIterator
 from typing import Any
 
+from serve_apps.router.affinity import PrefixAffinity
 from serve_apps.router.backends.base import (
+    CHAT_PATH,
+    COMPLETIONS_PATH,
     Backend,
     BackendRequest,
     BackendResponse,
@@ -31,7 +36,9 @@ from serve_apps.router.backends.base import (
 )
 from serve_apps.router.backends.http import HTTPClient
 from serve_apps.router.config import BackendConfig
+from serve_apps.router.metrics import RouterMetrics
 
+GENERATION_PATHS = frozenset({CHAT_PATH, COMPLETIONS_PATH})  # a /tokenize on the side follows load
 FORWARD_HEADERS = [("content-type", "application/json")]
 FORWARD_HEADERS_DICT = dict(FORWARD_HEADERS)
 
@@ -56,7 +63,7 @@ class ServeBackend(Backend):
     kind = "serve"
     can_resume = True  # the replica runs vLLM, which honours continue_final_message
 
-    def __init__(self, config: BackendConfig, handle: Any) -> None:
+    def __init__(self, config: BackendConfig, handle: Any, metrics: RouterMetrics | None = None) -> None:
         super().__init__(config)
         if handle is None:
             raise ValueError(f"backend {config.name!r}: kind serve needs a DeploymentHandle")
@@ -64,13 +71,29 @@ class ServeBackend(Backend):
         self._stream_handle = handle.options(stream=True)
         self._health_path = config.health.path or "/health"
         self._endpoints: dict[str, _Endpoint] = {}
+        self._metrics = metrics
+        self._affinity: PrefixAffinity | None = None
+        if config.routing == "prefix_affinity":
+            settings = config.affinity
+            self._affinity = PrefixAffinity(settings.block_size, settings.capacity, settings.spill_margin)
         # Until a health probe passes, calls through the handle would queue behind replicas that are
         # still loading their engine (a minute or more): refuse at once instead, so the client gets 503.
         self._up = False
 
     def describe(self) -> dict[str, object]:
         # endpoints are only ever learned with transport auto, so they alone say which path is in use
-        return {"transport": "http" if self._endpoints else "handle", "endpoints": sorted(self._endpoints)}
+        load = {}
+        for url in sorted(self._endpoints):
+            endpoint = self._endpoints[url]
+            load[url] = {"outstanding": endpoint.outstanding, "requests": endpoint.requests}
+            if self._affinity is not None:
+                load[url].update(self._affinity.endpoint_stats(url))
+        facts: dict[str, object] = {"transport": "http" if self._endpoints else "handle",
+                                    "endpoints": sorted(self._endpoints), "routing": self.config.routing,
+                                    "endpoint_load": load}
+        if self._affinity is not None:
+            facts["affinity"] = self._affinity.describe()
+        return facts
 
     async def _open(self, method: str, path: str, body: bytes, wait: float) -> BackendResponse:
         generator = self._stream_handle.forward.remote(method, path, FORWARD_HEADERS, body)
@@ -94,32 +117,64 @@ class ServeBackend(Backend):
         return BackendResponse(int(head["status"]), headers, HandleStream(generator, self.config.timeouts.idle))
 
     async def send(self, request: BackendRequest) -> BackendResponse:
-        endpoint = self._pick()
-        if endpoint is not None:
+        # A replica that dies refuses connections, or, while its process is still exiting, accepts
+        # them and closes them unanswered. Before any response head either means "not this replica":
+        # try the others (a refused one is dropped, and with affinity its prefixes move), then the
+        # handle. Once a head has arrived, failures are the router's (fallback / resume).
+        keys = None
+        if self._affinity is not None and len(self._endpoints) > 1 and request.path in GENERATION_PATHS:
+            keys = self._affinity.keys(request.payload)  # once per request, O(prompt length)
+        tried: set[str] = set()
+        broken: BackendUnavailable | None = None
+        for _ in range(len(self._endpoints)):
+            endpoint = self._pick(keys, tried)
+            if endpoint is None:
+                break
+            tried.add(endpoint.url)
             endpoint.outstanding += 1
+            endpoint.requests += 1
             try:
                 response = await endpoint.client.send(request.method, endpoint.url + request.path,
                                                       endpoint.headers, request.body)
             except BackendUnavailable as exc:
                 endpoint.outstanding -= 1
+                if exc.reason == "disconnect":
+                    broken = exc
+                    continue
                 if exc.reason != "connect":
-                    raise  # sent, then failed: the router decides (fallback / resume)
-                self._endpoints.pop(endpoint.url, None)  # gone; its replacement shows up next round
-                await endpoint.client.aclose()
+                    raise
+                await self._drop(endpoint.url)  # gone; its replacement shows up on a later round
             except BaseException:
                 endpoint.outstanding -= 1
                 raise
             else:
                 response.stream = _CountedStream(response.stream, endpoint)
                 return response
+        if broken is not None and set(self._endpoints) <= tried:
+            raise broken
         if not self._up:
             raise BackendUnavailable("starting", "engine replicas are still starting")
         return await self._open(request.method, request.path, request.body, self.config.timeouts.first_byte)
 
-    def _pick(self) -> "_Endpoint | None":
-        if not self._endpoints:
+    def _pick(self, keys: list[int] | None, tried: set[str]) -> "_Endpoint | None":
+        endpoints = self._endpoints
+        if tried:
+            endpoints = {url: e for url, e in endpoints.items() if url not in tried}
+        if not endpoints:
             return None
-        return min(self._endpoints.values(), key=lambda e: (e.outstanding, random.random()))
+        if self._affinity is None or keys is None:
+            return min(endpoints.values(), key=lambda e: (e.outstanding, random.random()))
+        choice = self._affinity.choose(keys, {url: e.outstanding for url, e in endpoints.items()})
+        if self._metrics is not None:
+            self._metrics.affinity(self.name, choice.outcome)
+        return endpoints[choice.endpoint]
+
+    async def _drop(self, url: str) -> None:
+        endpoint = self._endpoints.pop(url, None)
+        if self._affinity is not None:
+            self._affinity.forget(url)
+        if endpoint is not None:
+            await endpoint.client.aclose()
 
     async def check_health(self) -> bool:
         if self.config.transport == "auto":
@@ -152,8 +207,13 @@ class ServeBackend(Backend):
                 endpoint.missed = 0
             elif endpoint.outstanding == 0:
                 endpoint.missed += 1
-                if endpoint.missed >= 3:  # not met in three rounds: the replica is gone
-                    await self._endpoints.pop(url).client.aclose()
+                # Not met in three rounds: Serve's handle may just have favoured the other replicas,
+                # so ask the port itself before dropping it (dropping forgets its prefixes).
+                if endpoint.missed >= 3:
+                    if await endpoint.client.get_ok(url + self._health_path, endpoint.headers):
+                        endpoint.missed = 0
+                    else:
+                        await self._drop(url)
         for url in seen.keys() - self._endpoints.keys():
             headers = {**FORWARD_HEADERS_DICT, "authorization": f"Bearer {seen[url]}"}
             self._endpoints[url] = _Endpoint(url, HTTPClient(self.config.model_copy(update={"url": url})), headers)
@@ -190,9 +250,10 @@ class _CountedStream(ByteStream):
 
 
 class _Endpoint:
-    __slots__ = ("url", "client", "headers", "outstanding", "missed")
+    __slots__ = ("url", "client", "headers", "outstanding", "requests", "missed")
 
     def __init__(self, url: str, client: HTTPClient, headers: dict[str, str]) -> None:
         self.url, self.client, self.headers = url, client, headers  # headers carry the replica's token
         self.outstanding = 0
+        self.requests = 0  # sent by this router replica since the endpoint was learned
         self.missed = 0
