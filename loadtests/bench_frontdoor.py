@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import yaml
@@ -44,6 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_router_lib import (ROOT, Connection, closed_loop, interleaved, split_url, start_vllm,  # noqa: E402
                               stop_on_sigterm, write_result)
 from launchers.local import descendants, free_port, running  # noqa: E402
+
+if TYPE_CHECKING:
+    from ray_serve_cai.bench.results import BenchOutput, BenchSettings
 
 MODEL = "tiny-chat"
 CLIENTS = ("httpx", "lean")
@@ -339,7 +342,14 @@ async def bench(args: argparse.Namespace, targets: dict[str, tuple[str, int]]) -
     return {"rounds": rounds, "c1": c1, "summary": summarise(rounds, c1, [t for t in targets if t != "stock"])}
 
 
-def main() -> int:
+def options(**overrides: Any) -> argparse.Namespace:
+    """The command line's defaults, with ``overrides``: what ``run`` passes instead of argv."""
+    args = parser().parse_args([])
+    vars(args).update(overrides)
+    return args
+
+
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=6, help="alternating rounds per workload (default 6)")
     parser.add_argument("--config", type=Path, default=ROOT / "serve_configs" / "local.yaml",
@@ -352,9 +362,11 @@ def main() -> int:
                         help="also start `up` on this config (ports moved to free ones) and measure its door as a "
                              "third target, e.g. the previous release's serve_configs/local.yaml")
     parser.add_argument("--name", default="bench_frontdoor", help="results file name (loadtests/results/NAME.json)")
-    args = parser.parse_args()
-    stop_on_sigterm()
-    workdir = Path(tempfile.mkdtemp(prefix="bench-frontdoor-"))
+    return parser
+
+
+def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Start every stack and the stock server, run the rounds, stop everything; the results dict."""
     stacks: dict[str, UpStack] = {}
     stock = None
     up_facts: dict[str, Any] = {}
@@ -381,6 +393,41 @@ def main() -> int:
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()} | {"also": [str(p) for p in args.also]}
     result.update(up=up_facts, settings=settings,
                   date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), cores=os.cpu_count())
+    return result
+
+
+def run(settings: "BenchSettings") -> "BenchOutput":
+    """``ray-serve-cai bench --only p1``: the shipped local config's door against stock vLLM."""
+    from ray_serve_cai.bench.results import BenchOutput, Row, headline
+
+    tiny = dict(streams=8, per_worker=1, tokens=16, seconds=2.0) if settings.tiny else {}
+    result = measure(options(rounds=settings.rounds, **tiny), settings.workdir)
+    rows = [Row(round=r["round"], target=f"{target} {workload} ({client})",
+                metrics={k: v for k, v in run.items() if isinstance(v, (int, float))})
+            for r in result["rounds"] for workload in ("streams", "short") for client in CLIENTS
+            for target, run in r[workload][client].items()]
+    rows += [Row(round=number, target=f"{target} c1", metrics={k: v for k, v in run.items() if isinstance(v, (int, float))})
+             for number, r in enumerate(result["c1"]["rounds"]) for target, run in r.items()]
+    summary, up = result["summary"], result["up"]["frontdoor"]
+    stock_ttft = summary["stock: streams TTFT p50 ms (httpx)"]
+    return BenchOutput(rows=rows, headlines=[
+        headline("front door streams tok/s / stock (httpx)", summary["frontdoor: streams tok/s ratio (httpx)"]["rounds"],
+                 at_least=0.95),
+        headline("front door c=64 req/s / stock (httpx)", summary["frontdoor: short req/s ratio (httpx)"]["rounds"],
+                 at_least=0.90),
+        headline("front door c=1 added latency", summary["frontdoor: c1 added ms (median)"], "ms", at_most=2),
+        headline("front door streams TTFT p50 (httpx)", summary["frontdoor: streams TTFT p50 ms (httpx)"], "ms",
+                 at_most=round(stock_ttft * 1.15, 1)),
+        headline("client errors", summary["errors"], at_most=0),
+        headline("up to ready", up["startup_s"], "s", at_most=45),
+        headline("teardown after SIGTERM", up["teardown_s"], "s", at_most=15),
+    ], details={"up": result["up"], "summary": summary})
+
+
+def main() -> int:
+    args = parser().parse_args()
+    stop_on_sigterm()
+    result = measure(args, Path(tempfile.mkdtemp(prefix="bench-frontdoor-")))
     path = write_result(args.name, result)
     print(json.dumps(result["summary"], indent=2))
     print(f"results: {path}")
