@@ -189,9 +189,9 @@ class LocalCluster:
         Why not ``serve shutdown`` first: it drains replicas one after another (about 30 s on a small
         machine) for in-flight requests a stopping cluster drops anyway. Replicas and vLLM's engine
         processes exit within a second of SIGTERM (releasing their shared memory); Ray's own daemons
-        take ten more to stop gracefully with nothing left to save, hence the short grace. Ray workers run in process groups of their own and
-        engines spawn more processes, so the process tree is snapshotted first: nothing this cluster
-        started outlives ``stop()``.
+        take ten more to stop gracefully with nothing left to save, hence the short grace. Ray workers
+        run in process groups of their own and engines spawn more processes, so the process tree is
+        snapshotted first: nothing this cluster started outlives ``stop()``.
         """
         if self.process is None or self.process.poll() is not None:
             return

@@ -41,8 +41,8 @@ import httpx
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_router_lib import (ROOT, Connection, closed_loop, interleaved, split_url, start_vllm,  # noqa: E402
-                              stop_on_sigterm, write_result)
+from bench_router_lib import (ROOT, Connection, closed_loop, interleaved, process_cpu_seconds, split_url,  # noqa: E402
+                              start_vllm, stop_on_sigterm, write_result)
 from launchers.local import descendants, free_port, running  # noqa: E402
 
 if TYPE_CHECKING:
@@ -146,15 +146,12 @@ def _name(pid: int) -> str:
 
 def tree_cpu(root: int) -> dict[str, float]:
     """CPU seconds (user + system) of ``root`` and every process below it, by process name."""
-    tick = os.sysconf("SC_CLK_TCK")
     out: dict[str, float] = {}
     for pid in [root, *descendants(root)]:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        name = _name(pid).split(" --")[0][:48] or str(pid)
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+        seconds = process_cpu_seconds(pid)
+        if seconds is not None:
+            name = _name(pid).split(" --")[0][:48] or str(pid)
+            out[name] = out.get(name, 0.0) + seconds
     return out
 
 

@@ -185,21 +185,28 @@ async def interleaved(targets: dict[str, tuple[str, dict[str, str] | None]], bod
     return {name: _latency_summary(values, errors[name]) for name, values in latencies.items()}
 
 
+def process_cpu_seconds(pid: int | str) -> float | None:
+    """CPU time (user + system, seconds) one process has used so far; None once it is gone (/proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds(match: str) -> float:
     """CPU time (user + system, seconds) of every live process whose command line contains ``match``:
     read around a run, it says how much CPU one request cost each process (Linux /proc)."""
     total = 0.0
-    tick = os.sysconf("SC_CLK_TCK")
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             if match not in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
                 continue
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += (int(fields[11]) + int(fields[12])) / tick
+        total += process_cpu_seconds(entry.name) or 0.0
     return total
 
 
