@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from launchers.polling import PollTimeout, poll_until
+from launchers.procs import descendants, running
 
 # Serve's fastest mode in loadtests/bench_router.py; read at import, so it must be in the cluster's env.
 # Without its direct ingress: that would start Serve's proxy even where a config turns it off
@@ -213,39 +214,6 @@ def _signal_all(pids: list[int], sig: int) -> None:
             os.kill(pid, sig)
         except ProcessLookupError:
             pass
-
-
-def running(pids: list[int]) -> list[int]:
-    """Those of ``pids`` still running (zombies count as gone: only their parent can reap them)."""
-    alive = []
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            alive.append(pid)
-    return alive
-
-
-def descendants(root: int) -> list[int]:
-    """Every live process below ``root`` (Linux /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, stack = [], [root]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    return found
 
 
 def _get_json(url: str) -> dict | None:

@@ -5,17 +5,26 @@ workers share the driver's fate, but its dashboard and runtime-env agents (and a
 started, such as a vLLM engine core) can outlive a driver that was SIGKILLed. No signal handler runs
 on SIGKILL, so the clean-up must live in another process:
 
-``guard()`` marks the current process's environment with a unique token (every process Ray starts
-from here inherits it, grandchildren included) and spawns a small watchdog in a session of its own.
-The watchdog holds the read end of a pipe whose only writer is the guarded process; when the guarded
-process dies, however it dies, the pipe reports end-of-file and the watchdog SIGKILLs every process
-that still carries the token. Matching on the token rather than on the process tree also finds
-processes already re-parented to init, and never touches anything another program started.
+``guard()`` spawns a small watchdog in a session of its own. The watchdog holds the read end of a
+pipe whose only writer is the guarded process; when the guarded process dies, however it dies, the
+pipe reports end-of-file and the watchdog SIGKILLs what the guarded process started. Two ways to
+know those, because each alone misses some:
+
+- the watchdog snapshots the guarded process's tree twice a second. Once the guarded process is
+  dead its children are re-parented to init, so only a snapshot taken before still knows them;
+- the guarded process's environment carries a unique token that every process started from here
+  inherits. That finds a process started after the last snapshot, but not every process: one that
+  renames itself with setproctitle (Ray's agents and workers, vLLM's engine core) overwrites the
+  memory /proc/PID/environ shows, token included.
+
+Neither touches anything another program started: a snapshotted pid is only killed while its start
+time still matches, and the token is unique to this guarded process.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -23,19 +32,22 @@ import time
 import uuid
 from pathlib import Path
 
+from launchers.procs import descendants, read, table
+
 MARKER = "RAY_SERVE_CAI_REAP_TOKEN"
 # After the guarded process dies, keep sweeping until no marked process is seen this many times in
 # a row (a worker may be forking while the sweep runs), or until the deadline.
 QUIET_SWEEPS = 3
 SWEEP_SECONDS = 0.2
 DEADLINE_SECONDS = 30.0
+SNAPSHOT_SECONDS = 0.5
 
 
 def guard() -> str:
     """Start the watchdog for this process; returns the token its descendants carry."""
     token = uuid.uuid4().hex  # never an inherited one: that would make us reap our parent's processes
     read_end, write_end = os.pipe()  # non-inheritable: only this process holds the writer
-    subprocess.Popen([sys.executable, "-m", "launchers.reaper", token], stdin=read_end,
+    subprocess.Popen([sys.executable, "-m", "launchers.reaper", token, str(os.getpid())], stdin=read_end,
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                      env={**os.environ, MARKER: ""})
     os.close(read_end)
@@ -63,13 +75,20 @@ def marked(token: str) -> list[int]:
     return found
 
 
-def sweep(token: str) -> int:
-    """SIGKILL every marked process until none is left; returns how many were killed."""
+def sweep(token: str, known: dict[int, int] | None = None) -> int:
+    """SIGKILL every marked process, every ``known`` one (pid -> start time) and everything below
+    them, until none is left; returns how many were killed."""
+    known = dict(known or {})
     killed, quiet, deadline = 0, 0, time.monotonic() + DEADLINE_SECONDS
     while quiet < QUIET_SWEEPS and time.monotonic() < deadline:
-        pids = marked(token)
-        quiet = 0 if pids else quiet + 1
-        for pid in pids:
+        procs = table()
+        targets = set(marked(token)) | {pid for pid, started in known.items()
+                                        if pid in procs and procs[pid].started == started}
+        for pid in list(targets):
+            targets.update(descendants(pid, procs))  # forked after the last snapshot
+        known.update({pid: procs[pid].started for pid in targets if pid in procs})
+        quiet = 0 if targets else quiet + 1
+        for pid in targets:
             try:
                 os.kill(pid, signal.SIGKILL)
                 killed += 1
@@ -79,12 +98,21 @@ def sweep(token: str) -> int:
     return killed
 
 
-def _watch(token: str) -> None:
+def _ended(timeout: float) -> bool:
+    """Whether the pipe reports end-of-file within ``timeout`` (nothing is ever written to it)."""
+    readable, _, _ = select.select([sys.stdin.buffer], [], [], timeout)
+    return bool(readable) and not os.read(sys.stdin.fileno(), 65536)
+
+
+def _watch(token: str, guarded: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is for the guarded process, not for us
-    while sys.stdin.buffer.read(65536):  # nothing is ever written: this returns at end-of-file
-        pass
-    sweep(token)
+    known: dict[int, int] = {}
+    while not _ended(SNAPSHOT_SECONDS):
+        procs = table()
+        known = {pid: procs[pid].started for pid in descendants(guarded, procs) if pid != os.getpid()} | {
+            pid: started for pid, started in known.items() if (proc := read(pid)) and proc.started == started}
+    sweep(token, known)
 
 
 if __name__ == "__main__":
-    _watch(sys.argv[1])
+    _watch(sys.argv[1], int(sys.argv[2]))

@@ -43,7 +43,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_router_lib import (ROOT, Connection, closed_loop, interleaved, process_cpu_seconds, split_url,  # noqa: E402
                               start_vllm, stop_on_sigterm, write_result)
-from launchers.local import descendants, free_port, running  # noqa: E402
+from launchers.local import free_port  # noqa: E402
+from launchers.procs import descendants, running  # noqa: E402
 
 if TYPE_CHECKING:
     from ray_serve_cai.bench.results import BenchOutput, BenchSettings

@@ -21,7 +21,8 @@ import httpx
 import pytest
 import yaml
 
-from launchers.local import descendants, free_port
+from launchers.local import free_port
+from launchers.procs import descendants
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.engine
