@@ -2,9 +2,9 @@
 
 Offline: N prompts x T tokens through ``ray-serve-cai batch run`` (Ray Data, one vLLM ``LLM`` engine)
 vs vLLM's own ``LLM.generate`` on the same prompts (its own process, same engine arguments). Both
-report tokens/s once their engine is up (the CLI's "after engine start" rate, ``LLM.generate``'s timed
-call), since start-up is a fixed cost the baseline does not pay inside its timer; the CLI's end-to-end
-rate is recorded too.
+report tokens/s once their engine is up -- the CLI's "after engine start" rate (from the first batch
+reaching an engine to the last line written), ``LLM.generate``'s timed call -- since start-up is a
+fixed cost the baseline does not pay inside its timer; the CLI's end-to-end rate is recorded too.
 
 Online: the same prompts as an OpenAI batch through the running router (one engine replica) vs the
 same prompts sent by a client at concurrency 64 to the same router; while the batch runs, one

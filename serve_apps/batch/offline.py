@@ -48,8 +48,9 @@ class Summary:
     failed: int
     output_tokens: int
     seconds: float
-    # After the first written block: the engines are up, so this is the generation rate without start-up.
-    steady_tokens: int = 0
+    # From the moment the first engine began its first batch (it was up) to the last line written: the
+    # generation rate without the engines' start-up and Ray's shut-down, comparable with a timed
+    # ``LLM.generate`` call.
     steady_seconds: float = 0.0
 
     @property
@@ -58,7 +59,7 @@ class Summary:
 
     @property
     def steady_tokens_per_second(self) -> float:
-        return self.steady_tokens / self.steady_seconds if self.steady_seconds else 0.0
+        return self.output_tokens / self.steady_seconds if self.steady_seconds else 0.0
 
 
 def check_input(job: OfflineJob) -> int:
@@ -103,10 +104,9 @@ def run(job: OfflineJob, on_progress: Callable[[int, int], None] | None = None) 
     done = written_ids(job.output) if job.resume else set()
     model_path, served_name = resolve_model(job.model, job.served_name)
     todo = total - len(done)
-    started = time.monotonic()
+    started = time.time()  # wall clock: the engines' start times come from other processes
     written = failed = tokens = 0
-    first_block_at: float | None = None
-    first_block_tokens = 0
+    first_batch_at = last_block_at = None
     if todo > 0:
         import ray
 
@@ -138,13 +138,13 @@ def run(job: OfflineJob, on_progress: Callable[[int, int], None] | None = None) 
                     written += len(block["line"])
                     failed += int((~block["ok"]).sum())
                     tokens += block_tokens
-                    if first_block_at is None:
-                        first_block_at, first_block_tokens = time.monotonic(), block_tokens
+                    last_block_at, batch_at = time.time(), float(block["started"].min())
+                    first_batch_at = batch_at if first_batch_at is None else min(first_batch_at, batch_at)
                     if on_progress:
                         on_progress(len(block["line"]), block_tokens)
         finally:
             if own_cluster:
                 ray.shutdown()
-    ended = time.monotonic()
+    ended = time.time()
     return Summary(total, len(done), written, failed, tokens, ended - started,
-                   tokens - first_block_tokens, ended - first_block_at if first_block_at is not None else 0.0)
+                   last_block_at - first_batch_at if first_batch_at is not None else 0.0)

@@ -68,7 +68,8 @@ def response_body(path: str, model: str, output: Any) -> dict[str, Any]:
 
 
 class Predictor:
-    """Ray Data ``map_batches`` callable: ``{"text": [request lines]}`` -> ``{"line", "tokens", "ok"}``."""
+    """Ray Data ``map_batches`` callable: ``{"text": [request lines]}`` -> ``{"line", "tokens", "ok",
+    "started"}`` (``started``: when this batch reached the engine, for the run's rate without start-up)."""
 
     def __init__(self, model_path: str, served_name: str, engine_kwargs: dict[str, Any], kv_cache_gb: float) -> None:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{kv_cache_gb:g}")
@@ -80,6 +81,7 @@ class Predictor:
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         from vllm import SamplingParams
 
+        started = time.time()
         requests = [json.loads(text) for text in batch["text"]]
         results: list[tuple[int | None, Any, dict[str, Any] | None]] = [(None, None, None)] * len(requests)
         groups: dict[str, list[tuple[int, Any, Any]]] = {}
@@ -109,7 +111,7 @@ class Predictor:
             lines.append(json.dumps(output_line(request["custom_id"], status, body, error), separators=(",", ":")))
             tokens.append(body["usage"]["completion_tokens"] if status == 200 else 0)
             ok.append(status == 200)
-        return {"line": lines, "tokens": tokens, "ok": ok}
+        return {"line": lines, "tokens": tokens, "ok": ok, "started": [started] * len(lines)}
 
     def _generate(self, path: str, items: list[tuple[int, Any, Any]]) -> list[tuple[int, Any, None]]:
         """All items in one engine call; if the engine rejects the call, one by one to isolate the bad item."""
