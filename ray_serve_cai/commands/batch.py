@@ -53,10 +53,12 @@ def _run(args: argparse.Namespace) -> int:
     if not isinstance(args.engine_kwargs, dict):
         raise CLIError("--engine-kwargs must be a JSON object", 2)
     if args.address is None:
-        from launchers.local import AUTH_ENV, LOOPBACK_ENV
+        from launchers.local import AUTH_ENV, LOOPBACK_ENV, SCHEDULING_ENV
         from launchers.reaper import guard
 
-        for key, value in {**LOOPBACK_ENV, **AUTH_ENV}.items():
+        # SCHEDULING_ENV: the engines are the work, so they run at the same niceness as the CLI and
+        # Ray's daemons, not below them (Ray's default of 15; see launchers/local.py)
+        for key, value in {**LOOPBACK_ENV, **AUTH_ENV, **SCHEDULING_ENV}.items():
             os.environ.setdefault(key, value)
         guard()  # the private Ray instance dies with this process, even when it is SIGKILLed
     from tqdm import tqdm
