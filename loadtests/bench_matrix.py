@@ -129,12 +129,16 @@ def main() -> None:
     parser.add_argument("--name", default="bench_matrix", help="results file name under loadtests/results/")
     parser.add_argument("--profile", action="store_true",
                         help="unbuffered Serve logs, and the bot's per-step timings (from its log) in the results")
+    parser.add_argument("--synapse-dir", type=Path, default=None, metavar="DIR",
+                        help="where Synapse keeps its sqlite database (default: a temporary folder under $TMPDIR); "
+                             "/dev/shm shows how much of the bot path is the homeserver's disk writes")
     args = parser.parse_args()
     if args.commands % args.users:
         parser.error("--commands must be a multiple of --users")
     stop_on_sigterm()
     workdir = Path(tempfile.mkdtemp(prefix="bench-matrix-"))
-    synapse = Synapse(workdir / "synapse").start()
+    synapse = Synapse(Path(tempfile.mkdtemp(prefix="synapse-", dir=args.synapse_dir)) if args.synapse_dir
+                      else workdir / "synapse").start()
     cluster = LocalCluster(extra_env={"PYTHONPATH": str(ROOT)}, log_path=workdir / "ray.log")
     rounds: list[dict[str, Any]] = []
     observer = None
@@ -216,7 +220,7 @@ def main() -> None:
     if steps:
         print("bot steps, median ms after the command reached the bot:", json.dumps(steps))
     path = write_result(args.name, {"summary": medians, "bot_steps_ms": steps, "rounds": rounds, "commands": args.commands, "users": args.users,
-                                    "max_tokens": args.max_tokens, "load_avg": open("/proc/loadavg").read().split()[:3],
+                                    "max_tokens": args.max_tokens, "synapse_dir": str(args.synapse_dir or "$TMPDIR"), "load_avg": open("/proc/loadavg").read().split()[:3],
                                     "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     print(f"wrote {path}")
 
