@@ -20,6 +20,7 @@ from serve_apps.asgi import call_asgi
 from serve_apps.config import EngineConfig
 from serve_apps.engines.registry import get_registry
 from serve_apps.guard import EngineGuard, EngineState, RequireToken
+from serve_apps.heap import freeze_startup_heap
 from serve_apps.listener import Listener, start_listener
 from serve_apps.openai_api import build_openai_app
 
@@ -49,6 +50,7 @@ class LocalEngine:
         try:
             await self.engine.start()
             self.state.app = self.engine.asgi_app() or build_openai_app(self.engine)
+            freeze_startup_heap()
             self.state.phase = "ready"
             logger.info("engine %s ready (model %s)", self.config.engine, self.config.name)
         except Exception as exc:

@@ -16,6 +16,7 @@ from ray.serve import Application
 from serve_apps.batch.config import BatchConfig
 from serve_apps.batch.service import BatchService
 from serve_apps.checks import parse_router_args
+from serve_apps.heap import freeze_startup_heap
 from serve_apps.listener import Listener, start_listener
 from serve_apps.config import EngineConfig
 from serve_apps.router.asgi import RouterASGI
@@ -57,6 +58,7 @@ class MultiBackendRouter:
         if listen is not None:
             address = ListenAddress.model_validate(listen)
             self.listener = await start_listener(self.asgi, address.host, address.port)
+        freeze_startup_heap()  # a colocated engine freezes again once it is up
 
     def _backend(self, backend: BackendConfig, handles: dict[str, Any], metrics: RouterMetrics) -> Backend:
         if backend.kind != "serve":
