@@ -41,24 +41,15 @@ import httpx
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_router_lib import (ROOT, Connection, closed_loop, interleaved, process_cpu_seconds, split_url,  # noqa: E402
-                              start_vllm, stop_on_sigterm, write_result)
+from bench_router_lib import (ROOT, chat_body, closed_loop, content_events, interleaved, lean_streams,  # noqa: E402
+                              process_cpu_seconds, start_vllm, stop_on_sigterm, timed_streams, write_result)
 from launchers.local import free_port  # noqa: E402
 from launchers.procs import descendants, running  # noqa: E402
 
 if TYPE_CHECKING:
     from ray_serve_cai.bench.results import BenchOutput, BenchSettings
 
-MODEL = "tiny-chat"
 CLIENTS = ("httpx", "lean")
-
-
-def chat_body(max_tokens: int, stream: bool) -> bytes:
-    body: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": "tell me a story"}],
-                            "max_tokens": max_tokens, "temperature": 0}
-    if stream:
-        body.update(stream=True, ignore_eos=True)
-    return json.dumps(body).encode()
 
 
 class UpStack:
@@ -160,7 +151,7 @@ def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, fl
     return {k: round(after[k] - before.get(k, 0.0), 3) for k in after if after[k] - before.get(k, 0.0) > 0.0005}
 
 
-async def httpx_streams(url: str, concurrency: int, per_worker: int, tokens: int) -> dict[str, Any]:
+async def httpx_streams(url: str, concurrency: int, tokens: int, per_worker: int = 1) -> dict[str, Any]:
     body = chat_body(tokens, stream=True)
     ttfts: list[float] = []
     counted = errors = 0
@@ -185,51 +176,10 @@ async def httpx_streams(url: str, concurrency: int, per_worker: int, tokens: int
                 if status != 200 or not bytes(data).rstrip().endswith(b"data: [DONE]"):
                     errors += 1
                     continue
-                counted += _content_events(bytes(data))
+                counted += content_events(bytes(data))
                 ttfts.append((first or sent) - sent)
 
-    return await _timed_streams(worker, concurrency, ttfts, lambda: (counted, errors))
-
-
-async def lean_streams(url: str, concurrency: int, per_worker: int, tokens: int) -> dict[str, Any]:
-    host, port, prefix = split_url(url)
-    body = chat_body(tokens, stream=True)
-    ttfts: list[float] = []
-    counted = errors = 0
-
-    async def worker() -> None:
-        nonlocal counted, errors
-        connection = Connection(host, port)
-        try:
-            for _ in range(per_worker):
-                try:
-                    status, _, data, ttft = await connection.post_timed(prefix + "/v1/chat/completions", body)
-                except (OSError, ConnectionError, asyncio.IncompleteReadError, ValueError):
-                    errors += 1
-                    continue
-                if status != 200 or not data.rstrip().endswith(b"data: [DONE]"):
-                    errors += 1
-                    continue
-                counted += _content_events(data)
-                ttfts.append(ttft)
-        finally:
-            connection.close()
-
-    return await _timed_streams(worker, concurrency, ttfts, lambda: (counted, errors))
-
-
-async def _timed_streams(worker, concurrency: int, ttfts: list[float], totals) -> dict[str, Any]:
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - started
-    counted, errors = totals()
-    return {"tokens_per_s": counted / elapsed, "tokens": counted, "errors": errors, "elapsed_s": elapsed,
-            "ttft_median_ms": statistics.median(ttfts) * 1000 if ttfts else None}
-
-
-def _content_events(data: bytes) -> int:
-    return sum(1 for line in data.split(b"\n")
-               if line.startswith(b"data: {") and b'"content":"' in line and b'"content":""' not in line)
+    return await timed_streams(worker, concurrency, ttfts, lambda: (counted, errors))
 
 
 async def httpx_short(url: str, concurrency: int, seconds: float) -> dict[str, Any]:
@@ -263,7 +213,7 @@ async def httpx_short(url: str, concurrency: int, seconds: float) -> dict[str, A
 async def one_run(workload: str, client: str, url: str, args: argparse.Namespace) -> dict[str, Any]:
     if workload == "streams":
         run = httpx_streams if client == "httpx" else lean_streams
-        return await run(url, args.streams, args.per_worker, args.tokens)
+        return await run(url, args.streams, args.tokens, per_worker=args.per_worker)
     if client == "httpx":
         return await httpx_short(url, 64, args.seconds)
     return await closed_loop(url, chat_body(1, stream=False), 64, args.seconds, warmup=0.0)

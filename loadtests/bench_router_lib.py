@@ -140,6 +140,61 @@ async def _chat_ok(connection: Connection, prefix: str, body: bytes, headers: di
     return status == 200
 
 
+def chat_body(max_tokens: int, stream: bool, model: str = "tiny-chat") -> bytes:
+    """The chat request every streaming benchmark sends (a stream runs to max_tokens: ignore_eos)."""
+    body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": "tell me a story"}],
+                            "max_tokens": max_tokens, "temperature": 0}
+    if stream:
+        body.update(stream=True, ignore_eos=True)
+    return json.dumps(body).encode()
+
+
+async def lean_streams(url: str, concurrency: int, tokens: int, per_worker: int = 1,
+                       headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """``concurrency`` workers on raw sockets, each running ``per_worker`` streams of ``tokens`` tokens in
+    turn: content tokens/s, errors, TTFT median and CDF."""
+    host, port, prefix = split_url(url)
+    body = chat_body(tokens, stream=True)
+    ttfts: list[float] = []
+    counted = errors = 0
+
+    async def worker() -> None:
+        nonlocal counted, errors
+        connection = Connection(host, port)
+        try:
+            for _ in range(per_worker):
+                try:
+                    status, _, data, ttft = await connection.post_timed(prefix + "/v1/chat/completions", body, headers)
+                except (OSError, ConnectionError, asyncio.IncompleteReadError, ValueError):
+                    errors += 1
+                    continue
+                if status != 200 or not data.rstrip().endswith(b"data: [DONE]"):
+                    errors += 1
+                    continue
+                counted += content_events(data)
+                ttfts.append(ttft)
+        finally:
+            connection.close()
+
+    return await timed_streams(worker, concurrency, ttfts, lambda: (counted, errors))
+
+
+async def timed_streams(worker, concurrency: int, ttfts: list[float], totals) -> dict[str, Any]:
+    """Run ``concurrency`` copies of ``worker`` and summarise: ``totals()`` gives (content events, errors)."""
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    counted, errors = totals()
+    return {"tokens_per_s": counted / elapsed, "tokens": counted, "errors": errors, "elapsed_s": elapsed,
+            "ttft_median_ms": statistics.median(ttfts) * 1000 if ttfts else None, "ttft_cdf_ms": cdf_sample(ttfts)}
+
+
+def content_events(data: bytes) -> int:
+    """SSE events of a chat stream that carry content (one per generated token here)."""
+    return sum(1 for line in data.split(b"\n")
+               if line.startswith(b"data: {") and b'"content":"' in line and b'"content":""' not in line)
+
+
 def cdf_sample(latencies: list[float], points: int = 200) -> list[float]:
     """``points`` evenly spaced order statistics of ``latencies`` (s) in ms: the distribution's shape for a
     CDF plot without storing every request."""

@@ -29,37 +29,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from launchers.polling import PollTimeout, poll_until  # noqa: E402
-from loadtests.bench_router_lib import (ROOT, Connection, LocalCluster, cdf_sample, free_port, progress,  # noqa: E402
-                                        split_url, stop_on_sigterm, wait_http, worker_token, write_result)
+from loadtests.bench_router_lib import (ROOT, LocalCluster, free_port, lean_streams, progress,  # noqa: E402
+                                        stop_on_sigterm, wait_http, worker_token, write_result)
 from ray_serve_cai.bench.results import BenchOutput, BenchSettings, Row, headline  # noqa: E402
-
-
-async def streams(url: str, concurrency: int, tokens: int, headers: dict[str, str] | None) -> dict:
-    host, port, prefix = split_url(url)
-    body = json.dumps({"model": "tiny-chat", "messages": [{"role": "user", "content": "tell me a story"}],
-                       "max_tokens": tokens, "stream": True, "ignore_eos": True, "temperature": 0}).encode()
-    ttfts: list[float] = []
-    counted = errors = 0
-
-    async def worker() -> None:
-        nonlocal counted, errors
-        connection = Connection(host, port)
-        try:
-            status, _, data, ttft = await connection.post_timed(prefix + "/v1/chat/completions", body, headers)
-            events = [line for line in data.split(b"\n") if line.startswith(b"data: {")]
-            if status != 200 or not data.rstrip().endswith(b"data: [DONE]"):
-                errors += 1
-                return
-            counted += sum(1 for e in events if b'"content":"' in e and b'"content":""' not in e)
-            ttfts.append(ttft)
-        finally:
-            connection.close()
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - started
-    return {"tokens_per_s": counted / elapsed, "ttft_median_ms": statistics.median(ttfts) * 1000 if ttfts else None,
-            "errors": errors, "elapsed_s": elapsed, "ttft_cdf_ms": cdf_sample(ttfts)}
 
 
 def _engine_endpoint(cluster: LocalCluster, router: str, timeout: float) -> tuple[str, dict[str, str]]:
@@ -108,14 +80,14 @@ def measure(workdir: Path, rounds: int, concurrency: int, tokens: int, pause: fl
         targets = {"direct": (direct, direct_headers), "router_handle": (router, {"x-backend": "handle"}),
                    "router_http": (router, {"x-backend": "http"})}
         for url, headers in targets.values():
-            asyncio.run(streams(url, 8, 16, headers))
+            asyncio.run(lean_streams(url, 8, 16, headers=headers))
         names = list(targets)
         for index in range(rounds):
             result = {"round": index}
             for name in names[index % len(names):] + names[:index % len(names)]:
                 url, headers = targets[name]
                 time.sleep(pause)
-                result[name] = asyncio.run(streams(url, concurrency, tokens, headers))
+                result[name] = asyncio.run(lean_streams(url, concurrency, tokens, headers=headers))
                 print(f"round {index} {name:14} {result[name]['tokens_per_s']:8.0f} tok/s  "
                       f"TTFT {result[name]['ttft_median_ms']} ms  errors {result[name]['errors']}", flush=True)
             results.append(result)
