@@ -15,7 +15,6 @@ import time
 from typing import Any
 
 from serve_apps.batch.models import CHAT_PATH, output_line
-from serve_apps.heap import freeze_startup_heap
 
 # OpenAI body key -> SamplingParams field
 SAMPLING = {"max_tokens": "max_tokens", "max_completion_tokens": "max_tokens", "temperature": "temperature",
@@ -78,7 +77,6 @@ class Predictor:
 
         self.served_name = served_name
         self.llm = LLM(model=model_path, **{"enforce_eager": True, **engine_kwargs})
-        freeze_startup_heap()  # the front end allocates per token: keep full collections off Ray's heap
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         from vllm import SamplingParams
