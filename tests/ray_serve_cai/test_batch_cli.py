@@ -18,14 +18,17 @@ from launchers.procs import descendants, running
 
 CLI = [sys.executable, "-m", "ray_serve_cai"]
 TOTAL = 300
+# Small blocks of long-enough answers: the run must still be generating when each kill comes (with
+# 16 tokens in blocks of 16 the engine wrote every remaining line in one burst before the kill).
+TOKENS, BATCH_SIZE = 48, "8"
 
 
 def request(i: int) -> dict:
     if i % 3 == 0:
-        body = {"model": "tiny-chat", "prompt": f"def f{i}():", "max_tokens": 16}
+        body = {"model": "tiny-chat", "prompt": f"def f{i}():", "max_tokens": TOKENS, "ignore_eos": True}
         return {"custom_id": f"r{i}", "method": "POST", "url": "/v1/completions", "body": body}
-    body = {"model": "tiny-chat", "messages": [{"role": "user", "content": f"hello {i}"}], "max_tokens": 16,
-            "temperature": 0}
+    body = {"model": "tiny-chat", "messages": [{"role": "user", "content": f"hello {i}"}], "max_tokens": TOKENS,
+            "ignore_eos": True, "temperature": 0}
     return {"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}
 
 
@@ -66,7 +69,7 @@ def test_killed_twice_and_resumed_writes_every_line_once(tmp_path):
                      "body": {"model": "other", "messages": [{"role": "user", "content": "x"}]}})
     source.write_text("".join(json.dumps(item) + "\n" for item in items))
     output, log = tmp_path / "out.jsonl", tmp_path / "cli.log"
-    args = ["batch", "run", str(source), "-o", str(output), "--model", "builtin:tiny-chat", "--batch-size", "16"]
+    args = ["batch", "run", str(source), "-o", str(output), "--model", "builtin:tiny-chat", "--batch-size", BATCH_SIZE]
 
     first = kill_when(start(args, log), output, 20)
     second = kill_when(start(args + ["--resume"], log), output, first + 20)
@@ -86,7 +89,7 @@ def test_killed_twice_and_resumed_writes_every_line_once(tmp_path):
     chat, text = by_id["r1"]["response"], by_id["r0"]["response"]
     assert chat["status_code"] == 200 and chat["body"]["object"] == "chat.completion"
     assert chat["body"]["choices"][0]["message"]["role"] == "assistant"
-    assert text["body"]["object"] == "text_completion" and text["body"]["usage"]["completion_tokens"] == 16
+    assert text["body"]["object"] == "text_completion" and text["body"]["usage"]["completion_tokens"] == TOKENS
     assert all(set(r) == {"id", "custom_id", "response", "error"} for r in results)
 
 
