@@ -21,6 +21,9 @@ import fsspec
 from serve_apps.batch.lines import scan
 
 
+MAX_BLOCKS = 10_000  # past this, blocks hold several engine calls' worth: fewer, larger writes
+
+
 class OfflineError(Exception):
     """A problem with the input or options, reported as one line."""
 
@@ -122,7 +125,11 @@ def run(job: OfflineJob, on_progress: Callable[[int, int], None] | None = None) 
             context.execution_options.preserve_order = False
             skip = frozenset(done)
             source = job.input if "://" in job.input else str(Path(job.input).resolve())
-            dataset = ray.data.read_text(source).filter(
+            # One block per engine call: a block is what the actor hands back and the CLI writes (and a
+            # resumed run skips) in one piece. Left to Ray Data, a small file is a few large blocks, so
+            # the output came in bursts of hundreds of lines and a kill threw away a whole block's answers.
+            blocks = min(MAX_BLOCKS, -(-total // job.batch_size))
+            dataset = ray.data.read_text(source, override_num_blocks=blocks).filter(
                 lambda row: bool(row["text"].strip()) and json.loads(row["text"])["custom_id"] not in skip)
             results = dataset.map_batches(
                 Predictor, batch_size=job.batch_size, num_cpus=job.cpus_per_replica,
