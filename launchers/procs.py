@@ -6,24 +6,32 @@ pid remembered for a while only names the same process if the start time still m
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import NamedTuple
 
+TICKS = os.sysconf("SC_CLK_TCK")
+
 
 class Proc(NamedTuple):
-    ppid: int
-    started: int  # clock ticks after boot (field 22 of /proc/PID/stat)
+    name: str  # the kernel's short name (comm), for processes whose command line is empty
     state: str  # "R", "S", "D", "Z" (zombie), ...
+    ppid: int
+    session: int
+    cpu_s: float  # user + system CPU time so far
+    started: int  # clock ticks after boot (field 22 of /proc/PID/stat)
 
 
-def read(pid: int) -> Proc | None:
-    """One process, or None once it is gone."""
+def read(pid: int | str) -> Proc | None:
+    """One process, from /proc/PID/stat, or None once it is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat.rsplit(")", 1)[1].split()  # the name in parentheses may hold spaces and ")"
-    return Proc(ppid=int(fields[1]), started=int(fields[19]), state=fields[0])
+    name, _, rest = stat.partition(" (")[2].rpartition(")")  # the name may hold spaces and ")"
+    fields = rest.split()
+    return Proc(name=name, state=fields[0], ppid=int(fields[1]), session=int(fields[3]),
+                cpu_s=(int(fields[11]) + int(fields[12])) / TICKS, started=int(fields[19]))
 
 
 def table() -> dict[int, Proc]:

@@ -32,7 +32,7 @@ import time
 import uuid
 from pathlib import Path
 
-from launchers.procs import descendants, read, table
+from launchers.procs import Proc, descendants, table
 
 MARKER = "RAY_SERVE_CAI_REAP_TOKEN"
 # After the guarded process dies, keep sweeping until no marked process is seen this many times in
@@ -82,8 +82,7 @@ def sweep(token: str, known: dict[int, int] | None = None) -> int:
     killed, quiet, deadline = 0, 0, time.monotonic() + DEADLINE_SECONDS
     while quiet < QUIET_SWEEPS and time.monotonic() < deadline:
         procs = table()
-        targets = set(marked(token)) | {pid for pid, started in known.items()
-                                        if pid in procs and procs[pid].started == started}
+        targets = set(marked(token)) | set(_still_running(known, procs))
         for pid in list(targets):
             targets.update(descendants(pid, procs))  # forked after the last snapshot
         known.update({pid: procs[pid].started for pid in targets if pid in procs})
@@ -98,6 +97,11 @@ def sweep(token: str, known: dict[int, int] | None = None) -> int:
     return killed
 
 
+def _still_running(known: dict[int, int], procs: dict[int, Proc]) -> dict[int, int]:
+    """Those of ``known`` (pid -> start time) that are still the same processes in ``procs``."""
+    return {pid: started for pid, started in known.items() if pid in procs and procs[pid].started == started}
+
+
 def _ended(timeout: float) -> bool:
     """Whether the pipe reports end-of-file within ``timeout`` (nothing is ever written to it)."""
     readable, _, _ = select.select([sys.stdin.buffer], [], [], timeout)
@@ -109,8 +113,8 @@ def _watch(token: str, guarded: int) -> None:
     known: dict[int, int] = {}
     while not _ended(SNAPSHOT_SECONDS):
         procs = table()
-        known = {pid: procs[pid].started for pid in descendants(guarded, procs) if pid != os.getpid()} | {
-            pid: started for pid, started in known.items() if (proc := read(pid)) and proc.started == started}
+        known = {pid: procs[pid].started for pid in descendants(guarded, procs) if pid != os.getpid()} | \
+            _still_running(known, procs)
     sweep(token, known)
 
 

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from launchers.local import LocalCluster, free_port  # noqa: E402
 from launchers.polling import PollTimeout, poll_until  # noqa: E402
+from launchers.procs import read as read_proc  # noqa: E402
 
 RESULTS = ROOT / "loadtests" / "results"
 LITELLM_VENV = ROOT / "loadtests" / ".venv-litellm"
@@ -242,11 +243,8 @@ async def interleaved(targets: dict[str, tuple[str, dict[str, str] | None]], bod
 
 def process_cpu_seconds(pid: int | str) -> float | None:
     """CPU time (user + system, seconds) one process has used so far; None once it is gone (/proc)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    proc = read_proc(pid)
+    return None if proc is None else proc.cpu_s
 
 
 def cpu_seconds(match: str) -> float:

@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from launchers.procs import read
 from ray_serve_cai.bench.results import MemoryPeak
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -50,16 +51,15 @@ class _Proc:
 
 
 def _read(entry: Path) -> _Proc | None:
+    proc = read(entry.name)
+    if proc is None or proc.state in ("Z", "X"):  # dead, waiting to be reaped: nothing to kill or measure
+        return None
     try:
-        stat = (entry / "stat").read_text()
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] in ("Z", "X"):  # already dead, waiting to be reaped: nothing left to kill or measure
-            return None
         rss = int((entry / "statm").read_text().split()[1]) * PAGE
         cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except (OSError, IndexError, ValueError):
         return None
-    return _Proc(int(entry.name), int(fields[1]), int(fields[3]), rss, cmdline or stat.split("(", 1)[1].split(")")[0])
+    return _Proc(int(entry.name), proc.ppid, proc.session, rss, cmdline or proc.name)
 
 
 def session_processes(session: int) -> list[_Proc]:
