@@ -36,6 +36,10 @@ SCHEDULING_ENV = {"RAY_worker_niceness": "0"}
 # Ray turns token auth on by itself when ~/.ray/auth_token exists; a loopback-only cluster owned by
 # one process tree does not need it. A user who sets RAY_AUTH_MODE keeps their choice.
 AUTH_ENV = {"RAY_AUTH_MODE": "disabled"}
+# Serve's controller reconciles every 0.1 s, busy or not: 0.28 CPU-s per 10 s on an idle `up`, taken
+# from the engine on a small machine. Every 0.5 s it costs 0.12 and still reacts within a second
+# (deploys, health, autoscaling). A user who sets RAY_SERVE_CONTROL_LOOP_INTERVAL_S keeps their choice.
+CONTROL_ENV = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5"}
 
 
 class ClusterError(RuntimeError):
@@ -76,7 +80,7 @@ class LocalCluster:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
     def env(self) -> dict[str, str]:
-        env = {**AUTH_ENV, **SCHEDULING_ENV, **os.environ, **LOOPBACK_ENV, "RAY_ADDRESS": self.address,
+        env = {**AUTH_ENV, **SCHEDULING_ENV, **CONTROL_ENV, **os.environ, **LOOPBACK_ENV, "RAY_ADDRESS": self.address,
                **self.extra_env}
         if self.fast_path:
             env.update({k: os.environ.get(k, v) for k, v in FAST_PATH_ENV.items()})

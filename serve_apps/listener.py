@@ -63,9 +63,11 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 class _CoalescingTransport:
-    """Joins the writes of one loop iteration into one send. uvicorn writes a response's head and its
-    body separately; on loopback every write is a syscall that also runs the receiver's TCP path, so
-    a routed request paid one more of those than it needs."""
+    """Sends a response's head together with what follows it in the same loop iteration. uvicorn
+    writes the head and the body separately; on loopback every write is a syscall that also runs the
+    receiver's TCP path, so a routed request paid one more of those than it needs. Other writes (a
+    stream's events, one per token) go straight out: holding each for a loop callback cost more than
+    it saved."""
 
     __slots__ = ("_transport", "_loop", "_pending")
 
@@ -75,11 +77,13 @@ class _CoalescingTransport:
         self._pending: list[bytes] | None = None
 
     def write(self, data: bytes) -> None:
-        if self._pending is None:
+        if self._pending is not None:
+            self._pending.append(data)
+        elif data.startswith(b"HTTP/"):  # a response head: its body is usually written next
             self._pending = [data]
             self._loop.call_soon(self._flush)
         else:
-            self._pending.append(data)
+            self._transport.write(data)
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, None

@@ -81,7 +81,7 @@ def test_connection_close_sends_the_whole_response_first():
     run_with_listener(check)
 
 
-def test_a_head_and_body_written_in_one_iteration_leave_as_one_send():
+def test_a_head_and_body_written_in_one_iteration_leave_as_one_send_and_stream_events_go_straight_out():
     asyncio.run(_one_send())
 
 
@@ -93,17 +93,19 @@ async def _one_send() -> None:
     original = transport.write
     transport.write = lambda data: (sends.append(data), original(data))  # count what reaches the socket
     coalescing = _CoalescingTransport(transport, loop)
-    coalescing.write(b"head;")
+    coalescing.write(b"HTTP/1.1 200 OK\r\n\r\n")
     coalescing.write(b"body")
     assert sends == []  # nothing sent until the iteration ends
     await asyncio.sleep(0)
-    assert sends == [b"head;body"]
-    coalescing.write(b"last")
-    coalescing.close()  # close flushes first
+    assert sends == [b"HTTP/1.1 200 OK\r\n\r\nbody"]
+    coalescing.write(b"event")  # a stream's later writes go straight out
+    assert sends[-1] == b"event"
+    coalescing.write(b"HTTP/1.1 200 OK\r\n\r\n")  # the next response's head waits for its body...
+    coalescing.close()  # ...or for close, which flushes first
     right.setblocking(False)
     received = b""
     while chunk := await asyncio.wait_for(loop.sock_recv(right, 1024), 5):  # b"" once the transport closed
         received += chunk
     right.close()
-    assert received == b"head;bodylast"
-    assert sends == [b"head;body", b"last"]
+    assert received == b"HTTP/1.1 200 OK\r\n\r\nbodyeventHTTP/1.1 200 OK\r\n\r\n"
+    assert sends == [b"HTTP/1.1 200 OK\r\n\r\nbody", b"event", b"HTTP/1.1 200 OK\r\n\r\n"]

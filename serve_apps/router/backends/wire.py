@@ -34,6 +34,8 @@ class WireResponse:
         self._done = False
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._deadline = 0.0  # loop time by which the awaited chunk must arrive
+        self._timer: asyncio.TimerHandle | None = None
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -50,6 +52,9 @@ class WireResponse:
         self._done = True
         self._error = error
         self._wake()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     async def read_chunk(self, timeout: float | None = None) -> bytes:
         """Everything buffered so far (b"" at the end); raises ``WireError`` if the connection died
@@ -61,18 +66,33 @@ class WireResponse:
                 return b""
             loop = self._connection.loop
             self._waiter = loop.create_future()
-            timer = None if timeout is None else loop.call_later(timeout, _expire, self._waiter)
+            if timeout is not None:
+                # One timer per response, moved lazily: a stream waits once per event (thousands a
+                # second through the router), and a timer created and cancelled per wait cost more
+                # than the rest of the wait. ``_check_deadline`` re-arms itself while reads go on.
+                self._deadline = loop.time() + timeout
+                if self._timer is None:
+                    self._timer = loop.call_at(self._deadline, self._check_deadline)
             try:
                 await self._waiter
             finally:
                 self._waiter = None
-                if timer is not None:
-                    timer.cancel()
         data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
         self._chunks.clear()
         self._buffered = 0
         self._connection.resume()
         return data
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # not waiting now: the next wait arms a new timer
+        loop = self._connection.loop
+        if loop.time() >= self._deadline:
+            waiter.set_exception(TimeoutError())
+        else:
+            self._timer = loop.call_at(self._deadline, self._check_deadline)
 
     @property
     def complete(self) -> bool:
@@ -80,6 +100,9 @@ class WireResponse:
 
     def close(self) -> None:
         """Abandon the body: an unfinished response makes its connection unusable."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if not self._done:
             self._connection.abort()
 

@@ -96,3 +96,21 @@ def test_stream_slower_than_idle_timeout_raises_timeout(fake):
             await call(pool, fake.port, chat_body("w", 5, stream=True), idle=0.2)
         pool.close()
     asyncio.run(run())
+
+
+def test_idle_timeout_is_per_gap_not_per_stream(fake):
+    """Events 0.1 s apart never time out at idle=0.3, however long the stream runs (the deadline moves
+    with every chunk); a gap longer than idle still does."""
+    fake.control(delay=0.1)
+
+    async def run():
+        pool = WirePool("127.0.0.1", fake.port, 4)
+        started = asyncio.get_running_loop().time()
+        status, data = await call(pool, fake.port, chat_body("w", 8, stream=True), idle=0.3)
+        assert status == 200 and data.endswith(b"data: [DONE]\n\n")
+        assert asyncio.get_running_loop().time() - started > 0.6  # the stream outlived two idle periods
+        fake.control(delay=0.5)
+        with pytest.raises(TimeoutError):
+            await call(pool, fake.port, chat_body("w", 3, stream=True), idle=0.3)
+        pool.close()
+    asyncio.run(run())
