@@ -41,7 +41,7 @@ import httpx
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_router_lib import (ROOT, chat_body, closed_loop, content_events, interleaved, lean_streams,  # noqa: E402
+from bench_router_lib import (ROOT, StreamTally, chat_body, closed_loop, interleaved, lean_streams,  # noqa: E402
                               process_cpu_seconds, start_vllm, stop_on_sigterm, timed_streams, write_result)
 from launchers.local import free_port  # noqa: E402
 from launchers.procs import descendants, running  # noqa: E402
@@ -153,11 +153,9 @@ def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, fl
 
 async def httpx_streams(url: str, concurrency: int, tokens: int, per_worker: int = 1) -> dict[str, Any]:
     body = chat_body(tokens, stream=True)
-    ttfts: list[float] = []
-    counted = errors = 0
+    tally = StreamTally()
 
     async def worker() -> None:
-        nonlocal counted, errors
         async with httpx.AsyncClient(base_url=url, timeout=300) as client:
             for _ in range(per_worker):
                 sent = time.perf_counter()
@@ -171,15 +169,11 @@ async def httpx_streams(url: str, concurrency: int, tokens: int, per_worker: int
                             data += chunk
                         status = response.status_code
                 except httpx.HTTPError:
-                    errors += 1
+                    tally.errors += 1
                     continue
-                if status != 200 or not bytes(data).rstrip().endswith(b"data: [DONE]"):
-                    errors += 1
-                    continue
-                counted += content_events(bytes(data))
-                ttfts.append((first or sent) - sent)
+                tally.add(status, bytes(data), (first or sent) - sent)
 
-    return await timed_streams(worker, concurrency, ttfts, lambda: (counted, errors))
+    return await timed_streams(worker, concurrency, tally)
 
 
 async def httpx_short(url: str, concurrency: int, seconds: float) -> dict[str, Any]:

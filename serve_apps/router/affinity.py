@@ -7,8 +7,11 @@ block ``i``'s key is the running CRC-32 of the prompt up to the end of block ``i
 chains natively) tagged with ``i``, so a key stands for the whole prefix before it. An LRU index maps
 key -> bitmask of the endpoints that were sent that prefix. A request goes to the endpoint holding the
 longest chain of its keys (the least loaded of those, if several), unless that endpoint's outstanding
-count exceeds the least-loaded endpoint's by more than ``spill_margin``: then the least-loaded one takes
-it, and the index notes that the prefix now lives there too.
+count exceeds the least-loaded endpoint's by more than ``spill_margin``, or it is busier at all and
+holds less than ``min_gain`` of the prompt beyond what the least-loaded endpoint holds: then the
+least-loaded one takes it, and the index notes that the prefix now lives there too. The second rule is
+for prompts that share one long prefix everywhere (a common system prompt, cached on every replica
+after its first use): a conversation's few turns of its own are not worth a longer queue.
 
 Why CRC-32 and not Python's ``hash``: it is stable across processes, so router replicas that never
 talk to each other place a *new* prefix alike (rendezvous hashing on its first block among the least
@@ -180,11 +183,13 @@ class PrefixIndex:
 class PrefixAffinity:
     """Chooses an endpoint for a request from its prompt and the endpoints' outstanding counts."""
 
-    def __init__(self, block_size: int = 128, capacity: int = 65536, spill_margin: int = 4) -> None:
-        if block_size < 1 or spill_margin < 0:
-            raise ValueError("block_size must be >= 1 and spill_margin >= 0")
+    def __init__(self, block_size: int = 128, capacity: int = 65536, spill_margin: int = 4,
+                 min_gain: float = 0.1) -> None:
+        if block_size < 1 or spill_margin < 0 or not 0 <= min_gain <= 1:
+            raise ValueError("block_size must be >= 1, spill_margin >= 0 and min_gain within [0, 1]")
         self.block_size = block_size
         self.spill_margin = spill_margin
+        self.min_gain = min_gain
         self.index = PrefixIndex(capacity)
         self.stats: dict[str, EndpointStats] = {}
         self.outcomes: dict[Outcome, int] = {"hit": 0, "miss": 0, "spill": 0}
@@ -206,6 +211,8 @@ class PrefixAffinity:
             fewest = min(load[e] for e in held)
             if fewest - least > self.spill_margin:
                 outcome = "spill"
+            elif fewest > least and depth - index.match(keys, index.mask(pool))[0] < self.min_gain * len(keys):
+                outcome = "spill"  # the least loaded holds nearly as much of this prompt
             else:
                 outcome, pool = "hit", [e for e in held if load[e] == fewest]
         if len(pool) == 1:
@@ -227,7 +234,8 @@ class PrefixAffinity:
         self.stats.pop(endpoint, None)
 
     def describe(self) -> dict[str, object]:
-        return {"block_size": self.block_size, "spill_margin": self.spill_margin, "capacity": self.index.capacity,
+        return {"block_size": self.block_size, "spill_margin": self.spill_margin, "min_gain": self.min_gain,
+                "capacity": self.index.capacity,
                 "index_blocks": len(self.index), **self.outcomes}
 
     def endpoint_stats(self, endpoint: str) -> dict[str, int]:

@@ -65,6 +65,9 @@ class AffinityConfig(StrictModel):
     block_size: int = Field(128, ge=16, le=65536, description="prompt block length in UTF-8 bytes (characters for ASCII)")
     spill_margin: int = Field(4, ge=0, description=(
         "take the least-loaded endpoint when the preferred one has more than this many extra outstanding requests"))
+    min_gain: float = Field(0.1, ge=0, le=1, description=(
+        "a busier endpoint is preferred only if it holds at least this fraction of the prompt more than the "
+        "least-loaded one (a prefix cached everywhere, like a shared system prompt, is no reason to queue)"))
     capacity: int = Field(65536, ge=1, description="prefix blocks remembered (LRU); ~180 bytes of router memory each")
 
 

@@ -106,6 +106,28 @@ def test_spill_over_past_the_margin_and_the_prefix_lives_on_both():
     assert affinity.endpoint_stats(spilled.endpoint)["spills_in"] == 1
 
 
+def test_a_prefix_every_endpoint_holds_is_no_reason_to_queue():
+    """A long prefix cached on both endpoints (a shared system prompt) plus a little of the
+    conversation's own on one: a busier home is left for the idle endpoint; enough of its own, or an
+    even load, and the home keeps it."""
+    affinity = PrefixAffinity(block_size=BLOCK, spill_margin=4, min_gain=0.1)
+    system = "s" * (20 * BLOCK)
+    own = system + "o" * BLOCK  # one block of its own: 1/21 < 0.1
+    affinity.index.record(affinity.keys({"prompt": system}), ENDPOINTS[0])
+    affinity.index.record(affinity.keys({"prompt": own}), ENDPOINTS[1])
+    even = affinity.choose(affinity.keys({"prompt": own + "next turn"}), {ENDPOINTS[0]: 1, ENDPOINTS[1]: 1})
+    assert (even.endpoint, even.outcome, even.matched_blocks) == (ENDPOINTS[1], "hit", 21)
+    two = {ENDPOINTS[0]: 0, ENDPOINTS[1]: 1}
+    choice = affinity.choose(affinity.keys({"prompt": own + "next turn"}), two)
+    assert (choice.endpoint, choice.outcome, choice.matched_blocks) == (ENDPOINTS[0], "spill", 21)
+    long_own = system + "l" * (4 * BLOCK)  # 4 of 24 blocks its own: worth one more in the queue
+    affinity.index.record(affinity.keys({"prompt": long_own}), ENDPOINTS[1])
+    kept = affinity.choose(affinity.keys({"prompt": long_own + "next turn"}), two)
+    assert (kept.endpoint, kept.outcome) == (ENDPOINTS[1], "hit")
+    with pytest.raises(ValueError):
+        PrefixAffinity(min_gain=1.5)
+
+
 def test_short_prompts_follow_load():
     affinity = PrefixAffinity(block_size=BLOCK)
     choice = affinity.choose(affinity.keys({"prompt": "hi"}), {ENDPOINTS[0]: 3, ENDPOINTS[1]: 0})

@@ -1,0 +1,49 @@
+"""``StreamTally``: a benchmark's streamed tokens come from usage, not from counting events."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "loadtests"))
+
+from bench_router_lib import StreamTally, chat_body  # noqa: E402
+
+
+def sse(*events: dict) -> bytes:
+    return b"".join(b"data: " + json.dumps(e, separators=(",", ":")).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+
+
+def delta(text: str) -> dict:
+    return {"choices": [{"index": 0, "delta": {"content": text}}]}
+
+
+def test_merged_events_count_every_token_from_usage():
+    """vLLM under load sends several tokens in one event: 2 events, 5 tokens."""
+    tally = StreamTally()
+    tally.add(200, sse(delta("a b c"), delta(" d e"), {"choices": [], "usage": {"completion_tokens": 5}}), 0.1)
+    tally.add(200, sse(delta("x"), {"choices": [], "usage": {"completion_tokens": 1}}), 0.3)
+    assert (tally.tokens, tally.events, tally.errors, tally.ttfts) == (6, 3, 0, [0.1, 0.3])
+
+
+def test_a_stream_without_done_usage_or_200_is_an_error():
+    tally = StreamTally()
+    tally.add(200, sse(delta("a")), 0.1)  # no usage chunk
+    tally.add(500, sse({"choices": [], "usage": {"completion_tokens": 1}}), 0.1)
+    tally.add(200, b'data: {"choices": [], "usage": {"completion_tokens": 1}}\n\n', 0.1)  # cut before [DONE]
+    assert (tally.tokens, tally.errors, tally.ttfts) == (0, 3, [])
+
+
+def test_generated_text_that_spells_the_key_is_not_usage():
+    """In generated text the key's quotes are escaped, so only the usage object's count is read."""
+    tally = StreamTally()
+    tally.add(200, sse(delta('"completion_tokens": 99'), {"choices": [], "usage": {"completion_tokens": 1}}), 0.1)
+    assert tally.tokens == 1
+
+
+def test_streaming_benchmark_requests_ask_for_usage():
+    body = json.loads(chat_body(64, stream=True))
+    assert body["stream_options"] == {"include_usage": True} and body["ignore_eos"] is True
+    assert "stream_options" not in json.loads(chat_body(1, stream=False))
