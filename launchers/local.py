@@ -80,8 +80,8 @@ class LocalCluster:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
     def env(self) -> dict[str, str]:
-        env = {**AUTH_ENV, **SCHEDULING_ENV, **CONTROL_ENV, **os.environ, **LOOPBACK_ENV, "RAY_ADDRESS": self.address,
-               **self.extra_env}
+        env = {**AUTH_ENV, **SCHEDULING_ENV, **CONTROL_ENV, **os.environ, **LOOPBACK_ENV,
+               "RAY_ADDRESS": self.address, **self.extra_env}
         if self.fast_path:
             env.update({k: os.environ.get(k, v) for k, v in FAST_PATH_ENV.items()})
         if self.haproxy:

@@ -75,7 +75,8 @@ class ServeBackend(Backend):
         self._affinity: PrefixAffinity | None = None
         if config.routing == "prefix_affinity":
             settings = config.affinity
-            self._affinity = PrefixAffinity(settings.block_size, settings.capacity, settings.spill_margin, settings.min_gain)
+            self._affinity = PrefixAffinity(settings.block_size, settings.capacity, settings.spill_margin,
+                                            settings.min_gain)
         # Until a health probe passes, calls through the handle would queue behind replicas that are
         # still loading their engine (a minute or more): refuse at once instead, so the client gets 503.
         self._up = False

@@ -52,9 +52,7 @@ class WireResponse:
         self._done = True
         self._error = error
         self._wake()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._cancel_timer()
 
     async def read_chunk(self, timeout: float | None = None) -> bytes:
         """Everything buffered so far (b"" at the end); raises ``WireError`` if the connection died
@@ -71,7 +69,8 @@ class WireResponse:
                 # second through the router), and a timer created and cancelled per wait cost more
                 # than the rest of the wait. ``_check_deadline`` re-arms itself while reads go on.
                 self._deadline = loop.time() + timeout
-                if self._timer is None:
+                if self._timer is None or self._timer.when() > self._deadline:  # a shorter timeout than before
+                    self._cancel_timer()
                     self._timer = loop.call_at(self._deadline, self._check_deadline)
             try:
                 await self._waiter
@@ -94,15 +93,18 @@ class WireResponse:
         else:
             self._timer = loop.call_at(self._deadline, self._check_deadline)
 
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     @property
     def complete(self) -> bool:
         return self._done and self._error is None and not self._chunks
 
     def close(self) -> None:
         """Abandon the body: an unfinished response makes its connection unusable."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._cancel_timer()
         if not self._done:
             self._connection.abort()
 

@@ -114,3 +114,24 @@ def test_idle_timeout_is_per_gap_not_per_stream(fake):
             await call(pool, fake.port, chat_body("w", 3, stream=True), idle=0.3)
         pool.close()
     asyncio.run(run())
+
+
+def test_a_shorter_timeout_on_a_later_read_is_kept(fake):
+    """The response's one timer was armed for a long first wait; a later, shorter wait still expires on
+    time (the timer is moved earlier, not left at the old deadline)."""
+    fake.control(delay=0.5)
+
+    async def run():
+        pool = WirePool("127.0.0.1", fake.port, 4)
+        raw = json.dumps(chat_body("w", 5, stream=True)).encode()
+        response = await pool.request(head(raw, fake.port), raw, 2, 5)
+        assert await response.read_chunk(30)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(TimeoutError):
+            while await response.read_chunk(0.2):
+                pass
+        assert loop.time() - started < 0.45  # not the 30 s deadline, nor the next event 0.5 s later
+        response.close()
+        pool.close()
+    asyncio.run(run())
