@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from loadtests.bench_router_lib import ROOT, Connection, stop_on_sigterm, write_result  # noqa: E402
+from loadtests.bench_router_lib import ROOT, Connection, run_contained, stop_on_sigterm, write_result  # noqa: E402
 from launchers.local import LocalCluster, free_port  # noqa: E402
 from launchers.polling import poll_until  # noqa: E402
 
@@ -75,8 +74,7 @@ def offline_baseline(work: Path, texts: list[str], max_tokens: int) -> dict[str,
 
     source = work / "prompts.json"
     source.write_text(json.dumps(texts))
-    out = subprocess.run([sys.executable, "-c", BASELINE, str(source), str(max_tokens), str(ensure_tiny_model())],
-                         capture_output=True, text=True, timeout=1800)
+    out = run_contained([sys.executable, "-c", BASELINE, str(source), str(max_tokens), str(ensure_tiny_model())], 1800)
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
@@ -91,7 +89,7 @@ def offline_ours(work: Path, texts: list[str], max_tokens: int) -> dict[str, Any
     cmd = [sys.executable, "-m", "ray_serve_cai", "batch", "run", str(source), "-o", str(output),
            "--model", "builtin:tiny-chat", "--replicas", "1", "--batch-size", str(batch_size),
            "--summary-json", str(summary)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    out = run_contained(cmd, 1800)
     if out.returncode != 0:
         raise RuntimeError(f"batch run failed: {out.stderr[-1500:]}")
     result = json.loads(summary.read_text())

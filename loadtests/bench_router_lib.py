@@ -12,6 +12,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -429,6 +430,26 @@ def vllm_counters(url: str, token: str, names: tuple[str, ...] = (
         if family.name in totals:
             totals[family.name] += sum(s.value for s in family.samples if s.name.endswith("_total"))
     return totals
+
+
+def run_contained(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """``subprocess.run`` (output captured as text) in a session of its own that is killed whole once
+    the command exits or times out, however the run ends: a vLLM engine's core and worker processes
+    outlive a killed parent, and one left spinning would slow down every round after it. Output goes
+    through files, not pipes, so a process left behind holding them cannot hold up the run."""
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        process = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, text=True, start_new_session=True)
+        try:
+            process.wait(timeout=timeout)
+        finally:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:  # the whole session has already ended
+                pass
+            process.wait()
+        stdout.seek(0)
+        stderr.seek(0)
+        return subprocess.CompletedProcess(cmd, process.returncode, stdout.read(), stderr.read())
 
 
 def stop_on_sigterm() -> None:
