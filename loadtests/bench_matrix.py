@@ -6,8 +6,11 @@ One Ray cluster with the router app (one engine replica of the tiny model, ``kin
 and its ``matrix:`` bot; one Synapse. Each round runs both paths (order alternating): ``--users``
 people each send ``--commands / --users`` commands one after another (closed loop). Bot latency is
 from sending the command to receiving the answer's final version (the edit marked done) on a /sync
-long-poll; direct latency is from the request to ``data: [DONE]``. p50/p95 per round, medians over
-rounds, and the bot path's p50 overhead. Results: loadtests/results/bench_matrix.json.
+long-poll; direct latency is from the request to ``data: [DONE]``. A third path measures the
+homeserver alone: the same people send the same commands in a second room to an echo client that
+replies at once, no inference (``EchoClient``). p50/p95 per round, medians over rounds, the bot path's
+p50 overhead over the direct path, and what is left of it once the echo path's p50 (the homeserver's
+floor) is taken off. Results: loadtests/results/bench_matrix.json.
 
     .venv/bin/python loadtests/bench_matrix.py [--rounds 6] [--commands 50] [--users 5] [--max-tokens 16]
 """
@@ -25,11 +28,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
 
 from bench_router_lib import ROOT, LocalCluster, free_port, poll_until, stop_on_sigterm, wait_http, write_result
-from matrix_people import API, Person
+from matrix_people import Person
 from matrix_synapse import SERVER_NAME, Synapse
 
 from serve_apps.matrix.replies import DONE_KEY
@@ -37,36 +39,55 @@ from serve_apps.matrix.replies import DONE_KEY
 MODEL = "tiny-chat"
 
 
-class Observer(threading.Thread):
-    """Long-polls /sync as one room member and records when each command's final answer arrives."""
+class Syncer(threading.Thread):
+    """Long-polls /sync as ``person`` and hands every timeline event of its joined rooms to ``seen``."""
 
-    def __init__(self, person: Person, bot: str) -> None:
+    def __init__(self, person: Person) -> None:
         super().__init__(daemon=True)
-        self.person, self.bot = person, bot
-        self.reply_of: dict[str, str] = {}  # reply event -> command event
-        self.final_at: dict[str, float] = {}
-        self.changed = threading.Condition()
+        self.person = person
         self.stopping = False
-        self.since = self._sync(None, 0)["next_batch"]
-
-    def _sync(self, since: str | None, timeout_ms: int) -> dict[str, Any]:
-        params = {"timeout": timeout_ms, **({"since": since} if since else {})}
-        response = httpx.get(self.person.base_url + API + "/sync", params=params, timeout=timeout_ms / 1000 + 30,
-                             headers={"authorization": f"Bearer {self.person.access_token}"})
-        response.raise_for_status()
-        return response.json()
+        self.since = person.sync(None, 0)["next_batch"]
 
     def run(self) -> None:
         while not self.stopping:
-            batch = self._sync(self.since, 5000)
+            batch = self.person.sync(self.since, 5000)
             now = time.perf_counter()
             self.since = batch["next_batch"]
-            for room in batch.get("rooms", {}).get("join", {}).values():
+            for room_id, room in batch.get("rooms", {}).get("join", {}).items():
                 for event in room.get("timeline", {}).get("events", []):
-                    self._seen(event, now)
+                    self._seen(room_id, event, now)
 
-    def _seen(self, event: dict[str, Any], now: float) -> None:
-        if event.get("sender") != self.bot or event.get("type") != "m.room.message":
+    def _seen(self, room_id: str, event: dict[str, Any], now: float) -> None:
+        raise NotImplementedError
+
+
+class EchoClient(Syncer):
+    """The homeserver's floor under the bot path: a plain client that answers every ``!infer`` in the
+    rooms it is in at once, with one reply shaped like the bot's final answer, and no inference. Its
+    latency is what the homeserver alone costs: the command's send, its delivery, the reply's send
+    and the reply's delivery to the person -- the same four steps the bot path takes."""
+
+    def _seen(self, room_id: str, event: dict[str, Any], now: float) -> None:
+        body = event.get("content", {}).get("body", "")
+        if event.get("sender") != self.person.user_id and body.startswith("!infer"):
+            content = {"msgtype": "m.notice", "body": "[echo] " + body[len("!infer"):].strip(), DONE_KEY: True,
+                       "m.relates_to": {"m.in_reply_to": {"event_id": event["event_id"]}}}
+            threading.Thread(target=self.person.send_content, args=(room_id, content), daemon=True).start()
+
+
+class Observer(Syncer):
+    """Long-polls /sync as one room member and records when each command's final answer from one of
+    ``bots`` arrives (one observer for every room: a second would double the homeserver's sync work)."""
+
+    def __init__(self, person: Person, bots: set[str]) -> None:
+        super().__init__(person)
+        self.bots = bots
+        self.reply_of: dict[str, str] = {}  # reply event -> command event
+        self.final_at: dict[str, float] = {}
+        self.changed = threading.Condition()
+
+    def _seen(self, room_id: str, event: dict[str, Any], now: float) -> None:
+        if event.get("sender") not in self.bots or event.get("type") != "m.room.message":
             return
         content = event["content"]
         relates = content.get("m.relates_to") or {}
@@ -141,10 +162,11 @@ def main() -> None:
                       else workdir / "synapse").start()
     cluster = LocalCluster(extra_env={"PYTHONPATH": str(ROOT)}, log_path=workdir / "ray.log")
     rounds: list[dict[str, Any]] = []
-    observer = None
+    syncers: list[Syncer] = []
     try:
         print(f"synapse up on {synapse.url}; starting Ray and the router app (the engine takes ~1-2 min)", flush=True)
         bot_account = synapse.register("bot")
+        echo_account = synapse.register("echo")
         people = [Person(synapse.url, a["user_id"], a["access_token"])
                   for a in (synapse.register(f"user{i}") for i in range(args.users))]
         token_file = workdir / "bot-token"
@@ -176,23 +198,35 @@ def main() -> None:
         for person in people[1:]:
             person.join(room)
         owner.wait_joined(room, bot_account["user_id"], timeout=120)
-        observer = Observer(owner, bot_account["user_id"])
-        observer.start()
+        # The same people in a second room, with the echo client instead of the bot
+        echo = Person(synapse.url, echo_account["user_id"], echo_account["access_token"])
+        echo_room = owner.create_room([echo.user_id] + [p.user_id for p in people[1:]])
+        for person in [echo, *people[1:]]:
+            person.join(echo_room)
+        observer = Observer(owner, {bot_account["user_id"], echo.user_id})
+        for syncer in (observer, EchoClient(echo)):
+            syncers.append(syncer)
+            syncer.start()
 
         def via_bot(person: Person, prompt: str) -> float:
             started = time.perf_counter()
             command = person.send(room, f"!infer {prompt}")
             return observer.wait_final(command) - started
 
+        def via_echo(person: Person, prompt: str) -> float:
+            started = time.perf_counter()
+            command = person.send(echo_room, f"!infer {prompt}")
+            return observer.wait_final(command) - started
+
         def direct(person: Person, prompt: str) -> float:
             return direct_once(base, body, prompt)
 
         via_bot(owner, "warm up the bot")
+        via_echo(owner, "warm up the echo client")
         per_person = args.commands // args.users
+        paths = [("bot", via_bot), ("direct", direct), ("echo", via_echo)]
         for index in range(args.rounds):
-            order = [("bot", via_bot), ("direct", direct)]
-            if index % 2:
-                order.reverse()
+            order = paths[index % 3:] + paths[:index % 3]  # each path first, middle and last in turn
             result: dict[str, Any] = {"round": index}
             for name, work in order:
                 time.sleep(args.pause)
@@ -201,11 +235,13 @@ def main() -> None:
                 print(f"round {index} {name:6} p50 {result[name]['p50_ms']:7.1f} ms  p95 {result[name]['p95_ms']:7.1f} ms",
                       flush=True)
             result["overhead_p50_ms"] = result["bot"]["p50_ms"] - result["direct"]["p50_ms"]
+            # what the bot adds beyond the homeserver's own four steps (the echo path) and the inference
+            result["beyond_homeserver_p50_ms"] = result["overhead_p50_ms"] - result["echo"]["p50_ms"]
             rounds.append(result)
         steps = bot_steps(Path(cluster.temp_dir)) if args.profile else {}
     finally:
-        if observer is not None:
-            observer.stopping = True
+        for syncer in syncers:
+            syncer.stopping = True
         cluster.stop()
         synapse.stop()
     medians = {
@@ -214,6 +250,9 @@ def main() -> None:
         "direct_p50_ms": statistics.median(r["direct"]["p50_ms"] for r in rounds),
         "direct_p95_ms": statistics.median(r["direct"]["p95_ms"] for r in rounds),
         "overhead_p50_ms": statistics.median(r["overhead_p50_ms"] for r in rounds),
+        "echo_p50_ms": statistics.median(r["echo"]["p50_ms"] for r in rounds),
+        "echo_p95_ms": statistics.median(r["echo"]["p95_ms"] for r in rounds),
+        "beyond_homeserver_p50_ms": statistics.median(r["beyond_homeserver_p50_ms"] for r in rounds),
     }
     for key, value in medians.items():
         print(f"{key}: {value:.1f}")

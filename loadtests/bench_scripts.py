@@ -57,11 +57,13 @@ def run_matrix(settings: BenchSettings) -> BenchOutput:
                    settings.workdir / "matrix.json")
     rows = [Row(round=r["round"], target=path, latencies_ms=r[path]["latencies_ms"],
                 metrics={"p50_ms": r[path]["p50_ms"], "p95_ms": r[path]["p95_ms"], "n": r[path]["n"]})
-            for r in data["rounds"] for path in ("bot", "direct")]
+            for r in data["rounds"] for path in ("bot", "direct", "echo")]
     summary = data["summary"]
     return BenchOutput(rows=rows, headlines=[
         headline("!infer via the bot p50", summary["bot_p50_ms"], "ms"),
         headline("!infer via the bot p95", summary["bot_p95_ms"], "ms"),
         headline("straight to the router p50", summary["direct_p50_ms"], "ms"),
-        headline("bot overhead p50", summary["overhead_p50_ms"], "ms")],
+        headline("bot overhead p50", summary["overhead_p50_ms"], "ms"),
+        headline("homeserver floor p50 (echo client, no inference)", summary["echo_p50_ms"], "ms"),
+        headline("bot overhead beyond the homeserver floor p50", summary["beyond_homeserver_p50_ms"], "ms")],
         details={"commands": commands, "users": users})

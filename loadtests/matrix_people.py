@@ -75,8 +75,20 @@ class Person:
         content: dict[str, Any] = {"msgtype": "m.text", "body": body}
         if thread_root is not None:
             content["m.relates_to"] = {"rel_type": "m.thread", "event_id": thread_root}
+        return self.send_content(room_id, content)
+
+    def send_content(self, room_id: str, content: dict[str, Any]) -> str:
+        """An ``m.room.message`` with exactly ``content``; its event ID."""
         path = f"/rooms/{quote(room_id)}/send/m.room.message/{uuid.uuid4().hex}"
         return self._call("PUT", path, json=content)["event_id"]
+
+    def sync(self, since: str | None, timeout_ms: int) -> dict[str, Any]:
+        """One /sync long-poll (``since`` None: the initial sync)."""
+        params = {"timeout": timeout_ms, **({"since": since} if since else {})}
+        response = httpx.get(self.base_url + API + "/sync", params=params, timeout=timeout_ms / 1000 + 30,
+                             headers={"authorization": f"Bearer {self.access_token}"})
+        response.raise_for_status()
+        return response.json()
 
     def history(self, room_id: str) -> list[dict[str, Any]]:
         """Every event of the room, oldest first."""
