@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from launchers.polling import PollTimeout, poll_until
-from serve_apps.procs import descendants, running
+from launchers.procs import descendants, running
 
 # Serve's fastest mode in loadtests/bench_router.py; read at import, so it must be in the cluster's env.
 # Without its direct ingress: that would start Serve's proxy even where a config turns it off

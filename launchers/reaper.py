@@ -32,7 +32,7 @@ import time
 import uuid
 from pathlib import Path
 
-from serve_apps.procs import Proc, descendants, table
+from launchers.procs import Proc, descendants, table
 
 MARKER = "RAY_SERVE_CAI_REAP_TOKEN"
 # After the guarded process dies, keep sweeping until no marked process is seen this many times in

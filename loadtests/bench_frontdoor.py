@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_router_lib import (ROOT, StreamTally, chat_body, closed_loop, interleaved, lean_streams,  # noqa: E402
                               process_cpu_seconds, start_vllm, stop_on_sigterm, timed_streams, write_result)
 from launchers.local import free_port  # noqa: E402
-from serve_apps.procs import descendants, running  # noqa: E402
+from launchers.procs import descendants, running  # noqa: E402
 
 if TYPE_CHECKING:
     from ray_serve_cai.bench.results import BenchOutput, BenchSettings

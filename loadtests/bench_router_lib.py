@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from launchers.local import LocalCluster, free_port  # noqa: E402
 from launchers.polling import PollTimeout, poll_until  # noqa: E402
-from serve_apps.procs import read as read_proc  # noqa: E402
+from launchers.procs import read as read_proc  # noqa: E402
 
 RESULTS = ROOT / "loadtests" / "results"
 LITELLM_VENV = ROOT / "loadtests" / ".venv-litellm"

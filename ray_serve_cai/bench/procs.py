@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serve_apps.procs import read
+from launchers.procs import read
 from ray_serve_cai.bench.results import MemoryPeak
 
 PAGE = os.sysconf("SC_PAGE_SIZE")

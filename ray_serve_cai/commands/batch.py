@@ -37,10 +37,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--kv-cache-gb", type=float, default=1.0, help="KV cache per engine on CPU (default: 1)")
     run.add_argument("--engine-kwargs", type=json.loads, default={}, metavar="JSON",
                      help='extra vLLM LLM(...) arguments as JSON, e.g. \'{"max_model_len": 2048}\'')
-    run.add_argument("--no-cpu-pinning", dest="pin_cpus", action="store_false",
-                     help="leave process placement to the OS. By default, on a private Ray instance with one "
-                     "engine, once the engine is up this command, Ray's daemons and Ray Data's helpers move off "
-                     "the cores vLLM bound its worker to")
     run.add_argument("--resume", action="store_true", help="continue OUT: skip custom_ids it already holds")
     run.add_argument("--address", default=None,
                      help="an existing Ray cluster (host:6379 or ray://host:10001) instead of a private one")
@@ -72,7 +68,7 @@ def _run(args: argparse.Namespace) -> int:
     job = OfflineJob(input=str(args.input), output=args.output, model=args.model, served_name=args.served_name,
                      replicas=args.replicas, batch_size=args.batch_size, resume=args.resume, address=args.address,
                      kv_cache_gb=args.kv_cache_gb, cpus_per_replica=args.cpus_per_replica,
-                     engine_kwargs=args.engine_kwargs, pin_cpus=args.pin_cpus)
+                     engine_kwargs=args.engine_kwargs)
     try:
         total = check_input(job)
         print(f"{total} requests in {args.input}; starting {args.replicas} engine(s) (first start takes a "

@@ -40,9 +40,6 @@ class OfflineJob:
     address: str | None = None
     kv_cache_gb: float = 1.0
     cpus_per_replica: float = 1.0
-    # On a private single-engine Ray instance, keep this process, Ray's daemons and Ray Data's helpers
-    # off the cores vLLM's CPU worker is bound to: serve_apps/engines/cpu_pinning.py
-    pin_cpus: bool = True
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -117,12 +114,8 @@ def run(job: OfflineJob, on_progress: Callable[[int, int], None] | None = None) 
         import ray
 
         from serve_apps.batch.predictor import Predictor
-        from serve_apps.engines.cpu_pinning import pin_process
 
         own_cluster = not ray.is_initialized()
-        # a Ray instance this process started, on this machine
-        private = own_cluster and job.address is None and not os.environ.get("RAY_ADDRESS")
-        own_cpus = frozenset(os.sched_getaffinity(0))
         if own_cluster:
             ray.init(address=job.address, include_dashboard=False, log_to_driver=False,
                      **({} if job.address else {"_node_ip_address": "127.0.0.1"}))
@@ -142,11 +135,7 @@ def run(job: OfflineJob, on_progress: Callable[[int, int], None] | None = None) 
                 Predictor, batch_size=job.batch_size, num_cpus=job.cpus_per_replica,
                 compute=ray.data.ActorPoolStrategy(size=job.replicas),
                 fn_constructor_kwargs={"model_path": model_path, "served_name": served_name,
-                                       "engine_kwargs": job.engine_kwargs, "kv_cache_gb": job.kv_cache_gb,
-                                       "pin_cpus": job.pin_cpus,
-                                       # with several engines on this machine, each would move the
-                                       # others' processes, which vLLM then binds to the wrong cores
-                                       "pin_root": os.getpid() if private and job.replicas == 1 else None})
+                                       "engine_kwargs": job.engine_kwargs, "kv_cache_gb": job.kv_cache_gb})
             with job.output.open("ab") as out:
                 for block in results.iter_batches(batch_size=None, batch_format="numpy"):
                     out.write("".join(f"{line}\n" for line in block["line"]).encode())
@@ -163,8 +152,6 @@ def run(job: OfflineJob, on_progress: Callable[[int, int], None] | None = None) 
         finally:
             if own_cluster:
                 ray.shutdown()
-            if private and job.pin_cpus:  # the engine moved this process's threads off its cores
-                pin_process(os.getpid(), own_cpus)
     ended = time.time()
     return Summary(total, len(done), written, failed, tokens, ended - started,
                    last_block_at - first_batch_at if first_batch_at is not None else 0.0)

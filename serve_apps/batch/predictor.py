@@ -15,7 +15,6 @@ import time
 from typing import Any
 
 from serve_apps.batch.models import CHAT_PATH, output_line
-from serve_apps.engines.cpu_pinning import keep_off_engine_cores
 
 # OpenAI body key -> SamplingParams field
 SAMPLING = {"max_tokens": "max_tokens", "max_completion_tokens": "max_tokens", "temperature": "temperature",
@@ -72,23 +71,12 @@ class Predictor:
     """Ray Data ``map_batches`` callable: ``{"text": [request lines]}`` -> ``{"line", "tokens", "ok",
     "started"}`` (``started``: when this batch reached the engine, for the run's rate without start-up)."""
 
-    def __init__(self, model_path: str, served_name: str, engine_kwargs: dict[str, Any], kv_cache_gb: float,
-                 pin_cpus: bool = True, pin_root: int | None = None) -> None:
+    def __init__(self, model_path: str, served_name: str, engine_kwargs: dict[str, Any], kv_cache_gb: float) -> None:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{kv_cache_gb:g}")
         from vllm import LLM
 
         self.served_name = served_name
         self.llm = LLM(model=model_path, **{"enforce_eager": True, **engine_kwargs})
-        self._warm_up()
-        if pin_cpus and pin_root:  # the private Ray instance below ``pin_root`` leaves the engine's cores
-            keep_off_engine_cores(os.getpid(), [pin_root])
-
-    def _warm_up(self) -> None:
-        """A few real generations before the first block: an engine's first steps at a new batch size are
-        slow on CPU (kernels set up on first use), and would otherwise stall the first block."""
-        from vllm import SamplingParams
-
-        self.llm.generate(["warm up"] * 8, SamplingParams(max_tokens=8, ignore_eos=True), use_tqdm=False)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         from vllm import SamplingParams

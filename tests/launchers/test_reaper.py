@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from serve_apps.procs import running
+from launchers.procs import running
 
 ROOT = Path(__file__).resolve().parents[2]
 GUARDED = """

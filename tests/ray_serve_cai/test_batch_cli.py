@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from serve_apps.procs import descendants, running
+from launchers.procs import descendants, running
 
 CLI = [sys.executable, "-m", "ray_serve_cai"]
 TOTAL = 300

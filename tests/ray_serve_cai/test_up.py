@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from launchers.local import free_port
-from serve_apps.procs import descendants
+from launchers.procs import descendants
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.engine

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from launchers.local import LocalCluster, free_port
-from serve_apps.procs import descendants, running
+from launchers.procs import descendants, running
 from tests.conftest import MODEL, ROOT
 from tests.serve_apps.batch.test_batch_api import jsonl, line, upload, wait_done
 from tests.serve_apps.router.helpers import backends, wait_for

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from serve_apps.procs import descendants
+from launchers.procs import descendants
 from loadtests.bench_router_lib import vllm_counters, worker_endpoints
 from tests.serve_apps.router.helpers import backends, wait_for
 
