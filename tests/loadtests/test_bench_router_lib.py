@@ -4,16 +4,20 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import time
+from functools import partial
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "loadtests"))
 
 from bench_router_lib import StreamTally, chat_body, run_contained  # noqa: E402
+
+from launchers.polling import poll_until  # noqa: E402
+from launchers.procs import running  # noqa: E402
 
 
 def sse(*events: dict) -> bytes:
@@ -53,39 +57,22 @@ def test_streaming_benchmark_requests_ask_for_usage():
     assert "stream_options" not in json.loads(chat_body(1, stream=False))
 
 
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rpartition(")")[2].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+def gone(pid: int) -> bool:
+    return not running([pid])
 
 
-def test_a_grandchild_left_behind_is_killed_with_the_child(tmp_path):
+def test_a_grandchild_left_behind_is_killed_with_the_child():
     """Like vLLM's engine core outliving its parent: the child starts a grandchild and exits."""
     script = "import subprocess, sys; print(subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']).pid)"
     done = run_contained([sys.executable, "-c", script], timeout=60)
-    grandchild = int(done.stdout)
     assert done.returncode == 0
-    deadline = time.monotonic() + 5
-    while alive(grandchild) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not alive(grandchild)
+    poll_until(partial(gone, int(done.stdout)), 5, 0.05)
 
 
-def test_a_timeout_kills_the_whole_session():
+def test_a_timeout_kills_the_whole_session(tmp_path):
+    marker = tmp_path / "grandchild.pid"
     script = ("import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']);"
               " open(sys.argv[1], 'w').write(str(p.pid)); time.sleep(300)")
-    marker = f"/tmp/run-contained-{os.getpid()}"
-    try:
-        run_contained([sys.executable, "-c", script, marker], timeout=3)
-    except subprocess.TimeoutExpired:
-        pass
-    else:
-        raise AssertionError("the run should have timed out")
-    grandchild = int(open(marker).read())
-    os.unlink(marker)
-    deadline = time.monotonic() + 5
-    while alive(grandchild) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not alive(grandchild)
+    with pytest.raises(subprocess.TimeoutExpired):
+        run_contained([sys.executable, "-c", script, str(marker)], timeout=3)
+    poll_until(partial(gone, int(marker.read_text())), 5, 0.05)
