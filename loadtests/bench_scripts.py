@@ -35,15 +35,18 @@ def run_batch(settings: BenchSettings) -> BenchOutput:
         section = data.get(part)
         if not section:
             continue
-        names = {"ours": "batch run CLI", "baseline": "LLM.generate", "batch": "OpenAI batch via router",
-                 "client": "c=64 client via router"}
+        names = {"ours": "batch run CLI", "baseline": "LLM.generate", "baseline_inline": "LLM.generate, engine inline",
+                 "batch": "OpenAI batch via router", "client": "c=64 client via router"}
         for index, entry in enumerate(section["rounds"]):
-            for side in (ours, base):
+            for side in (side for side in entry if side != "order"):
                 rows.append(Row(round=index, target=names[side], metrics={
                     k: v for k, v in entry[side].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}))
         headlines.append(headline(f"{names[ours]} tok/s / {names[base]}", section["ratios"],
                                   at_least=0.9 if part == "offline" else 0.95))
         headlines.append(headline(f"{names[ours]} tok/s", section["median_ours_tps"], "tok/s"))
+        if "inline" in section:  # the same engine mode on both sides: the pipeline's own cost
+            headlines.append(headline(f"{names[ours]} tok/s / LLM.generate with its engine inline",
+                                      section["inline"]["ratios"]))
         if part == "online":
             headlines.append(headline("interactive p50 during the batch", section["interactive_p50_ms_during_batch"], "ms"))
             headlines.append(headline("interactive p50 idle", section["idle_interactive_p50_ms"], "ms"))

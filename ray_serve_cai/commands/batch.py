@@ -34,6 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--replicas", type=int, default=1, help="engine replicas in the actor pool (default: 1)")
     run.add_argument("--batch-size", type=int, default=256, help="requests per engine call (default: 256)")
     run.add_argument("--cpus-per-replica", type=float, default=1.0, help="Ray CPUs per engine (default: 1)")
+    run.add_argument("--cpu-threads", type=int, default=None, metavar="N",
+                     help="compute threads per engine on CPU (default: the machine's cores / --replicas; "
+                     "with --address, --cpus-per-replica). The engine runs inline in its replica on CPU; "
+                     "set VLLM_ENABLE_V1_MULTIPROCESSING=1 for vLLM's separate scheduler process")
     run.add_argument("--kv-cache-gb", type=float, default=1.0, help="KV cache per engine on CPU (default: 1)")
     run.add_argument("--engine-kwargs", type=json.loads, default={}, metavar="JSON",
                      help='extra vLLM LLM(...) arguments as JSON, e.g. \'{"max_model_len": 2048}\'')
@@ -48,8 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from ray_serve_cai.cli import CLIError
 
-    if args.replicas < 1 or args.batch_size < 1:
-        raise CLIError("--replicas and --batch-size must be at least 1", 2)
+    if args.replicas < 1 or args.batch_size < 1 or (args.cpu_threads is not None and args.cpu_threads < 1):
+        raise CLIError("--replicas, --batch-size and --cpu-threads must be at least 1", 2)
     if not isinstance(args.engine_kwargs, dict):
         raise CLIError("--engine-kwargs must be a JSON object", 2)
     if args.address is None:
@@ -68,6 +72,7 @@ def _run(args: argparse.Namespace) -> int:
     job = OfflineJob(input=str(args.input), output=args.output, model=args.model, served_name=args.served_name,
                      replicas=args.replicas, batch_size=args.batch_size, resume=args.resume, address=args.address,
                      kv_cache_gb=args.kv_cache_gb, cpus_per_replica=args.cpus_per_replica,
+                     cpu_threads=args.cpu_threads,
                      engine_kwargs=args.engine_kwargs)
     try:
         total = check_input(job)

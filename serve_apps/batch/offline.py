@@ -40,6 +40,16 @@ class OfflineJob:
     address: str | None = None
     kv_cache_gb: float = 1.0
     cpus_per_replica: float = 1.0
+    # compute threads per engine on CPU; None: the machine's cores shared by the replicas on a private
+    # instance, ``cpus_per_replica`` on a cluster (--address)
+    cpu_threads: int | None = None
+
+    def engine_threads(self) -> int:
+        if self.cpu_threads is not None:
+            return self.cpu_threads
+        if self.address is None:
+            return max(1, len(os.sched_getaffinity(0)) // self.replicas)
+        return max(1, int(self.cpus_per_replica))
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -135,7 +145,11 @@ def run(job: OfflineJob, on_progress: Callable[[int, int], None] | None = None) 
                 Predictor, batch_size=job.batch_size, num_cpus=job.cpus_per_replica,
                 compute=ray.data.ActorPoolStrategy(size=job.replicas),
                 fn_constructor_kwargs={"model_path": model_path, "served_name": served_name,
-                                       "engine_kwargs": job.engine_kwargs, "kv_cache_gb": job.kv_cache_gb})
+                                       "engine_kwargs": job.engine_kwargs, "kv_cache_gb": job.kv_cache_gb},
+                # Ray would set OMP_NUM_THREADS to the actor's logical CPUs. It must be right from the
+                # process's start: OpenMP gives every thread the start-up value, and vLLM's CPU attention
+                # checks that the thread that plans a step and the one that runs it agree.
+                runtime_env={"env_vars": {"OMP_NUM_THREADS": str(job.engine_threads())}})
             with job.output.open("ab") as out:
                 for block in results.iter_batches(batch_size=None, batch_format="numpy"):
                     out.write("".join(f"{line}\n" for line in block["line"]).encode())
