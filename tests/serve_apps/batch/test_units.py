@@ -1,4 +1,5 @@
-"""Pure pieces: the ``batch:`` config section, offline sampling parameters, line checks, storage ids."""
+"""Pure pieces: the ``batch:`` config section, offline sampling parameters and engine threads, line checks,
+storage ids."""
 
 from __future__ import annotations
 
@@ -50,3 +51,17 @@ def test_ids_cannot_escape_the_storage_root(tmp_path):
     (tmp_path / "secret.json").write_text("{}")
     for bad in ("../secret", "a/b", "", "x" * 200):
         assert storage.get_file(bad) is None and storage.get_batch(bad) is None
+
+
+def test_engine_threads_share_the_machine_or_follow_the_cluster_reservation(tmp_path):
+    import os
+
+    from serve_apps.batch.offline import OfflineJob
+
+    cores = len(os.sched_getaffinity(0))
+    job = OfflineJob(input="in.jsonl", output=tmp_path / "out.jsonl", model="m")
+    assert job.engine_threads() == cores  # one replica on a private instance: every core
+    assert OfflineJob(input="i", output=tmp_path, model="m", replicas=cores * 2).engine_threads() == 1
+    on_cluster = OfflineJob(input="i", output=tmp_path, model="m", address="ray://h:10001", cpus_per_replica=3)
+    assert on_cluster.engine_threads() == 3  # the CPUs Ray reserves for it there, not this machine's
+    assert OfflineJob(input="i", output=tmp_path, model="m", cpu_threads=5).engine_threads() == 5
