@@ -40,17 +40,17 @@ class OfflineJob:
     address: str | None = None
     kv_cache_gb: float = 1.0
     cpus_per_replica: float = 1.0
-    # compute threads per engine on CPU; None: the machine's cores shared by the replicas on a private
-    # instance, ``cpus_per_replica`` on a cluster (--address)
-    cpu_threads: int | None = None
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)
+    cpu_threads: int | None = None  # per engine on CPU; None: see engine_threads
 
     def engine_threads(self) -> int:
+        """Compute threads per engine on CPU: ``cpu_threads``, else this machine's cores shared by the
+        replicas of a private instance, else (``address``) the CPUs Ray reserves for each replica."""
         if self.cpu_threads is not None:
             return self.cpu_threads
         if self.address is None:
             return max(1, len(os.sched_getaffinity(0)) // self.replicas)
         return max(1, int(self.cpus_per_replica))
-    engine_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
