@@ -65,3 +65,16 @@ def test_engine_threads_share_the_machine_or_follow_the_cluster_reservation(tmp_
     on_cluster = OfflineJob(input="i", output=tmp_path, model="m", address="ray://h:10001", cpus_per_replica=3)
     assert on_cluster.engine_threads() == 3  # the CPUs Ray reserves for it there, not this machine's
     assert OfflineJob(input="i", output=tmp_path, model="m", cpu_threads=5).engine_threads() == 5
+
+
+def test_cpu_engines_run_inline_unless_the_user_says_otherwise(monkeypatch):
+    import os
+
+    from serve_apps.batch.predictor import inline_engine_on_cpu
+
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    inline_engine_on_cpu()  # this machine has no GPU: vLLM's platform is CPU
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    inline_engine_on_cpu()
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
