@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 
 import pytest
 
@@ -54,8 +55,6 @@ def test_ids_cannot_escape_the_storage_root(tmp_path):
 
 
 def test_engine_threads_share_the_machine_or_follow_the_cluster_reservation(tmp_path):
-    import os
-
     from serve_apps.batch.offline import OfflineJob
 
     cores = len(os.sched_getaffinity(0))
@@ -68,8 +67,6 @@ def test_engine_threads_share_the_machine_or_follow_the_cluster_reservation(tmp_
 
 
 def test_cpu_engines_run_inline_unless_the_user_says_otherwise(monkeypatch):
-    import os
-
     from serve_apps.batch.predictor import inline_engine_on_cpu
 
     monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
