@@ -107,3 +107,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
     result = subprocess.run(CLI + ["batch", "run", str(source), "-o", str(existing), "--model", "builtin:tiny-chat"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "--resume" in result.stderr
+    result = subprocess.run(CLI + ["batch", "run", str(source), "-o", str(tmp_path / "t.jsonl"), "--model",
+                                   "builtin:tiny-chat", "--cpu-threads", "0"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--cpu-threads must be at least 1" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
