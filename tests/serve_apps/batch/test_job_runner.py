@@ -75,7 +75,10 @@ def test_lifecycle_counts_and_order(tmp_path, where):
     settings = BatchConfig(storage=uri, flush_lines=5, flush_seconds=0.05, concurrency=4)
     status = asyncio.run(JobRunner(settings, storage, batch.id, router).run())
     assert status == "completed"
-    assert len(storage.part_paths(batch.id)) >= 4  # checkpointed as it went, not once at the end
+    # Checkpointed as it went, not once at the end. How many parts depends on scheduling (a loaded
+    # machine finishes several calls between size checks), but with at most 4 calls in flight a
+    # part is due by line 9, and the last line's result always lands in a later one.
+    assert len(storage.part_paths(batch.id)) >= 2
     done = storage.get_batch(batch.id)
     assert done.request_counts.model_dump() == {"total": 21, "completed": 20, "failed": 1}
     assert done.in_progress_at and done.finalizing_at and done.completed_at
