@@ -250,7 +250,7 @@ def test_a_hung_redis_costs_at_most_its_timeout_and_fails_open(monkeypatch, redi
                 assert time.monotonic() - started < 1.5 and app.router.metrics.fail_open_count == 1
                 started = time.monotonic()
                 assert (await post(app))[0] == 200  # within retry_interval: Redis is not even asked
-                assert time.monotonic() - started < 0.1 and app.router.metrics.fail_open_count == 2
+                assert time.monotonic() - started < 0.2 and app.router.metrics.fail_open_count == 2  # asking costs >= 0.25 s
             finally:
                 redis_server.process.send_signal(signal.SIGCONT)
             await asyncio.sleep(0.3)
