@@ -6,10 +6,12 @@ report tokens/s once their engine is up -- the CLI's "after engine start" rate (
 reaching an engine to the last line written), ``LLM.generate``'s timed call -- since start-up is a
 fixed cost the baseline does not pay inside its timer; the CLI's end-to-end rate is recorded too.
 
-Online: the same prompts as an OpenAI batch through the running router (one engine replica) vs the
-same prompts sent by a client at concurrency 64 to the same router; while the batch runs, one
-interactive client sends small requests back to back and we report its p50 latency next to the p50
-of the same client on an idle router.
+Online: the stack a README user starts (``ray-serve-cai up`` on ``serve_configs/local.yaml``, batch at
+its defaults) and its URL, the router's listener. The same prompts as an OpenAI batch vs the same
+prompts sent at concurrency 64 by two clients: the lean keep-alive one of ``bench_router_lib`` and
+``httpx`` (one ``AsyncClient`` per worker, the transport the ``openai`` SDK uses). While the batch
+runs, one interactive client sends small requests back to back; its p50 latency is reported next to
+its p50 on the idle router.
 
     .venv/bin/python loadtests/bench_batch.py                       # P4 defaults: 2000 x 32, 6 rounds
     .venv/bin/python loadtests/bench_batch.py --prompts 64 --rounds 1 --name bench_batch_tiny
@@ -31,8 +33,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from loadtests.bench_router_lib import ROOT, Connection, run_contained, stop_on_sigterm, write_result  # noqa: E402
-from launchers.local import LocalCluster, free_port  # noqa: E402
-from launchers.polling import poll_until  # noqa: E402
+from loadtests.upstack import UpStack, moved_to_free_ports  # noqa: E402
+
+LOCAL_CONFIG = ROOT / "serve_configs" / "local.yaml"  # what the README starts (`ray-serve-cai up`)
 
 BASELINE = """
 import json, sys, time, os
@@ -56,16 +59,14 @@ def prompts(count: int) -> list[str]:
     return [f"Request {i}: write a short story about the number {i}." for i in range(count)]
 
 
-def batch_lines(texts: list[str], max_tokens: int, url: str = "/v1/completions") -> str:
-    lines = []
-    for i, text in enumerate(texts):
-        body = {"model": "tiny-chat", "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0}
-        if url == "/v1/completions":
-            body["prompt"] = text
-        else:
-            body["messages"] = [{"role": "user", "content": text}]
-        lines.append(json.dumps({"custom_id": f"p{i}", "method": "POST", "url": url, "body": body}))
-    return "\n".join(lines) + "\n"
+def completion_body(text: str, max_tokens: int) -> dict[str, Any]:
+    """One prompt's request: the same body whether it goes in the batch file or straight from a client."""
+    return {"model": "tiny-chat", "prompt": text, "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0}
+
+
+def batch_lines(texts: list[str], max_tokens: int) -> str:
+    return "".join(json.dumps({"custom_id": f"p{i}", "method": "POST", "url": "/v1/completions",
+                               "body": completion_body(text, max_tokens)}) + "\n" for i, text in enumerate(texts))
 
 
 # ---------------------------------------------------------------------- offline
@@ -105,58 +106,64 @@ def offline_ours(work: Path, texts: list[str], max_tokens: int) -> dict[str, Any
 
 # ---------------------------------------------------------------------- online
 
-def start_stack(work: Path, concurrency: int) -> tuple[LocalCluster, str]:
-    cluster = LocalCluster(extra_env={"PYTHONPATH": str(ROOT)}, log_path=work / "ray.log")
-    cluster.start()
-    port = free_port()
-    args = {"engines": [{"name": "tiny-chat", "model": "builtin:tiny-chat", "kv_cache_gb": 1}],
-            "backends": [{"name": "local", "kind": "serve", "engine": "tiny-chat"}],
-            "batch": {"storage": str(work / "storage"), "concurrency": concurrency}}
-    config = {"http_options": {"host": "127.0.0.1", "port": port}, "applications": [
-        {"name": "router", "route_prefix": "/", "import_path": "serve_apps.router.app:build_router_app", "args": args}]}
-    (work / "stack.yaml").write_text(yaml.safe_dump(config))
+def start_stack(work: Path) -> tuple[UpStack, str]:
+    """``ray-serve-cai up`` on the README's config (serve_configs/local.yaml: the router's listener is the
+    front door, batch at its defaults), on free ports, with its batch files under ``work``."""
+    config = moved_to_free_ports(LOCAL_CONFIG, work)
+    raw = yaml.safe_load(config.read_text())
+    raw["applications"][0]["args"]["batch"] = {"storage": str(work / "storage")}
+    config.write_text(yaml.safe_dump(raw))
+    stack = UpStack(config, work / "up.log")
     try:
-        cluster.deploy(work / "stack.yaml")
-        url = f"http://127.0.0.1:{port}"
-        cluster.wait_ready(url + "/health", 900)
-        poll_until(lambda: _generates(url), timeout_s=600, interval_s=1)  # healthy is not yet generating
+        url = stack.wait_ready(900)  # up prints ready: once the engine has answered a first generation
     except Exception:
-        cluster.stop()
+        stack.stop()
         raise
-    return cluster, url
+    return stack, url
 
 
-def _generates(url: str) -> bool:
-    import httpx
-
-    try:
-        return httpx.post(url + "/v1/completions", json={"model": "tiny-chat", "prompt": "warm", "max_tokens": 4},
-                          timeout=60).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-async def client_load(url: str, texts: list[str], max_tokens: int, concurrency: int) -> dict[str, Any]:
+async def lean_client_load(url: str, texts: list[str], max_tokens: int, concurrency: int) -> dict[str, Any]:
+    """The prompts from ``concurrency`` workers, each on one keep-alive connection of the lean client."""
     host, port = url.split("//")[1].split(":")
-    queue = list(enumerate(texts))
-    tokens = 0
 
-    async def worker() -> None:
-        nonlocal tokens
+    async def worker(queue: list[str], tally: dict[str, int]) -> None:
         connection = Connection(host, int(port))
         while queue:
-            _, text = queue.pop()
-            body = json.dumps({"model": "tiny-chat", "prompt": text, "max_tokens": max_tokens, "ignore_eos": True,
-                               "temperature": 0}).encode()
+            body = json.dumps(completion_body(queue.pop(), max_tokens)).encode()
             status, _, data = await connection.post("/v1/completions", body)
-            if status == 200:
-                tokens += json.loads(data)["usage"]["completion_tokens"]
+            count(tally, status, data)
         connection.close()
 
+    return await timed_workers(worker, texts, concurrency)
+
+
+async def httpx_client_load(url: str, texts: list[str], max_tokens: int, concurrency: int) -> dict[str, Any]:
+    """The prompts from ``concurrency`` workers, each with its own ``httpx.AsyncClient`` (what the ``openai``
+    SDK sends through)."""
+    import httpx
+
+    async def worker(queue: list[str], tally: dict[str, int]) -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=300) as client:
+            while queue:
+                response = await client.post("/v1/completions", json=completion_body(queue.pop(), max_tokens))
+                count(tally, response.status_code, response.content)
+
+    return await timed_workers(worker, texts, concurrency)
+
+
+def count(tally: dict[str, int], status: int, data: bytes) -> None:
+    if status == 200:
+        tally["tokens"] += json.loads(data)["usage"]["completion_tokens"]
+    else:
+        tally["errors"] += 1
+
+
+async def timed_workers(worker: Any, texts: list[str], concurrency: int) -> dict[str, Any]:
+    queue, tally = list(texts), {"tokens": 0, "errors": 0}
     start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(queue, tally) for _ in range(concurrency)))
     seconds = time.perf_counter() - start
-    return {"tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds}
+    return {**tally, "seconds": seconds, "tokens_per_second": tally["tokens"] / seconds}
 
 
 async def interactive(url: str, stop: asyncio.Event) -> list[float]:
@@ -229,7 +236,7 @@ def main() -> int:
     parser.add_argument("--prompts", type=int, default=2000)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=6, help="alternating rounds per part (default 6)")
-    parser.add_argument("--concurrency", type=int, default=64, help="online client concurrency and batch jobs' concurrency")
+    parser.add_argument("--concurrency", type=int, default=64, help="online clients' concurrency (the batch runs at the router's default)")
     parser.add_argument("--part", choices=["offline", "online", "both"], default="both")
     parser.add_argument("--name", default="bench_batch_p4", help="results file name under loadtests/results/")
     args = parser.parse_args()
@@ -261,31 +268,36 @@ def main() -> int:
             print(f"offline median ratio {result['offline']['median_ratio']:.3f} (target >= 0.90); against "
                   f"LLM.generate with its engine inline {result['offline']['inline']['median_ratio']:.3f}", flush=True)
         if args.part in ("online", "both"):
-            cluster, url = start_stack(work, args.concurrency)
+            stack, url = start_stack(work)
             try:
                 idle = asyncio.run(idle_latency(url))
                 rounds = []
+                sides = {"client": lambda: lean_client_load(url, texts, args.max_tokens, args.concurrency),
+                         "client_httpx": lambda: httpx_client_load(url, texts, args.max_tokens, args.concurrency),
+                         "batch": lambda: batch_load(url, texts, args.max_tokens)}
                 for number in range(args.rounds):
-                    order = ["client", "batch"] if number % 2 == 0 else ["batch", "client"]
+                    order = list(sides) if number % 2 == 0 else list(reversed(sides))
                     entry = {"order": order}
                     for side in order:
-                        load = client_load(url, texts, args.max_tokens, args.concurrency) if side == "client" \
-                            else batch_load(url, texts, args.max_tokens)
-                        entry[side] = asyncio.run(load)
+                        entry[side] = asyncio.run(sides[side]())
                         time.sleep(3)
                     rounds.append(entry)
-                    write_result(args.name, {**result, "online": {"rounds": rounds, "idle_interactive_p50_ms": idle,
-                                                                  "partial": True}})
+                    write_result(args.name, {**result, "online": {"url": url, "rounds": rounds,
+                                                                  "idle_interactive_p50_ms": idle, "partial": True}})
                     print(f"online round {number + 1}: batch {entry['batch']['tokens_per_second']:.0f} tok/s, client "
-                          f"c={args.concurrency} {entry['client']['tokens_per_second']:.0f} tok/s, interactive p50 "
+                          f"c={args.concurrency} {entry['client']['tokens_per_second']:.0f} tok/s (lean), "
+                          f"{entry['client_httpx']['tokens_per_second']:.0f} tok/s (httpx), interactive p50 "
                           f"{entry['batch']['interactive_p50_ms']:.0f} ms (idle {idle:.0f} ms)", flush=True)
-                result["online"] = {"rounds": rounds, "idle_interactive_p50_ms": idle,
+                # the target is against the faster client; the httpx ratio is what an openai-SDK user compares with
+                result["online"] = {"url": url, "rounds": rounds, "idle_interactive_p50_ms": idle,
                                     "interactive_p50_ms_during_batch": statistics.median(
                                         r["batch"]["interactive_p50_ms"] for r in rounds),
-                                    **ratio_summary(rounds, "batch", "client")}
-                print(f"online median ratio {result['online']['median_ratio']:.3f} (target >= 0.95)", flush=True)
+                                    **ratio_summary(rounds, "batch", "client"),
+                                    "httpx": ratio_summary(rounds, "batch", "client_httpx")}
+                print(f"online median ratio {result['online']['median_ratio']:.3f} against the lean client (target "
+                      f">= 0.95); against httpx {result['online']['httpx']['median_ratio']:.3f}", flush=True)
             finally:
-                cluster.stop()
+                stack.stop()
     path = write_result(args.name, result)
     print(f"results: {path}")
     return 0

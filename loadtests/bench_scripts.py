@@ -36,7 +36,8 @@ def run_batch(settings: BenchSettings) -> BenchOutput:
         if not section:
             continue
         names = {"ours": "batch run CLI", "baseline": "LLM.generate", "baseline_inline": "LLM.generate, engine inline",
-                 "batch": "OpenAI batch via router", "client": "c=64 client via router"}
+                 "batch": "OpenAI batch via router", "client": "c=64 client via router",
+                 "client_httpx": "c=64 httpx client via router"}
         for index, entry in enumerate(section["rounds"]):
             for side in (side for side in entry if side != "order"):
                 rows.append(Row(round=index, target=names[side], metrics={
@@ -47,6 +48,8 @@ def run_batch(settings: BenchSettings) -> BenchOutput:
         if "inline" in section:  # the same engine mode on both sides: the pipeline's own cost
             headlines.append(headline(f"{names[ours]} tok/s / LLM.generate with its engine inline",
                                       section["inline"]["ratios"]))
+        if "httpx" in section:  # what an openai-SDK user's own client would reach
+            headlines.append(headline(f"{names[ours]} tok/s / {names['client_httpx']}", section["httpx"]["ratios"]))
         if part == "online":
             headlines.append(headline("interactive p50 during the batch", section["interactive_p50_ms_during_batch"], "ms"))
             headlines.append(headline("interactive p50 idle", section["idle_interactive_p50_ms"], "ms"))

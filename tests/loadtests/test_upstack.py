@@ -1,5 +1,6 @@
-"""Pure parts of ``loadtests/bench_frontdoor.py``: reading ``up``'s progress lines and moving a config's
-ports. (The benchmark itself is run by hand or by ``ray-serve-cai bench``; benchmarks are not tests.)"""
+"""Pure parts of ``loadtests/upstack.py`` (what the benchmarks that start ``ray-serve-cai up`` share):
+reading ``up``'s progress lines and moving a config's ports. (The benchmarks themselves are run by hand
+or by ``ray-serve-cai bench``; benchmarks are not tests.)"""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "loadtests"))
 
-from bench_frontdoor import moved_to_free_ports, startup_phases  # noqa: E402
+from upstack import moved_to_free_ports, startup_phases  # noqa: E402
 
 
 def test_startup_phases_read_ups_own_progress_lines():
