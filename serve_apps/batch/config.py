@@ -21,7 +21,7 @@ class BatchConfig(StrictModel):
     max_file_bytes: int = Field(200 * 1024 * 1024, gt=0, description="upload limit per file (413 above)")
     max_requests: int = Field(50_000, ge=1, description="lines per batch input file")
     max_line_bytes: int = Field(1024 * 1024, gt=0, description="one request line of an input file")
-    concurrency: int = Field(32, ge=1, description="requests in flight per batch job")
+    concurrency: int = Field(128, ge=1, description="requests in flight per batch job")
     flush_lines: int = Field(64, ge=1, description="results per checkpoint part")
     flush_seconds: float = Field(1.0, gt=0, description="longest wait before a checkpoint part is written")
     retries: int = Field(3, ge=0, description="extra attempts for a request that meets 429/5xx or a router restart")

@@ -14,12 +14,13 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from serve_apps.batch.config import BatchConfig
 from serve_apps.batch.lines import numbered_lines, parse_line, scan
-from serve_apps.batch.models import TERMINAL, Batch, BatchError, BatchErrors, FileObject, RequestLine, now, output_line
+from serve_apps.batch.models import Batch, BatchError, BatchErrors, FileObject, RequestLine, now, output_line
+from serve_apps.batch.sender import GroupedSender
 from serve_apps.batch.storage import ERROR, OUTPUT, Storage
 
 logger = logging.getLogger("ray.serve")
@@ -286,12 +287,16 @@ class BatchJobs:
         self._runners: dict[str, JobRunner] = {}
         self._tasks: dict[str, asyncio.Task[str]] = {}
         self._handle: Any = None
+        self._streaming: Any = None
+        self._send = GroupedSender(self._group_call)  # one for all jobs: their requests share groups
         self._touched = time.monotonic()
         self._reaper: asyncio.Task[None] | None = None
         self._idle_exit = max(self.IDLE_EXIT_S, 10 * self.config.supervise_seconds)
 
-    async def _send(self, path: str, raw: bytes) -> tuple[int, bytes]:
-        return await self._router().batch_call.remote(path, raw)
+    def _group_call(self, requests: list[tuple[str, bytes]]) -> AsyncIterator[list[tuple[int, int, bytes]]]:
+        if self._streaming is None:
+            self._streaming = self._router().options(stream=True)
+        return self._streaming.batch_calls.remote(requests)
 
     def _router(self) -> Any:
         if self._handle is None:

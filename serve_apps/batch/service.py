@@ -1,8 +1,11 @@
 """Everything batch that lives in a router replica, behind one object the router deployment holds:
-the routes it adds to the router's ASGI app, and ``call`` that job actors reach through the
+the routes it adds to the router's ASGI app, and ``calls`` that job actors reach through the
 deployment handle."""
 
 from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
 
 from serve_apps.batch.api import BatchAPI
 from serve_apps.batch.config import BatchConfig
@@ -40,6 +43,24 @@ class BatchService:
         if path == "/v1/files" or path.startswith("/v1/files/"):
             return await self.api.files(method, path, scope, receive)
         return None
+
+    async def calls(self, requests: list[tuple[str, bytes]]) -> AsyncIterator[list[tuple[int, int, bytes]]]:
+        """A group of a batch job's requests (``sender.GroupedSender``), run concurrently. Yields, as they
+        finish, lists of ``(index, status, body)``: everything finished since the last yield, since an
+        engine step completes many requests at once and each yield costs a message through Ray.
+        Leaving early cancels what is still running."""
+
+        async def one(index: int, path: str, raw: bytes) -> tuple[int, int, bytes]:
+            return (index, *await self.call(path, raw))
+
+        running = {asyncio.create_task(one(index, path, raw)) for index, (path, raw) in enumerate(requests)}
+        try:
+            while running:
+                finished, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                yield [task.result() for task in finished]
+        finally:
+            for task in running:
+                task.cancel()
 
     async def call(self, path: str, raw: bytes) -> tuple[int, bytes]:
         """One request of a batch job through the router's own routing (whole body, no stream)."""

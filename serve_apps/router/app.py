@@ -94,11 +94,13 @@ class MultiBackendRouter:
     async def model_list(self) -> dict[str, Any]:
         return self.router.models()
 
-    async def batch_call(self, path: str, raw: bytes) -> tuple[int, bytes]:
-        """A batch job's request (job actors call this through the deployment handle)."""
+    async def batch_calls(self, requests: list[tuple[str, bytes]]) -> AsyncIterator[list[tuple[int, int, bytes]]]:
+        """A group of a batch job's requests (job actors call this through a streaming deployment handle):
+        lists of ``(index, status, body)`` as they finish (``BatchService.calls``)."""
         if self.batch is None:
             raise RuntimeError("batch is disabled on this router")
-        return await self.batch.call(path, raw)
+        async for result in self.batch.calls(requests):
+            yield result
 
     async def check_health(self) -> None:
         for engine in self.local_engines.values():

@@ -178,14 +178,20 @@ def test_expired_lines_go_to_the_error_file(tmp_path):
 
 
 class Handle:
-    """The router's DeploymentHandle as the job host uses it: ``batch_call.remote(...)``, awaitable."""
+    """The router's DeploymentHandle as the job host uses it: ``options(stream=True).batch_calls.remote(
+    requests)``, an async iterator of lists of ``(index, status, body)``."""
 
     def __init__(self, router: Router) -> None:
-        self.batch_call = self
+        self.batch_calls = self
         self.router = router
 
-    def remote(self, path: str, raw: bytes):
-        return self.router(path, raw)
+    def options(self, stream: bool) -> Handle:
+        assert stream
+        return self
+
+    async def remote(self, requests: list[tuple[str, bytes]]):
+        answers = await asyncio.gather(*(self.router(*request) for request in requests))
+        yield [(index, status, body) for index, (status, body) in enumerate(answers)]
 
 
 def test_the_job_host_runs_each_batch_once_however_often_asked(tmp_path):
