@@ -44,9 +44,8 @@ class GroupedSender:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        group, self._pending = self._pending[:self.max_group], self._pending[self.max_group:]
-        if self._pending:  # only when called with a full group: the rest waits for its own window
-            self._timer = asyncio.get_running_loop().call_later(self.window_s, self._ship)
+        # never more than max_group: __call__ ships the moment a group fills
+        group, self._pending = self._pending, []
         task = asyncio.create_task(self._send(group))
         self._in_flight.add(task)  # a task nobody references may be garbage-collected mid-call
         task.add_done_callback(self._in_flight.discard)
