@@ -22,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(the benchmarks live in loadtests/); the LiteLLM rows need loadtests/setup_litellm_venv.sh. "
         "A full run takes hours on 2 cores: pick rows with --only, smoke-test with --tiny --rounds 1.",
         epilog="examples: ray-serve-cai bench --list;  ray-serve-cai bench --only p2 p3 --rounds 6;  "
-        "ray-serve-cai bench --only p2 --rounds 1 --tiny;  ray-serve-cai bench --report loadtests/results/X.json",
+        "ray-serve-cai bench --only p2 --rounds 1 --tiny;  ray-serve-cai bench --report loadtests/results/X.json;  "
+        "ray-serve-cai bench --readme",
     )
     bench.add_argument("--only", nargs="+", metavar="NAME", help="run only these benchmarks (see --list)")
     bench.add_argument("--rounds", type=int, default=6, help="alternating rounds per benchmark (default: 6)")
@@ -39,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="stop each benchmark after this long (default: its own budget, scaled by --rounds)")
     bench.add_argument("--report", type=Path, default=None, metavar="RESULTS.json",
                        help="run nothing: re-render the table and plots of an existing results file")
+    bench.add_argument("--readme", action="store_true",
+                       help="run nothing: rewrite the headline tables of README.md and docs/benchmarks.md from the "
+                       "latest run of each benchmark in loadtests/results")
     bench.set_defaults(func=_bench)
 
 
@@ -68,6 +72,18 @@ def _bench(args: argparse.Namespace) -> int:
     if args.list:
         for bench in BENCHMARKS.values():
             print(f"{bench.name:8} {bench.title}  [baseline: {bench.baseline}]")
+        return 0
+    if args.readme:
+        from ray_serve_cai.bench.readme import update
+
+        try:
+            rewritten = update(ROOT)
+        except OSError as exc:
+            raise CLIError(f"--readme needs a source checkout: {exc.filename}: {exc.strerror}", 2) from None
+        except ValueError as exc:
+            raise CLIError(str(exc), 2) from None
+        for path in rewritten:
+            _log(f"[bench] rewrote {path}")
         return 0
     if args.report is not None:
         from pydantic import ValidationError
