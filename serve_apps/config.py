@@ -38,7 +38,8 @@ class EngineConfig(StrictModel):
     name: str = Field("tiny-chat", min_length=1, description="served model name (the API's `model`)")
     model: str = Field(
         "builtin:tiny-chat",
-        description="local model directory, a hub id where a hub is reachable, or builtin:tiny-chat",
+        description="local model directory, a hub id where a hub is reachable, or builtin:NAME "
+        "(tiny-chat, smollm2-135m-instruct)",
     )
     engine: str = Field("vllm", description="engine registry name (see `get_registry().names()`)")
     aliases: list[str] = Field(default_factory=list, description="extra names the model answers to")
@@ -65,14 +66,11 @@ class EngineConfig(StrictModel):
         return [self.name, *self.aliases]
 
     def resolve_model_path(self) -> str:
-        """The path or id the engine loads; builds the built-in tiny model on first use."""
+        """The path or id the engine loads; builds a ``builtin:NAME`` model on first use."""
         if self.model.startswith(BUILTIN_PREFIX):
-            from serve_apps.models import TINY_MODEL_NAME, ensure_tiny_model
+            from serve_apps.models import ensure_builtin_model
 
-            builtin = self.model[len(BUILTIN_PREFIX):]
-            if builtin != TINY_MODEL_NAME:
-                raise ValueError(f"unknown built-in model {builtin!r}; known: {TINY_MODEL_NAME}")
-            return str(ensure_tiny_model())
+            return str(ensure_builtin_model(self.model[len(BUILTIN_PREFIX):]))
         expanded = Path(self.model).expanduser()
         return str(expanded) if expanded.exists() else self.model
 

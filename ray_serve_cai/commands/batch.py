@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("input", metavar="IN",
                      help="batch input file (JSONL): a path, or a URI every cluster node can read with --address")
     run.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="output file (JSONL)")
-    run.add_argument("--model", required=True, help="model directory, hub id, or builtin:tiny-chat")
+    run.add_argument("--model", required=True, help="model directory, hub id, or builtin:NAME (see `ray-serve-cai model list`)")
     run.add_argument("--served-name", default=None,
                      help="the name requests' `model` must use (default: the model's name, e.g. tiny-chat)")
     run.add_argument("--engine", default="vllm", choices=["vllm"], help="inference engine (default: vllm)")
