@@ -18,6 +18,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from launchers.crash_watch import CrashWatch
 from launchers.polling import PollTimeout, poll_until
 from launchers.procs import descendants, running
 
@@ -158,6 +159,15 @@ class LocalCluster:
         except OSError as exc:
             raise ClusterError(f"serve deploy failed: dashboard unreachable ({exc})") from None
 
+    def raise_if_crash_looping(self) -> None:
+        """Fail when a process of this cluster (an engine, typically) keeps dying of the same fatal
+        error: Serve would restart it forever and readiness would never come."""
+        if not hasattr(self, "_crash_watch"):
+            self._crash_watch = CrashWatch(Path(self.temp_dir) / "session_latest" / "logs")
+        problem = self._crash_watch.check()
+        if problem:
+            raise ClusterError(problem)
+
     def serve_status(self) -> dict | None:
         return _get_json(f"{self.dashboard_url}/api/serve/applications/")
 
@@ -169,6 +179,7 @@ class LocalCluster:
             nonlocal status
             if self.process is not None and self.process.poll() is not None:
                 raise ClusterError("the Ray cluster exited while waiting for the app")
+            self.raise_if_crash_looping()
             try:
                 with urllib.request.urlopen(health_url, timeout=5) as response:
                     if response.status == 200:

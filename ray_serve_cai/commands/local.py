@@ -87,7 +87,7 @@ def _post_json(url: str, body: dict, headers: dict[str, str]) -> tuple[int, dict
         return 0, {}
 
 
-def _wait_until_generates(base: str, deadline: float, log) -> None:
+def _wait_until_generates(base: str, deadline: float, log, cluster) -> None:
     """A router's /health says the router is up, not that an engine behind it can generate: send
     real one-token generations until one succeeds (a completion, or a chat where no backend serves
     completions)."""
@@ -101,6 +101,7 @@ def _wait_until_generates(base: str, deadline: float, log) -> None:
     key = os.environ.get("OPENAI_API_KEY")
     headers = {"authorization": f"Bearer {key}"} if key else {}
     def generates() -> bool:
+        cluster.raise_if_crash_looping()
         try:
             request = urllib.request.Request(f"{base}/v1/models", headers=headers)
             with urllib.request.urlopen(request, timeout=10) as response:
@@ -160,7 +161,7 @@ def _up(args: argparse.Namespace) -> int:
         log("waiting for the engine to load and answer a first generation (1-2 min on CPU)...")
         deadline = time.monotonic() + args.timeout
         cluster.wait_ready(f"{base}{route}/health", timeout_s=args.timeout, progress=log)
-        _wait_until_generates(f"{base}{route}", deadline, log)
+        _wait_until_generates(f"{base}{route}", deadline, log, cluster)
     except ClusterError as exc:
         cluster.stop()
         raise CLIError(str(exc)) from None
