@@ -6,7 +6,7 @@ report tokens/s once their engine is up -- the CLI's "after engine start" rate (
 reaching an engine to the last line written), ``LLM.generate``'s timed call -- since start-up is a
 fixed cost the baseline does not pay inside its timer; the CLI's end-to-end rate is recorded too.
 
-Online: the stack a README user starts (``ray-serve-cai up`` on ``serve_configs/local.yaml``, batch at
+Online: the stack a README user starts (``ray-serve-cai up --tiny``: ``serve_configs/local-tiny.yaml``, batch at
 its defaults) and its URL, the router's listener. The same prompts as an OpenAI batch vs the same
 prompts sent at concurrency 64 by two clients: the lean keep-alive one of ``bench_router_lib`` and
 ``httpx`` (one ``AsyncClient`` per worker, the transport the ``openai`` SDK uses). While the batch
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from loadtests.bench_router_lib import ROOT, Connection, run_contained, stop_on_sigterm, write_result  # noqa: E402
 from loadtests.upstack import UpStack, moved_to_free_ports  # noqa: E402
 
-LOCAL_CONFIG = ROOT / "serve_configs" / "local.yaml"  # what the README starts (`ray-serve-cai up`)
+LOCAL_CONFIG = ROOT / "serve_configs" / "local-tiny.yaml"  # what the README starts (`ray-serve-cai up`), on the tiny model
 
 BASELINE = """
 import json, sys, time, os

@@ -18,7 +18,7 @@ where the CPU went (per process) as well as how fast it was. Also records how lo
 print ``ready:`` and to exit after SIGTERM, and whether any process outlived it. Loopback only;
 bounded in time; everything it starts is stopped, also on Ctrl-C / SIGTERM.
 
-    .venv/bin/python loadtests/bench_frontdoor.py [--rounds 6] [--config serve_configs/local.yaml]
+    .venv/bin/python loadtests/bench_frontdoor.py [--rounds 6] [--config serve_configs/local-tiny.yaml]
 """
 
 from __future__ import annotations
@@ -207,8 +207,8 @@ def options(**overrides: Any) -> argparse.Namespace:
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=6, help="alternating rounds per workload (default 6)")
-    parser.add_argument("--config", type=Path, default=ROOT / "serve_configs" / "local.yaml",
-                        help="serve config `up` runs (default: serve_configs/local.yaml, what the README uses)")
+    parser.add_argument("--config", type=Path, default=ROOT / "serve_configs" / "local-tiny.yaml",
+                        help="serve config `up` runs (default: serve_configs/local-tiny.yaml: the README's stack on the tiny model)")
     parser.add_argument("--streams", type=int, default=64, help="concurrent streams (default 64)")
     parser.add_argument("--per-worker", type=int, default=4, help="streams each worker runs in turn (default 4)")
     parser.add_argument("--tokens", type=int, default=64, help="tokens per stream (default 64)")

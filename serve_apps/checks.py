@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from serve_apps.config import EngineConfig
+from serve_apps.config import BUILTIN_PREFIX, EngineConfig
 from serve_apps.engines.registry import get_registry
 from serve_apps.router.config import RouterAppArgs
 from serve_apps.validation import format_validation_error
@@ -74,6 +74,22 @@ def config_problems(raw: Any) -> list[str]:
         except ValueError as exc:
             problems.append(f"app {name!r}: {exc}")
     return problems or _port_clashes(raw)
+
+
+def engine_configs(raw: dict[str, Any]) -> list[EngineConfig]:
+    """Every engine a (valid) serve config runs: engine apps' args and router apps' ``engines``."""
+    found: list[EngineConfig] = []
+    for app in raw.get("applications") or []:
+        parsed = validate_app_args(app["import_path"], app.get("args") or {})
+        found.extend([parsed] if isinstance(parsed, EngineConfig) else parsed.engines)
+    return found
+
+
+def builtin_models(raw: dict[str, Any]) -> list[str]:
+    """Names of the ``builtin:`` models a (valid) serve config's engines load, in order, once each."""
+    names = [engine.model[len(BUILTIN_PREFIX):] for engine in engine_configs(raw)
+             if engine.model.startswith(BUILTIN_PREFIX)]
+    return list(dict.fromkeys(names))
 
 
 def listener_addresses(raw: dict[str, Any]) -> list[tuple[str, str, int]]:

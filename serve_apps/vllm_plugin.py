@@ -22,6 +22,8 @@ import logging
 import platform
 import sys
 
+from serve_apps.cpu_features import has_amx
+
 logger = logging.getLogger(__name__)
 
 # From the Linux UAPI: arch/x86/include/uapi/asm/prctl.h and the x86-64 syscall table.
@@ -33,20 +35,6 @@ XFEATURE_XTILEDATA = 18
 
 def _is_x86_64_linux() -> bool:
     return sys.platform == "linux" and platform.machine() in ("x86_64", "AMD64")
-
-
-def cpu_has_amx(cpuinfo: str | None = None) -> bool:
-    """Whether the CPU offers AMX tiles (the ``amx_tile`` flag of /proc/cpuinfo)."""
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo", encoding="ascii", errors="replace") as file:
-                cpuinfo = file.read()
-        except OSError:
-            return False
-    for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            return "amx_tile" in line.split(":", 1)[-1].split()
-    return False
 
 
 def _arch_prctl(code: int, arg: int) -> int:
@@ -77,7 +65,7 @@ def request_amx_permission() -> bool:
     """Ask the kernel for AMX tile state for this process. Returns whether AMX is usable afterwards.
 
     Idempotent and cheap (one syscall); vLLM may call it more than once per process."""
-    if not _is_x86_64_linux() or not cpu_has_amx():
+    if not _is_x86_64_linux() or not has_amx():
         return False
     status = _arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)
     if status != 0:

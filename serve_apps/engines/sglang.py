@@ -33,8 +33,8 @@ def build_sglang_kwargs(config: EngineConfig, model_path: str) -> dict[str, Any]
         "tp_size": config.tensor_parallel_size,
         "device": "cuda" if config.device == "gpu" else "cpu",
     }
-    if config.dtype != "auto":
-        kwargs["dtype"] = config.dtype
+    if config.engine_dtype() != "auto":
+        kwargs["dtype"] = config.engine_dtype()
     if config.max_model_len:
         kwargs["context_length"] = config.max_model_len
     if config.enforce_eager:

@@ -28,8 +28,8 @@ def build_vllm_args(config: EngineConfig, model_path: str) -> Namespace:
 
     argv = ["--model", model_path, "--served-model-name", *config.served_names,
             "--tensor-parallel-size", str(config.tensor_parallel_size)]
-    if config.dtype != "auto":
-        argv += ["--dtype", config.dtype]
+    if config.engine_dtype() != "auto":
+        argv += ["--dtype", config.engine_dtype()]
     if config.max_model_len:
         argv += ["--max-model-len", str(config.max_model_len)]
     if config.enforce_eager:

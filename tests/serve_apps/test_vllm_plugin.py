@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from serve_apps import vllm_plugin
-from serve_apps.vllm_plugin import XFEATURE_XTILEDATA, cpu_has_amx
+from serve_apps.cpu_features import has_amx
+from serve_apps.vllm_plugin import XFEATURE_XTILEDATA
 
 ROOT = Path(__file__).resolve().parents[2]
-HAS_AMX = cpu_has_amx()
+HAS_AMX = has_amx()
 
 
 def _python(code: str, marker: str = "", **env: str) -> str:
@@ -25,14 +26,6 @@ def _python(code: str, marker: str = "", **env: str) -> str:
     assert out.returncode == 0, out.stderr[-3000:]
     lines = [line for line in out.stdout.splitlines() if line.startswith(marker)]
     return lines[-1].removeprefix(marker)
-
-
-def test_cpu_flags_are_read_from_the_flags_line():
-    intel = "processor\t: 0\nflags\t\t: fpu avx512f amx_bf16 amx_tile amx_int8\nvmx flags\t: ept\n"
-    amd = "processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n"
-    assert cpu_has_amx(intel) and not cpu_has_amx(amd)
-    assert not cpu_has_amx("vmx flags\t: amx_tile\n")  # not the CPU's flags line
-    assert not cpu_has_amx("")
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="needs Linux (arch_prctl)")
