@@ -129,12 +129,13 @@ def start_up(config: Path, workdir: Path, number: int) -> dict[str, Any]:
     return {"ready_s": round(stack.startup_s, 2), **stack.phases, **events, "teardown_s": stopped["teardown_s"]}
 
 
-def attribution(side: dict[str, Any], vllm_start_key: str) -> dict[str, float]:
-    """Seconds before vLLM starts (``vllm_start_key``: when the process that imports it begins), vLLM's
-    own start-up (to its "init engine" line), and from there to ready."""
-    if vllm_start_key not in side or "vllm_engine_ready_s" not in side:
+def attribution(side: dict[str, Any], vllm_start_key: str | None) -> dict[str, float]:
+    """Seconds before vLLM starts (``vllm_start_key``: when the process that imports it begins; None: at
+    once, as the stock server's own process does), vLLM's own start-up (to its "init engine" line, imports
+    included), and from there to ready."""
+    if (vllm_start_key is not None and vllm_start_key not in side) or "vllm_engine_ready_s" not in side:
         return {}
-    before = side[vllm_start_key]
+    before = side[vllm_start_key] if vllm_start_key else 0.0
     return {"before_vllm_s": before, "vllm_s": round(side["vllm_engine_ready_s"] - before, 1),
             "after_vllm_s": round(side["ready_s"] - side["vllm_engine_ready_s"], 1)}
 
@@ -150,7 +151,7 @@ def measure(rounds: int, config: Path, workdir: Path, pause_s: float = 5.0) -> d
             print(f"round {number + 1}/{rounds}: {side} ready in {entry[side]['ready_s']:.1f} s", flush=True)
             time.sleep(pause_s)  # vLLM's worker busy-polls for a while after its last work
         entry["up"]["attribution"] = attribution(entry["up"], "engine_replica_s")
-        entry["stock"]["attribution"] = attribution(entry["stock"], "vllm_api_server_s")
+        entry["stock"]["attribution"] = attribution(entry["stock"], None)
         entry["up_minus_stock_s"] = round(entry["up"]["ready_s"] - entry["stock"]["ready_s"], 2)
         results.append(entry)
     warm = results[1:] or results

