@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_router_lib import (ROOT, StreamTally, chat_body, closed_loop, interleaved, lean_streams,  # noqa: E402
@@ -64,8 +65,9 @@ def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, fl
     return {k: round(after[k] - before.get(k, 0.0), 3) for k in after if after[k] - before.get(k, 0.0) > 0.0005}
 
 
-async def httpx_streams(url: str, concurrency: int, tokens: int, per_worker: int = 1) -> dict[str, Any]:
-    body = chat_body(tokens, stream=True)
+async def httpx_streams(url: str, concurrency: int, tokens: int, per_worker: int = 1,
+                        model: str = "tiny-chat") -> dict[str, Any]:
+    body = chat_body(tokens, stream=True, model=model)
     tally = StreamTally()
 
     async def worker() -> None:
@@ -89,8 +91,8 @@ async def httpx_streams(url: str, concurrency: int, tokens: int, per_worker: int
     return await timed_streams(worker, concurrency, tally)
 
 
-async def httpx_short(url: str, concurrency: int, seconds: float) -> dict[str, Any]:
-    body = chat_body(1, stream=False)
+async def httpx_short(url: str, concurrency: int, seconds: float, model: str = "tiny-chat") -> dict[str, Any]:
+    body = chat_body(1, stream=False, model=model)
     latencies: list[float] = []
     errors = 0
     stop_at = time.perf_counter() + seconds
@@ -120,10 +122,10 @@ async def httpx_short(url: str, concurrency: int, seconds: float) -> dict[str, A
 async def one_run(workload: str, client: str, url: str, args: argparse.Namespace) -> dict[str, Any]:
     if workload == "streams":
         run = httpx_streams if client == "httpx" else lean_streams
-        return await run(url, args.streams, args.tokens, per_worker=args.per_worker)
+        return await run(url, args.streams, args.tokens, per_worker=args.per_worker, model=args.engine.name)
     if client == "httpx":
-        return await httpx_short(url, 64, args.seconds)
-    return await closed_loop(url, chat_body(1, stream=False), 64, args.seconds, warmup=0.0)
+        return await httpx_short(url, 64, args.seconds, model=args.engine.name)
+    return await closed_loop(url, chat_body(1, stream=False, model=args.engine.name), 64, args.seconds, warmup=0.0)
 
 
 def ratio(rounds: list[dict[str, Any]], workload: str, client: str, key: str, target: str) -> dict[str, Any]:
@@ -190,7 +192,8 @@ async def bench(args: argparse.Namespace, targets: dict[str, tuple[str, int]]) -
     c1_rounds = []
     for number in range(args.rounds):
         pair = {name: (url, None) for name, (url, _) in targets.items()}
-        c1_rounds.append(await interleaved(pair, chat_body(1, stream=False), args.seconds, warmup=0.5))
+        c1_rounds.append(await interleaved(pair, chat_body(1, stream=False, model=args.engine.name), args.seconds,
+                                           warmup=0.5))
         print(f"c1 round {number}: " + ", ".join(f"{t}={v['median_ms']:.2f} ms" for t, v in c1_rounds[-1].items()),
               flush=True)
     c1 = {"rounds": c1_rounds}
@@ -221,7 +224,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    """Start every stack and the stock server, run the rounds, stop everything; the results dict."""
+    """Start every stack and the stock server, run the rounds, stop everything; the results dict. The stock
+    server serves the model of ``args.config``'s first engine, with its served name and dtype."""
+    from serve_apps.checks import engine_configs
+
+    args.engine = engine_configs(yaml.safe_load(args.config.read_text()))[0]
     stacks: dict[str, UpStack] = {}
     stock = None
     up_facts: dict[str, Any] = {}
@@ -234,7 +241,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             print(f"{name}: up ready in {stacks[name].startup_s:.1f} s at {url}", flush=True)
             targets[name] = (url, stacks[name].process.pid)
         started = time.perf_counter()
-        stock = start_vllm(workdir / "vllm.log")
+        stock = start_vllm(workdir / "vllm.log", timeout=600, engine=args.engine)
         up_facts["stock_vllm_startup_s"] = time.perf_counter() - started  # to /health 200, for comparison
         print(f"stock vLLM at {stock.url}, up in {up_facts['stock_vllm_startup_s']:.1f} s", flush=True)
         result = asyncio.run(bench(args, {"stock": (stock.url, stock.process.pid), **targets}))
@@ -245,18 +252,28 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             up_facts[name] = {"startup_s": stack.startup_s, "startup_phases": stack.phases, **stack.stop()}
             print(f"{name}: ready in {stack.startup_s:.1f} s, teardown {up_facts[name]['teardown_s'] or 0:.1f} s, "
                   f"leftover processes: {up_facts[name]['leftover'] or 'none'}", flush=True)
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()} | {"also": [str(p) for p in args.also]}
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "engine"} | {
+        "also": [str(p) for p in args.also], "engine": args.engine.model_dump(include={"name", "model", "dtype"})}
     result.update(up=up_facts, settings=settings,
                   date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), cores=os.cpu_count())
     return result
 
 
 def run(settings: "BenchSettings") -> "BenchOutput":
-    """``ray-serve-cai bench --only p1``: the shipped local config's door against stock vLLM."""
+    """``ray-serve-cai bench --only p1``: the README's door on the tiny model against stock vLLM."""
+    return _run(settings, ROOT / "serve_configs" / "local-tiny.yaml")
+
+
+def run_real(settings: "BenchSettings") -> "BenchOutput":
+    """``ray-serve-cai bench --only p1-real``: the same on the quick-start model (``up``'s default config)."""
+    return _run(settings, ROOT / "serve_configs" / "local.yaml")
+
+
+def _run(settings: "BenchSettings", config: Path) -> "BenchOutput":
     from ray_serve_cai.bench.results import BenchOutput, Row, headline
 
     tiny = dict(streams=8, per_worker=1, tokens=16, seconds=2.0) if settings.tiny else {}
-    result = measure(options(rounds=settings.rounds, **tiny), settings.workdir)
+    result = measure(options(rounds=settings.rounds, config=config, **tiny), settings.workdir)
     rows = [Row(round=r["round"], target=f"{target} {workload} ({client})",
                 metrics={k: v for k, v in run.items() if isinstance(v, (int, float))})
             for r in result["rounds"] for workload in ("streams", "short") for client in CLIENTS

@@ -24,6 +24,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from launchers.local import LocalCluster, free_port  # noqa: E402
+from serve_apps.config import EngineConfig  # noqa: E402
 from launchers.polling import PollTimeout, poll_until  # noqa: E402
 from launchers.procs import read as read_proc  # noqa: E402
 
@@ -153,11 +154,11 @@ def chat_body(max_tokens: int, stream: bool, model: str = "tiny-chat") -> bytes:
 
 
 async def lean_streams(url: str, concurrency: int, tokens: int, per_worker: int = 1,
-                       headers: dict[str, str] | None = None) -> dict[str, Any]:
+                       headers: dict[str, str] | None = None, model: str = "tiny-chat") -> dict[str, Any]:
     """``concurrency`` workers on raw sockets, each running ``per_worker`` streams of ``tokens`` tokens in
     turn: generated tokens/s, errors, TTFT median and CDF (see ``StreamTally``)."""
     host, port, prefix = split_url(url)
-    body = chat_body(tokens, stream=True)
+    body = chat_body(tokens, stream=True, model=model)
     tally = StreamTally()
 
     async def worker() -> None:
@@ -329,14 +330,17 @@ def spawn(cmd: list[str], env: dict[str, str], log: Path, port: int, ready_path:
     return proc
 
 
-def start_vllm(log: Path, port: int | None = None, kv_cache_gb: int = 1, timeout: float = 300) -> Proc:
-    """vLLM's stock OpenAI server on the tiny model (the baseline every benchmark compares against)."""
-    from serve_apps.models import ensure_tiny_model
-
+def start_vllm(log: Path, port: int | None = None, kv_cache_gb: int = 1, timeout: float = 300,
+               engine: EngineConfig | None = None) -> Proc:
+    """vLLM's stock OpenAI server on ``engine``'s model, served name and dtype (default: the tiny model,
+    the baseline every benchmark compares against)."""
+    engine = engine or EngineConfig(name="tiny-chat", model="builtin:tiny-chat")
     port = port or free_port()
     progress(f"starting a stock vLLM server on 127.0.0.1:{port} (~80 s; log {log})")
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(ensure_tiny_model()),
-           "--served-model-name", "tiny-chat", "--host", "127.0.0.1", "--port", str(port), "--enforce-eager"]
+    dtype = engine.engine_dtype()
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", engine.resolve_model_path(),
+           "--served-model-name", engine.name, "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
+           *(["--dtype", dtype] if dtype != "auto" else [])]
     return spawn(cmd, {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gb)}, log, port, "/health", timeout)
 
 

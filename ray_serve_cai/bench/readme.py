@@ -67,7 +67,8 @@ def latest_runs(root: Path = ROOT) -> list[Latest]:
 
 def _machine(results: BenchResults) -> str:
     m = results.machine
-    return f"{m.cores} cores {m.cpu_model}, {m.memory_gib:g} GiB, {m.gpu or 'no GPU'}"
+    flags = f" ({' '.join(m.cpu_flags)})" if m.cpu_flags else ""
+    return f"{m.cores} cores {m.cpu_model}{flags}, {m.memory_gib:g} GiB, {m.gpu or 'no GPU'}"
 
 
 def render(runs: list[Latest], table: Table) -> str:

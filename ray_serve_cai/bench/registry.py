@@ -43,6 +43,8 @@ class Benchmark:
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("p1", "P1 front door vs stock vLLM server", "stock vLLM OpenAI server",
               "loadtests.bench_frontdoor:run", 1800),
+    Benchmark("p1-real", "P1 on the quick-start model (SmolLM2-135M, serve_configs/local.yaml) vs stock vLLM",
+              "stock vLLM OpenAI server, same model and dtype", "loadtests.bench_frontdoor:run_real", 2700),
     Benchmark("startup", "up until ready vs a stock vLLM server until its first generation, where the seconds go",
               "stock vLLM OpenAI server", "loadtests.bench_startup:run", 2700),
     Benchmark("engine", "engine replica behind Serve vs stock vLLM server (streams)", "stock vLLM OpenAI server",
