@@ -65,6 +65,7 @@ class LocalCluster:
     num_cpus: int | None = None
     gcs_port: int = field(default_factory=free_port)
     dashboard_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)  # Ray's metrics export (every node's series)
     temp_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="rsc-ray-"))
     fast_path: bool = True
     haproxy: bool = False
@@ -79,6 +80,16 @@ class LocalCluster:
     @property
     def dashboard_url(self) -> str:
         return f"http://127.0.0.1:{self.dashboard_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """Ray's metrics export: Ray's, Serve's and every replica's custom series (Prometheus text)."""
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    @property
+    def logs_dir(self) -> Path:
+        """The Ray session's logs: ``ray start``'s, the controller's, each replica's (``worker-*.err``)."""
+        return Path(self.temp_dir) / "session_latest" / "logs"
 
     def env(self) -> dict[str, str]:
         env = {**AUTH_ENV, **SCHEDULING_ENV, **CONTROL_ENV, **os.environ, **LOOPBACK_ENV,
@@ -109,7 +120,8 @@ class LocalCluster:
     def start(self, timeout_s: float = 120) -> "LocalCluster":
         cmd = [_bin("ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
                "--port", str(self.gcs_port), "--dashboard-host", "127.0.0.1",
-               "--dashboard-port", str(self.dashboard_port), "--temp-dir", self.temp_dir,
+               "--dashboard-port", str(self.dashboard_port), "--metrics-export-port", str(self.metrics_port),
+               "--temp-dir", self.temp_dir,
                "--disable-usage-stats"]
         if self.num_cpus is not None:
             cmd += ["--num-cpus", str(self.num_cpus)]
@@ -163,7 +175,7 @@ class LocalCluster:
         """Fail when a process of this cluster (an engine, typically) keeps dying of the same fatal
         error: Serve would restart it forever and readiness would never come."""
         if not hasattr(self, "_crash_watch"):
-            self._crash_watch = CrashWatch(Path(self.temp_dir) / "session_latest" / "logs")
+            self._crash_watch = CrashWatch(self.logs_dir)
         problem = self._crash_watch.check()
         if problem:
             raise ClusterError(problem)

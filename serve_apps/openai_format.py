@@ -7,6 +7,7 @@ One error builder for the whole package, so every 4xx/5xx a client sees has the 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from serve_apps.asgi import JSON_HEADERS, Reply
@@ -54,3 +55,9 @@ def error_reply(status: int, message: str, type_: str, code: Any = None,
                 headers: list[tuple[bytes, bytes]] | None = None) -> Reply:
     """``error_body`` as a complete ``Reply`` (JSON content type, plus ``headers``)."""
     return Reply(status, JSON_HEADERS + (headers or []), error_body(status, message, type=type_, code=code))
+
+
+def method_not_allowed(method: str, path: str, allowed: Iterable[str]) -> Reply:
+    """405 with the ``Allow`` header RFC 9110 requires (the methods ``path`` does answer)."""
+    return error_reply(405, f"{method} not allowed on {path}", "invalid_request_error",
+                       headers=[(b"allow", ", ".join(allowed).encode())])

@@ -7,8 +7,12 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
+
+if TYPE_CHECKING:
+    from launchers.local import LocalCluster
 
 
 SERVE_CONFIGS = Path(__file__).resolve().parents[2] / "serve_configs"
@@ -155,6 +159,18 @@ def _build_models(config: dict) -> str:
     return engines[0].name if engines else "MODEL"
 
 
+def _locations(config: dict, url: str, cluster: LocalCluster) -> list[str]:
+    """Where an operator looks: metrics (the router's own ``/metrics`` when the first app is a router,
+    and Ray's export of every series), the dashboard, and the logs."""
+    from serve_apps.profiles import ROUTER_IMPORT_PATH
+
+    first = (config.get("applications") or [{}])[0]
+    metrics = f"{cluster.metrics_url} (Ray's export: Ray's, Serve's and the apps' series)"
+    if first.get("import_path") == ROUTER_IMPORT_PATH:
+        metrics = f"{url}/metrics (the router's series; {cluster.metrics_url}: Ray's export of every series)"
+    return [f"metrics:   {metrics}", f"dashboard: {cluster.dashboard_url}", f"logs:      {cluster.logs_dir}"]
+
+
 def _up(args: argparse.Namespace) -> int:
     from launchers.local import ClusterError, LocalCluster
     from ray_serve_cai.cli import CLIError
@@ -199,6 +215,8 @@ def _up(args: argparse.Namespace) -> int:
         cluster.stop()
         raise
     print(f"ready: {base}{route}/v1  (Ray {cluster.address}, dashboard {cluster.dashboard_url})", flush=True)
+    for line in _locations(config, f"{base}{route}", cluster):
+        print(f"  {line}", flush=True)
     print(f"  curl {base}{route}/v1/chat/completions -H 'content-type: application/json' "
           f"-d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": "
           "\"What is the capital of France?\"}]}'", flush=True)

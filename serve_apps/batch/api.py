@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qs
@@ -22,6 +23,8 @@ from serve_apps.batch.jobs import JobSupervisor
 from serve_apps.batch.models import (
     COMPLETION_WINDOW,
     ENDPOINTS,
+    PAGE_DEFAULT,
+    PAGE_LIMIT,
     TERMINAL,
     WINDOW_SECONDS,
     Batch,
@@ -30,12 +33,13 @@ from serve_apps.batch.models import (
     new_id,
     now,
 )
+from serve_apps.batch.routes import refusal
 from serve_apps.batch.storage import Storage
 from serve_apps.openai_format import error_body
 from serve_apps.asgi import JSON_HEADERS, Reply
-from serve_apps.openai_format import error_reply
 
 JSON_LIMIT = 1024 * 1024
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
 def _json(payload: Any, status: int = 200) -> Reply:
@@ -65,15 +69,16 @@ def _limited(receive: Receive, limit: int) -> Receive:
     return wrapped
 
 
-def _page(query: str, ids: list[str], view: Any, max_limit: int) -> Reply:
-    """One page of a newest-first listing: ``limit`` (1..max_limit), ``after`` (an id on the last page)."""
-    params = {k: v[-1] for k, v in parse_qs(query).items()}
-    try:
-        limit = int(params.get("limit", 20))
-    except ValueError:
+def _page(query: str, ids: list[str], view: Any) -> Reply:
+    """One page of a newest-first listing: ``limit`` (1..``PAGE_LIMIT``, as the API document says),
+    ``after`` (an id on the last page)."""
+    params = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+    raw_limit = params.get("limit", str(PAGE_DEFAULT))
+    if not _INTEGER.fullmatch(raw_limit):  # `limit=` and `limit=1_0` are not integers
         return _invalid("limit must be an integer", "limit")
-    if not 1 <= limit <= max_limit:
-        return _invalid(f"limit must be between 1 and {max_limit}", "limit")
+    limit = int(raw_limit)
+    if not 1 <= limit <= PAGE_LIMIT:
+        return _invalid(f"limit must be between 1 and {PAGE_LIMIT}", "limit")
     after = params.get("after")
     if after:
         ids = [i for i in ids if i < after]  # ids sort by creation time
@@ -98,24 +103,23 @@ class BatchAPI:
 
     async def files(self, method: str, path: str, scope: Scope, receive: Receive) -> Reply:
         parts = path.strip("/").split("/")  # v1, files, [id, [content]]
+        refused = refusal(method, path)
+        if refused is not None:
+            return refused
         if len(parts) == 2:
             if method == "GET":
                 return await asyncio.to_thread(self._list_files, scope.get("query_string", b"").decode())
-            if method != "POST":
-                return error_reply(405, f"{method} not allowed on {path}", "invalid_request_error")
             return await self._upload(scope, receive)
         file_id = parts[2]
-        if len(parts) == 4 and parts[3] == "content" and method == "GET":
+        if len(parts) == 4:
             return await self._content(file_id)
-        if len(parts) == 3 and method in ("GET", "DELETE"):
-            if method == "DELETE":
-                deleted = await asyncio.to_thread(self.storage.delete_file, file_id)
-                if not deleted:
-                    return _not_found("File", file_id)
-                return _json({"id": file_id, "object": "file", "deleted": True})
-            meta = await asyncio.to_thread(self.storage.get_file, file_id)
-            return _json(meta.model_dump()) if meta else _not_found("File", file_id)
-        return error_reply(404, f"no route {method} {path}", "invalid_request_error")
+        if method == "DELETE":
+            deleted = await asyncio.to_thread(self.storage.delete_file, file_id)
+            if not deleted:
+                return _not_found("File", file_id)
+            return _json({"id": file_id, "object": "file", "deleted": True})
+        meta = await asyncio.to_thread(self.storage.get_file, file_id)
+        return _json(meta.model_dump()) if meta else _not_found("File", file_id)
 
     async def _upload(self, scope: Scope, receive: Receive) -> Reply:
         from starlette.requests import Request
@@ -165,16 +169,17 @@ class BatchAPI:
 
     async def batches(self, method: str, path: str, scope: Scope, receive: Receive) -> Reply:
         parts = path.strip("/").split("/")  # v1, batches, [id, [cancel]]
-        if len(parts) == 2 and method == "POST":
-            return await self._create(receive)
-        if len(parts) == 2 and method == "GET":
+        refused = refusal(method, path)
+        if refused is not None:
+            return refused
+        if len(parts) == 2:
+            if method == "POST":
+                return await self._create(receive)
             return await asyncio.to_thread(self._list, scope.get("query_string", b"").decode())
-        if len(parts) == 3 and method == "GET":
+        if len(parts) == 3:
             batch = await asyncio.to_thread(self._view, parts[2])
             return _json(batch.model_dump()) if batch else _not_found("Batch", parts[2])
-        if len(parts) == 4 and parts[3] == "cancel" and method == "POST":
-            return await asyncio.to_thread(self._cancel, parts[2])
-        return error_reply(404 if len(parts) > 4 else 405, f"no route {method} {path}", "invalid_request_error")
+        return await asyncio.to_thread(self._cancel, parts[2])
 
     async def _create(self, receive: Receive) -> Reply:
         try:
@@ -216,7 +221,7 @@ class BatchAPI:
         return batch
 
     def _list(self, query: str) -> Reply:
-        return _page(query, self.storage.batch_ids(), self._view, 100)
+        return _page(query, self.storage.batch_ids(), self._view)
 
     def _list_files(self, query: str) -> Reply:
         purpose = parse_qs(query).get("purpose", [None])[-1]
@@ -226,7 +231,7 @@ class BatchAPI:
             meta = self.storage.get_file(file_id)
             return meta if meta is not None and purpose in (None, meta.purpose) else None
 
-        return _page(query, ids, view, 10_000)
+        return _page(query, ids, view)
 
     def _cancel(self, batch_id: str) -> Reply:
         batch = self._view(batch_id)

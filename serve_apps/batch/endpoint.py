@@ -19,6 +19,7 @@ from serve_apps.asgi import BodyTooLarge, Receive, read_body
 from serve_apps.batch.config import BatchConfig
 from serve_apps.batch.models import CHAT_PATH
 from serve_apps.asgi import JSON_HEADERS, Reply
+from serve_apps.batch.routes import refusal
 from serve_apps.openai_format import error_reply
 from serve_apps.router.router import Router
 from serve_apps.validation import StrictModel
@@ -37,8 +38,9 @@ class PromptsEndpoint:
         self.router = router
 
     async def __call__(self, method: str, receive: Receive) -> Reply:
-        if method != "POST":
-            return error_reply(405, f"{method} not allowed on /v1/batch", "invalid_request_error")
+        refused = refusal(method, "/v1/batch")
+        if refused is not None:
+            return refused
         try:
             raw = await read_body(receive, self.config.endpoint_max_bytes)
         except BodyTooLarge:

@@ -19,6 +19,8 @@ COMPLETIONS_PATH = "/v1/completions"
 ENDPOINTS = (CHAT_PATH, COMPLETIONS_PATH)
 COMPLETION_WINDOW = "24h"
 WINDOW_SECONDS = 24 * 3600
+# list pages (`GET /v1/files`, `GET /v1/batches`): default and maximum `limit`
+PAGE_DEFAULT, PAGE_LIMIT = 20, 100
 
 BatchStatus = Literal["validating", "failed", "in_progress", "finalizing", "completed", "expired",
                       "cancelling", "cancelled"]

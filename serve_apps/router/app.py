@@ -14,6 +14,7 @@ from ray import serve
 from ray.serve import Application
 
 from serve_apps.batch.config import BatchConfig
+from serve_apps.batch.routes import without_batch
 from serve_apps.batch.service import BatchService
 from serve_apps.checks import parse_router_args
 from serve_apps.heap import freeze_startup_heap
@@ -52,7 +53,7 @@ class MultiBackendRouter:
             self.batch = BatchService(batch_config, self.router, app_name, "MultiBackendRouter")
             self.batch.start()
         # one app, two doors: Serve's ingress and the listener
-        self.asgi = RouterASGI(self.router, self.batch)
+        self.asgi = RouterASGI(self.router, self.batch if self.batch is not None else without_batch)
         self.listener: Listener | None = None
         self.companions = companions or []  # deployments of this app that call the router by handle
         if listen is not None:

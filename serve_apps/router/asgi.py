@@ -1,9 +1,12 @@
 """The router's HTTP face: a bare ASGI callable (no framework on the hot path).
 
 Routes: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``,
-``GET /v1/backends``, ``GET /health`` (503 until every backend had its first probe), the batch routes when configured, ``GET /openapi.json``
-and ``GET /docs`` (the API description, see ``openapi.py``). Optional Bearer keys guard every ``/v1/`` route; errors are
-OpenAI-style JSON with the right status, never a stack trace.
+``GET /v1/backends``, ``GET /metrics`` (this replica's Prometheus series, see ``metrics.py``), ``GET /health``
+(503 until every backend had its first probe), the batch routes when configured, ``GET /openapi.json``
+and ``GET /docs`` (the API description, see ``openapi.py``). Optional Bearer keys guard every ``/v1/`` route
+and ``/metrics``; errors are OpenAI-style JSON with the right status, never a stack trace. As strict as
+vLLM's own server where the document says so: a generation body must be sent as ``application/json``, and
+a method a route does not answer is a 405 naming the ones it does (``Allow``).
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from serve_apps.asgi import BodyTooLarge, Receive, Scope, Send, lifespan, read_b
 from serve_apps.router.backends.base import CHAT_PATH, COMPLETIONS_PATH
 from serve_apps.router import openapi
 from serve_apps.asgi import JSON_HEADERS, Reply
-from serve_apps.openai_format import error_reply
+from serve_apps.openai_format import error_reply, method_not_allowed
 from serve_apps.router.keys import ANONYMOUS_KEY
+from serve_apps.router.metrics import CONTENT_TYPE
 from serve_apps.router.router import Router
 
 logger = logging.getLogger("ray.serve")
@@ -26,6 +30,9 @@ RouteHook = Callable[[str, str, Scope, Receive], Awaitable["Reply | None"]]
 GENERATE_PATHS = frozenset({CHAT_PATH, COMPLETIONS_PATH})
 # The API description is public (as on vLLM's own server): no key needed to read it.
 DOCUMENT_PATHS = frozenset({"/openapi.json", "/docs"})
+READ_PATHS = frozenset({"/v1/models", "/v1/backends", "/metrics"})
+GET, READ, POST = ("GET",), ("GET", "HEAD"), ("POST",)
+JSON_ONLY = "Unsupported Media Type: Only 'application/json' is allowed"  # vLLM's own words
 
 
 class RouterASGI:
@@ -51,6 +58,8 @@ class RouterASGI:
         path = route_path(scope)
         method: str = scope["method"]
         if path == "/health":
+            if method not in READ:
+                return method_not_allowed(method, path, READ)
             if not self.router.ready:  # first health round still running (at most one probe timeout)
                 return Reply(503, JSON_HEADERS + [(b"retry-after", b"1")], b'{"status":"starting"}')
             return Reply(200, JSON_HEADERS, b'{"status":"ok"}')
@@ -66,16 +75,20 @@ class RouterASGI:
             key = found
         if path in GENERATE_PATHS:
             if method != "POST":
-                return error_reply(405, f"{method} not allowed on {path}", "invalid_request_error")
+                return method_not_allowed(method, path, POST)
+            if not _is_json(headers.get(b"content-type")):
+                return error_reply(400, JSON_ONLY, "invalid_request_error")
             try:
                 body = await read_body(receive, self.router.config.max_request_bytes)
             except BodyTooLarge:
                 return error_reply(413, "request body too large", "invalid_request_error")
             header_backend = headers.get(b"x-backend")
             return await self.router.generate(path, body, header_backend.decode("latin-1") if header_backend else None, key)
-        if path in ("/v1/models", "/v1/backends"):
+        if path in READ_PATHS:
             if method != "GET":
-                return error_reply(405, f"{method} not allowed on {path}", "invalid_request_error")
+                return method_not_allowed(method, path, GET)
+            if path == "/metrics":
+                return Reply(200, [(b"content-type", CONTENT_TYPE.encode())], self.router.metrics.exposition())
             payload = self.router.models(key) if path == "/v1/models" else self.router.backends()
             return Reply(200, JSON_HEADERS, json.dumps(payload).encode())
         if self.hook is not None:
@@ -88,10 +101,14 @@ class RouterASGI:
         return error_reply(404, f"no route {path}", "invalid_request_error")
 
 
+def _is_json(content_type: bytes | None) -> bool:
+    """``application/json``, whatever its parameters (``charset``), as vLLM's server requires."""
+    return content_type is not None and content_type.split(b";", 1)[0].strip().lower() == b"application/json"
+
 
 def _document(path: str, method: str) -> Reply:
-    if method not in ("GET", "HEAD"):
-        return error_reply(405, f"{method} not allowed on {path}", "invalid_request_error")
+    if method not in READ:
+        return method_not_allowed(method, path, READ)
     if path == "/openapi.json":
         return Reply(200, JSON_HEADERS, openapi.document_bytes())
     return Reply(200, [(b"content-type", b"text/html; charset=utf-8")], openapi.DOCS_PAGE)

@@ -6,7 +6,8 @@ Two signals, kept apart on purpose:
   (half-open); its success closes the breaker, its failure re-opens it). A 429 opens it for the
   backend's Retry-After instead.
 - active: ``HealthMonitor`` probes each backend every ``health.interval`` seconds in the background,
-  never on the request path.
+  never on the request path; after a passing probe it lets the backend refresh the models it serves
+  (``Backend.refresh_models``), so a model list a backend reports is never older than one interval.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
 
 from serve_apps.router.backends.base import Backend
 from serve_apps.router.config import BreakerConfig
 
 logger = logging.getLogger("ray.serve")
+T = TypeVar("T")
 
 
 class BreakerState(enum.IntEnum):
@@ -112,16 +115,13 @@ class HealthMonitor:
         health = backend.config.health
         failures = 0
         while True:
-            try:
-                async with asyncio.timeout(health.timeout):
-                    ok = await backend.check_health()
-            except Exception as exc:  # a probe must never kill the monitor
-                logger.debug("health probe of %s failed: %s", backend.name, type(exc).__name__)
-                ok = False
-            self._unprobed.discard(backend.name)
+            ok = bool(await _bounded(backend.check_health(), health.timeout, f"health probe of {backend.name}"))
             failures = 0 if ok else failures + 1
             if ok or failures >= health.unhealthy_after:
                 self._on_result(backend, ok)
+            if ok:  # before the first round counts as done: a ready router lists the models too
+                await _bounded(backend.refresh_models(), health.timeout, f"model refresh of {backend.name}")
+            self._unprobed.discard(backend.name)
             await asyncio.sleep(health.interval)
 
     async def stop(self) -> None:
@@ -129,3 +129,14 @@ class HealthMonitor:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+
+
+async def _bounded(call: Awaitable[T], timeout: float, what: str) -> T | None:
+    """``call``'s result within ``timeout``; None if it failed or took longer (a probe must never kill
+    the monitor)."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await call
+    except Exception as exc:
+        logger.debug("%s failed: %s", what, type(exc).__name__)
+        return None

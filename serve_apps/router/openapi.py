@@ -18,6 +18,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from serve_apps.batch.models import PAGE_DEFAULT, PAGE_LIMIT
+
 DOCUMENT_PATH = Path(__file__).with_name("openapi.json")
 REF = "#/components/schemas/{model}"
 
@@ -75,7 +77,8 @@ _RATE_LIMIT_TEXT = {"limit": "the key's {unit} per minute", "remaining": "{unit}
 _RATE_LIMIT = {f"x-ratelimit-{what}-{unit}": {"description": text.format(unit=unit), "schema": {"type": "string"}}
                for unit in ("requests", "tokens") for what, text in _RATE_LIMIT_TEXT.items()}
 _GENERATE_ERRORS = {
-    "400": _error("malformed body, invalid field, unknown backend or a request no backend supports"),
+    "400": _error("malformed body, a Content-Type other than application/json, invalid field, unknown backend or a "
+                  "request no backend supports"),
     "401": _error("missing or wrong API key (only when the router has keys)"),
     "403": _error("the key may not use the backend named, or any backend serving the model"),
     "404": _error("unknown model, a model the key may not use, or no backend serves this route for it"),
@@ -101,6 +104,17 @@ def _generate_operation(summary: str, request: str, response: str, chunk: str) -
             **_GENERATE_ERRORS,
         },
     }
+
+
+def _metrics_operation() -> dict[str, Any]:
+    return {"summary": "this router replica's Prometheus series",
+            "description": ("The router's series (backend health, breaker state, requests, latency, tokens per key, "
+                            "...) in Prometheus text format, under the names Ray's metrics export gives them "
+                            "(`ray_backend_request_count_total`, ...). One replica's view: with several router "
+                            "replicas, scrape Ray's metrics export port instead."),
+            "responses": {"200": {"description": "Prometheus text exposition format 0.0.4",
+                                  "content": {"text/plain": {"schema": {"type": "string"}}}},
+                          "401": _GENERATE_ERRORS["401"]}}
 
 
 def _get_operation(summary: str, model: str, auth: bool = True) -> dict[str, Any]:
@@ -141,7 +155,8 @@ def _id(name: str) -> dict[str, Any]:
 
 
 _PAGING = [{"name": "after", "in": "query", "required": False, "schema": {"type": "string"}},
-           {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 100}}]
+           {"name": "limit", "in": "query", "required": False,
+            "schema": {"type": "integer", "minimum": 1, "maximum": PAGE_LIMIT, "default": PAGE_DEFAULT}}]
 
 
 def _batch_paths() -> dict[str, Any]:
@@ -251,8 +266,11 @@ def build_document() -> dict[str, Any]:
                 "Create a chat completion", "ChatCompletionRequest", "ChatCompletionResponse", "ChatCompletionStreamResponse")},
             "/v1/completions": {"post": _generate_operation(
                 "Create a completion", "CompletionRequest", "CompletionResponse", "CompletionStreamResponse")},
-            "/v1/models": {"get": _get_operation("the models every backend serves, aliases included", "ModelList")},
+            "/v1/models": {"get": _get_operation(
+                "the models every backend serves (configured, or as an openai backend without `models` lists them), "
+                "aliases included; `backends` names the backends serving each", "ModelList")},
             "/v1/backends": {"get": _get_operation("each backend's health, breaker and load", "BackendList")},
+            "/metrics": {"get": _metrics_operation()},
             "/health": {"get": _get_operation("the router process is up", "Health", auth=False)},
             **_batch_paths(),
         },

@@ -377,12 +377,13 @@ class Router:
     # ------------------------------------------------------------------ read-only endpoints
 
     def models(self, key: ApiKey = ANONYMOUS_KEY) -> dict[str, Any]:
-        """The models ``key`` may use, with the backends it may reach for each."""
+        """The models ``key`` may use, with the backends it may reach for each: the union of what the
+        backends are configured with and what those configured with none reported (``refresh_models``)."""
         seen: dict[str, dict[str, Any]] = {}
         for state in self.pool.states.values():
             if key.backends is not None and state.name not in key.backends:
                 continue
-            for entry in state.backend.config.model_entries:
+            for entry in state.backend.listed_models:
                 for public in (entry.name, *entry.aliases):
                     if key.models is not None and public not in key.models and entry.name not in key.models:
                         continue

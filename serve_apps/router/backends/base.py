@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from serve_apps.router.config import BackendConfig
+from serve_apps.router.config import BackendConfig, BackendModel
 
 CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
@@ -177,6 +177,7 @@ class Backend(ABC):
     def __init__(self, config: BackendConfig) -> None:
         self.config = config
         self.name = config.name
+        self.discovered_models: tuple[str, ...] = ()  # what the backend said it serves (``refresh_models``)
         if config.resume_on_failure is not None:
             self.can_resume = self.can_resume and config.resume_on_failure
 
@@ -187,6 +188,16 @@ class Backend(ABC):
     @abstractmethod
     async def check_health(self) -> bool:
         """One background health probe (bounded by ``config.health.timeout`` by the caller)."""
+
+    async def refresh_models(self) -> None:
+        """After each passing health probe: learn what the backend serves (``discovered_models``) where
+        its config names nothing. Kinds that cannot ask keep the default: nothing to learn."""
+        return None
+
+    @property
+    def listed_models(self) -> list[BackendModel]:
+        """What ``/v1/models`` lists for this backend: its configured models, else the ones it reported."""
+        return self.config.model_entries or [BackendModel(name=name) for name in self.discovered_models]
 
     def describe(self) -> dict[str, object]:
         """Kind-specific facts for ``/v1/backends``."""

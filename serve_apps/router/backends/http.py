@@ -143,15 +143,19 @@ class HTTPClient:
         head_list = [(k, v) for k, v in response.headers if k not in HOP_BY_HOP]
         return BackendResponse(response.status, head_list, WireStream(response, timeouts.idle))
 
-    async def get_ok(self, url: str, headers: dict[str, str] | None = None) -> bool:
-        """Health probe: True on a 2xx answer within ``health.timeout``."""
+    async def get(self, url: str, headers: dict[str, str] | None = None) -> bytes | None:
+        """A probe's GET: the body of a 2xx answer within ``health.timeout``, else None."""
         try:
             async with asyncio.timeout(self._config.health.timeout):
                 async with self.session.get(url, headers=headers or {}) as response:
-                    await response.read()
-                    return 200 <= response.status < 300
+                    body = await response.read()
+                    return body if 200 <= response.status < 300 else None
         except (TimeoutError, aiohttp.ClientError, ConnectionError, OSError):
-            return False
+            return None
+
+    async def get_ok(self, url: str, headers: dict[str, str] | None = None) -> bool:
+        """Health probe: True on a 2xx answer within ``health.timeout``."""
+        return await self.get(url, headers) is not None
 
     async def aclose(self) -> None:
         if self._wire is not None:

@@ -100,10 +100,38 @@ def test_upload_limits_and_wrong_methods(api):
         raw = client._client  # the SDK's httpx client, for requests the SDK cannot make
         response = await raw.put("http://test/v1/files")
         assert response.status_code == 405 and response.json()["error"]["type"] == "invalid_request_error"
+        assert response.headers["allow"] == "GET, POST"
         response = await raw.get("http://test/v1/batches?limit=0")
         assert response.status_code == 400 and response.json()["error"]["param"] == "limit"
         response = await raw.post("http://test/v1/batches", json={"input_file_id": "f", "endpoint": "/v1/chat/completions"})
         assert response.status_code == 400 and response.json()["error"]["param"] == "completion_window"
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("query,status", [("limit=100", 200), ("limit=1", 200), ("", 200), ("limit=101", 400),
+                                          ("limit=", 400), ("limit=0", 400), ("limit=1_0", 400), ("limit=ten", 400)])
+def test_list_limit_is_the_documented_1_to_100(api, query, status):
+    async def scenario():
+        client, _ = await api()
+        for path in ("/v1/files", "/v1/batches"):
+            response = await client._client.get(f"http://test{path}?{query}")
+            assert response.status_code == status, (path, query, response.text)
+            if status == 400:
+                assert response.json()["error"]["param"] == "limit"
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("method,path,allowed", [
+    ("TRACE", "/v1/files", "GET, POST"), ("POST", "/v1/files/file-x", "GET, DELETE"),
+    ("DELETE", "/v1/files/file-x/content", "GET"), ("DELETE", "/v1/batches", "GET, POST"),
+    ("POST", "/v1/batches/batch_x", "GET"), ("GET", "/v1/batches/batch_x/cancel", "POST"),
+])
+def test_wrong_methods_are_405_naming_the_right_ones(api, method, path, allowed):
+    async def scenario():
+        client, _ = await api()
+        response = await client._client.request(method, f"http://test{path}")
+        assert response.status_code == 405 and response.headers["allow"] == allowed
+        assert (await client._client.get("http://test/v1/files/a/b/c")).status_code == 404
     asyncio.run(scenario())
 
 

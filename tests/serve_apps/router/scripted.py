@@ -56,6 +56,7 @@ class ScriptedBackend(Backend):
     resumable: bool = True
     tokenize: bool = True  # answers vLLM's /tokenize with the prompt's count
     retokenized_extra: int = 0  # a continuation counts the delivered text as this many more tokens
+    reports: tuple[str, ...] = ()  # the models its refresh reports where its config names none (openai's /v1/models)
     requests: list[BackendRequest] = field(default_factory=list)
     responses: list[BackendResponse] = field(default_factory=list)
 
@@ -92,6 +93,10 @@ class ScriptedBackend(Backend):
 
     async def check_health(self) -> bool:
         return True
+
+    async def refresh_models(self) -> None:
+        if not self.config.models:
+            self.discovered_models = self.reports
 
 
 def _events(payload: dict[str, Any], retokenized_extra: int = 0) -> list[bytes]:

@@ -46,7 +46,8 @@ def test_counters_match_vllms_usage_and_a_token_limit_holds(serve_stack, monkeyp
                  "redis": {"url": server.url, "prefix": f"t{uuid.uuid4().hex[:8]}"}}})
 
     async def post(app: RouterASGI, payload: dict) -> tuple[int, dict[str, str], bytes]:
-        response = await call_asgi(app, "POST", "/v1/chat/completions", [("authorization", f"Bearer {SECRET}")],
+        response = await call_asgi(app, "POST", "/v1/chat/completions",
+                                   [("authorization", f"Bearer {SECRET}"), ("content-type", "application/json")],
                                    json.dumps(payload).encode())
         data = await response.read()
         await app.router.limiter.drain()

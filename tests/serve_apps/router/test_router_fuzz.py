@@ -1,6 +1,7 @@
 """schemathesis (the real CLI, as an API fuzzer user would run it) against the router's own OpenAPI
 document, on both doors of a live router in front of the session's real vLLM engine: no 5xx, every
-status, content type and JSON body as the document says, no request slower than its timeout.
+status, content type and JSON body as the document says, a method no route documents answered 405 with
+``Allow`` (``unsupported_method``), no request slower than its timeout.
 
 Bounded: a time budget per door and a cap on examples per operation."""
 
@@ -21,7 +22,8 @@ from tests.conftest import MODEL, write_serve_config
 
 pytestmark = pytest.mark.engine
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
-CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
+CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,"
+          "unsupported_method")
 MAX_RESPONSE_S = 60
 
 
