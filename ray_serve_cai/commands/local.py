@@ -6,6 +6,7 @@ import argparse
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -99,7 +100,7 @@ def _post_json(url: str, body: dict, headers: dict[str, str]) -> tuple[int, dict
         return 0, {}
 
 
-def _wait_until_generates(base: str, deadline: float, log, cluster) -> None:
+def _wait_until_generates(base: str, deadline: float, log, check: Callable[[], None] = lambda: None) -> None:
     """A router's /health says the router is up, not that an engine behind it can generate: send
     real one-token generations until one succeeds (a completion, or a chat where no backend serves
     completions)."""
@@ -113,7 +114,7 @@ def _wait_until_generates(base: str, deadline: float, log, cluster) -> None:
     key = os.environ.get("OPENAI_API_KEY")
     headers = {"authorization": f"Bearer {key}"} if key else {}
     def generates() -> bool:
-        cluster.raise_if_crash_looping()
+        check()  # e.g. raises when the engine keeps dying: waiting longer would not help
         try:
             request = urllib.request.Request(f"{base}/v1/models", headers=headers)
             with urllib.request.urlopen(request, timeout=10) as response:
@@ -207,7 +208,7 @@ def _up(args: argparse.Namespace) -> int:
         log("waiting for the engine to load and answer a first generation (1-2 min on CPU)...")
         deadline = time.monotonic() + args.timeout
         cluster.wait_ready(f"{base}{route}/health", timeout_s=args.timeout, progress=log)
-        _wait_until_generates(f"{base}{route}", deadline, log, cluster)
+        _wait_until_generates(f"{base}{route}", deadline, log, cluster.raise_if_crash_looping)
     except ClusterError as exc:
         cluster.stop()
         raise CLIError(str(exc)) from None
