@@ -70,12 +70,16 @@ class LocalCluster:
     fast_path: bool = True
     haproxy: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
+    crash_watch: CrashWatch = field(init=False, repr=False)
     log_path: Path | None = None
     process: subprocess.Popen | None = None
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.gcs_port}"
+
+    def __post_init__(self) -> None:
+        self.crash_watch = CrashWatch(self.logs_dir)
 
     @property
     def dashboard_url(self) -> str:
@@ -174,9 +178,7 @@ class LocalCluster:
     def raise_if_crash_looping(self) -> None:
         """Fail when a process of this cluster (an engine, typically) keeps dying of the same fatal
         error: Serve would restart it forever and readiness would never come."""
-        if not hasattr(self, "_crash_watch"):
-            self._crash_watch = CrashWatch(self.logs_dir)
-        problem = self._crash_watch.check()
+        problem = self.crash_watch.check()
         if problem:
             raise ClusterError(problem)
 

@@ -139,10 +139,10 @@ def _wait_until_generates(base: str, deadline: float, log, check: Callable[[], N
         raise CLIError(f"{base} did not generate within the timeout") from None
 
 
-def _build_models(config: dict) -> str:
+def _build_models(config: dict) -> None:
     """Build the config's ``builtin:`` models before Ray starts, with progress here rather than in a
-    replica's log (and once, not per replica). Returns the served name to show in the curl line."""
-    from serve_apps.checks import builtin_models, engine_configs
+    replica's log (and once, not per replica)."""
+    from serve_apps.checks import builtin_models
     from serve_apps.models import ModelBuildError, get_builtin
 
     from ray_serve_cai.cli import CLIError
@@ -156,6 +156,12 @@ def _build_models(config: dict) -> str:
                 builtin.ensure()
             except ModelBuildError as exc:
                 raise CLIError(f"cannot build the built-in model {name}: {exc}") from None
+
+
+def _served_model(config: dict) -> str:
+    """The model name the curl line shows: the config's first engine's."""
+    from serve_apps.checks import engine_configs
+
     engines = engine_configs(config)
     return engines[0].name if engines else "MODEL"
 
@@ -189,7 +195,7 @@ def _up(args: argparse.Namespace) -> int:
         raise CLIError(f"{args.config}: " + "; ".join(problems))
     base = _front_door(config)
     _ensure_ports_free(config)
-    model = _build_models(config)
+    _build_models(config)
     from serve_apps.checks import listener_addresses
 
     # a router listener serves the app at its root; Serve's proxy at the app's route prefix
@@ -219,7 +225,7 @@ def _up(args: argparse.Namespace) -> int:
     for line in _locations(config, f"{base}{route}", cluster):
         print(f"  {line}", flush=True)
     print(f"  curl {base}{route}/v1/chat/completions -H 'content-type: application/json' "
-          f"-d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": "
+          f"-d '{{\"model\": \"{_served_model(config)}\", \"messages\": [{{\"role\": \"user\", \"content\": "
           "\"What is the capital of France?\"}]}'", flush=True)
     from serve_apps.checks import serve_proxy_enabled
 
