@@ -2,21 +2,27 @@
 
 Every list call pages through ``next_page_token`` (the server's default page is 10), and every
 ``search_filter`` result is filtered again exactly here, because the server matches substrings.
+Every create is done at most once: after a failure the server may have acted on (a 5xx, a reset, a
+timeout), the HTTP layer calls the create's lookup (jobs and projects by name, applications by name
+and environment, runs by a nonce in their environment, uploads by path and content) and resends only
+if it did not happen.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from launchers.cai.errors import CAIError
+from launchers.cai.errors import CAIError, CMLAPIError, CMLNotFoundError
 from launchers.cai.http import CMLHTTP, RetryPolicy
 from launchers.cai.models import Application, FileInfo, Job, JobRun, Project, Runtime
 
 M = TypeVar("M")
 API = "/api/v2"
+RUN_NONCE = "RAY_SERVE_CAI_RUN_NONCE"  # in a run's environment: finds a run whose create response was lost
 
 
 class CMLClient:
@@ -46,7 +52,7 @@ class CMLClient:
         params["page_size"] = self.page_size
         if search:
             params["search_filter"] = json.dumps(dict(search))
-        token = None
+        token, seen = None, set()
         while True:
             body = self.http.request("GET", path, params={**params, "page_token": token})
             for item in body.get(key) or []:
@@ -54,11 +60,16 @@ class CMLClient:
             token = body.get("next_page_token")
             if not token:
                 return
+            if token in seen:
+                raise CMLAPIError(f"CML API GET {path} on {self.host} returned page token {str(token)[:40]!r} "
+                                  "a second time; stopped paging instead of looping", method="GET", path=path)
+            seen.add(token)
 
     # -- projects ---------------------------------------------------------------------------------
     def find_projects(self, name: str) -> list[Project]:
-        """Projects named exactly ``name`` (the server's filter is a substring match)."""
-        found = self._pages(f"{API}/projects", "projects", Project, {"name": name})
+        """Projects named exactly ``name`` that the key can see: its own, its teams', other users'
+        public ones (``include_public_projects``; the server's name filter is a substring match)."""
+        found = self._pages(f"{API}/projects", "projects", Project, {"name": name}, include_public_projects="true")
         return [p for p in found if p.name == name]
 
     def create_project(self, name: str, *, git_url: str | None = None, template: str | None = None,
@@ -70,7 +81,12 @@ class CMLClient:
             body["template"] = template
         if environment:
             body["environment"] = dict(environment)
-        return Project.model_validate(self.http.request("POST", f"{API}/projects", json=body))
+
+        def applied() -> Project | None:
+            found = self.find_projects(name)
+            return found[0] if len(found) == 1 else None
+
+        return Project.model_validate(self.http.request("POST", f"{API}/projects", json=body, reconcile=applied))
 
     def get_project(self, project_id: str) -> Project:
         return Project.model_validate(self.http.request("GET", f"{API}/projects/{project_id}"))
@@ -81,20 +97,34 @@ class CMLClient:
         return [j for j in jobs if name is None or j.name == name]
 
     def create_job(self, project_id: str, **fields: Any) -> Job:
+        """Create a job. Jobs are identified by name: after an ambiguous failure a job of this name
+        and script is taken as this create (create only names that do not exist yet)."""
         body = {"project_id": project_id, **_clean(fields)}
-        return Job.model_validate(self.http.request("POST", f"{API}/projects/{project_id}/jobs", json=body))
+
+        def applied() -> Job | None:
+            found = self.list_jobs(project_id, name=body.get("name"))
+            return next((j for j in found if j.script == body.get("script", j.script)), None)
+
+        path = f"{API}/projects/{project_id}/jobs"
+        return Job.model_validate(self.http.request("POST", path, json=body, reconcile=applied))
 
     def update_job(self, project_id: str, job_id: str, **fields: Any) -> Job:
-        """PATCH a job. The update body is a ``Job``: its parent is ``parent_id`` here."""
-        body = _clean(fields)
-        return Job.model_validate(self.http.request("PATCH", f"{API}/projects/{project_id}/jobs/{job_id}", json=body))
+        """PATCH a job (sets fields: safe to resend). The update body is a ``Job``: its parent is ``parent_id``."""
+        path = f"{API}/projects/{project_id}/jobs/{job_id}"
+        return Job.model_validate(self.http.request("PATCH", path, json=_clean(fields), idempotent=True))
 
     def create_job_run(self, project_id: str, job_id: str, environment: Mapping[str, str] | None = None) -> JobRun:
-        body: dict[str, Any] = {"project_id": project_id, "job_id": job_id}
-        if environment:
-            body["environment"] = dict(environment)
+        """Start a run. Its environment carries a nonce, so a run whose response was lost is found."""
+        nonce = uuid.uuid4().hex
+        body: dict[str, Any] = {"project_id": project_id, "job_id": job_id,
+                                "environment": {**(environment or {}), RUN_NONCE: nonce}}
         path = f"{API}/projects/{project_id}/jobs/{job_id}/runs"
-        return JobRun.model_validate(self.http.request("POST", path, json=body))
+
+        def applied() -> JobRun | None:
+            runs = self._pages(path, "job_runs", JobRun, sort="-created_at")
+            return next((r for r in runs if r.environment.get(RUN_NONCE) == nonce), None)
+
+        return JobRun.model_validate(self.http.request("POST", path, json=body, reconcile=applied))
 
     def list_job_runs(self, project_id: str, job_id: str) -> list[JobRun]:
         """All runs of a job, newest first."""
@@ -113,17 +143,26 @@ class CMLClient:
         return [a for a in apps if name is None or a.name == name]
 
     def create_application(self, project_id: str, **fields: Any) -> Application:
+        """Create an application. After an ambiguous failure, one of this name whose environment
+        holds everything sent (give it a nonce) is taken as this create."""
         body = {"project_id": project_id, **_clean(fields)}
+        sent_env = {str(k): str(v) for k, v in (body.get("environment") or {}).items()}
+
+        def applied() -> Application | None:
+            found = self.list_applications(project_id, name=body.get("name"))
+            return next((a for a in found if sent_env.items() <= a.environment.items()), None)
+
         path = f"{API}/projects/{project_id}/applications"
-        return Application.model_validate(self.http.request("POST", path, json=body))
+        return Application.model_validate(self.http.request("POST", path, json=body, reconcile=applied))
 
     def get_application(self, project_id: str, app_id: str) -> Application:
         path = f"{API}/projects/{project_id}/applications/{app_id}"
         return Application.model_validate(self.http.request("GET", path))
 
     def stop_application(self, project_id: str, app_id: str) -> Application:
+        """Stop (safe to resend: stopping a stopped application changes nothing)."""
         path = f"{API}/projects/{project_id}/applications/{app_id}:stop"
-        return Application.model_validate(self.http.request("POST", path))
+        return Application.model_validate(self.http.request("POST", path, idempotent=True))
 
     def restart_application(self, project_id: str, app_id: str) -> Application:
         path = f"{API}/projects/{project_id}/applications/{app_id}:restart"
@@ -137,7 +176,15 @@ class CMLClient:
         """Upload to ``path`` (relative to /home/cdsw). CML never overwrites: an existing name
         becomes ``name(1).ext``, so callers upload to content-addressed paths."""
         files = {path: (path.rsplit("/", 1)[-1], content, "application/octet-stream")}
-        self.http.request("POST", f"{API}/projects/{project_id}/files", files=files)
+
+        def applied() -> dict | None:  # the file is there with this content: the upload happened
+            try:
+                landed = self.file_exists(project_id, path) and self.download_file(project_id, path) == content
+            except CMLNotFoundError:
+                return None
+            return {} if landed else None
+
+        self.http.request("POST", f"{API}/projects/{project_id}/files", files=files, reconcile=applied)
 
     def list_files(self, project_id: str, path: str) -> list[FileInfo]:
         """One directory (not paged by the API); ``""`` or ``"."`` is the project root."""
@@ -159,8 +206,9 @@ class CMLClient:
         return bool(parts)
 
     def download_file(self, project_id: str, path: str) -> bytes:
+        """Read a file (a POST that changes nothing: retried like a GET)."""
         path = f"{API}/projects/{project_id}/files/{_file_segment(path)}:download"
-        return self.http.request("POST", path, raw=True)
+        return self.http.request("POST", path, raw=True, idempotent=True)
 
     # -- runtimes ---------------------------------------------------------------------------------
     def list_runtimes(self, **search: str) -> list[Runtime]:

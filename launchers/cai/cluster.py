@@ -21,6 +21,7 @@ from launchers.cai.client import CMLClient
 from launchers.cai.config import ClusterConfig, load_config
 from launchers.cai.errors import CAIError, CAITimeoutError, CMLConflictError, CMLNotFoundError
 from launchers.cai.models import APP_FAILED, APP_RUNNING, APP_STARTING, APP_STOPPED, Application
+from launchers.cai.runtimes import choose_runtime
 from launchers.polling import PollTimeout, poll_until
 
 ALIVE = frozenset({APP_STARTING, APP_RUNNING})
@@ -66,6 +67,8 @@ class CAIClusterManager:
         self.client = client or CMLClient(config.cai.host, config.api_key(), timeout=config.cai.request_timeout_s)
         self.progress = progress
         self.project_id = config.cai.project_id
+        self._runtime: str | None = None
+        self._nonces: set[str] = set()  # of the applications this manager asked CML to create
 
     @classmethod
     def from_file(cls, path: str | Path | None, **kwargs: object) -> CAIClusterManager:
@@ -79,9 +82,11 @@ class CAIClusterManager:
         """Bring the cluster to the configured shape and wait until every node joined.
 
         Idempotent: a running head is reused and only missing or dead workers are (re)created.
-        If anything fails, the applications created by *this* call are stopped and deleted.
+        If anything fails, the applications created by *this* call are stopped and deleted, also one
+        whose create answered with an error although CML made it (found by its nonce).
         """
         cfg, created = self.config, []
+        self._nonces.clear()
         self.progress(f"Starting Ray cluster '{cfg.cai.cluster_name}' on {cfg.cai.host} "
                       f"(project {self.project_id})")
         self.progress(f"   head: {cfg.head_cpu:g} CPU, {cfg.head_memory:g} GiB, 0 GPU; workers: "
@@ -91,10 +96,7 @@ class CAIClusterManager:
             apps, reused = self._reconcile(created)
             head_info = self._wait_ready(apps)
         except BaseException:  # includes Ctrl-C: never leave half a cluster behind
-            if created:
-                self.progress(f"Start failed: removing the {len(created)} application(s) it created")
-                for app in created:
-                    self._remove(app, "cleanup", quiet=True)
+            self._cleanup(created)
             raise
         info = self._info(apps, head_info, reused=reused)
         self.progress(f"Ray cluster ready: head {info.head_address}, {len(apps)} node(s)"
@@ -125,12 +127,24 @@ class CAIClusterManager:
                              running=running, head_address=head_address, dashboard_url=dashboard, nodes=states)
 
     def stop_cluster(self, timeout_s: float = 300) -> list[str]:
-        """Stop and delete every application of this cluster, workers first. Returns their ids."""
+        """Stop and delete every application of this cluster, workers first. Returns their ids.
+
+        One application that cannot be removed does not keep the others running: all are tried,
+        then a ``CAIError`` names those that failed."""
         owned = sorted(self._owned().values(), key=lambda a: a.name.endswith("-head"))
         if not owned:
             self.progress(f"No applications of cluster '{self.config.cai.cluster_name}' found")
+        failed = []
         for app in owned:
-            self._remove(app, "stop", timeout_s=timeout_s)
+            try:
+                self._remove(app, "stop", timeout_s=timeout_s)
+            except CAIError as exc:
+                self.progress(f"   could not remove {app.name} ({app.id}): {exc}")
+                failed.append(f"{app.name} ({app.id}): {exc}")
+        if failed:
+            removed = len(owned) - len(failed)
+            raise CAIError(f"stopped {removed} of {len(owned)} application(s) of cluster "
+                           f"'{self.config.cai.cluster_name}'; still there: {'; '.join(failed)}")
         return [a.id for a in owned]
 
     # -- steps ------------------------------------------------------------------------------------
@@ -172,13 +186,22 @@ class CAIClusterManager:
             self.progress(f"   uploaded launcher script {path}")
         return path
 
+    def _runtime_identifier(self) -> str:
+        if self._runtime is None:
+            cai = self.config.cai
+            self._runtime = choose_runtime(self.client, cai.runtime, cai.runtime_identifier)
+            self.progress(f"   runtime: {self._runtime}")
+        return self._runtime
+
     def _create(self, spec: nodes.NodeSpec, script: str, *, token: str | None, created: list) -> Application:
+        runtime = self._runtime_identifier()
         nonce = uuid.uuid4().hex
         env = nodes.node_environment(self.config, spec, nonce=nonce, token=token or nonce)
         fields = dict(name=spec.name, subdomain=spec.name, script=script, cpu=spec.cpu, memory=spec.memory,
                       nvidia_gpu=spec.gpus, environment=env, bypass_authentication=False,
-                      runtime_identifier=self.config.cai.runtime_identifier, kernel=self.config.cai.kernel,
+                      runtime_identifier=runtime, kernel=self.config.cai.kernel,
                       description=f"Ray {spec.node} of cluster {self.config.cai.cluster_name} (ray-serve-cai)")
+        self._nonces.add(nonce)
         try:
             app = self.client.create_application(self.project_id, **fields)
         except CMLConflictError:  # e.g. a retried create that had succeeded: adopt it if it is ours
@@ -188,6 +211,19 @@ class CAIClusterManager:
         created.append(app)
         self.progress(f"   created {spec.node} application {app.name} ({app.id})")
         return app
+
+    def _cleanup(self, created: list[Application]) -> None:
+        """Remove what this start created: the applications it got back, and any of its nonces
+        whose create failed on the way back (CML made it, the answer was lost)."""
+        doomed = {a.id: a for a in created}
+        try:
+            doomed |= {a.id: a for a in self._owned().values() if a.environment.get("RAY_CAI_NONCE") in self._nonces}
+        except CAIError as exc:
+            self.progress(f"   could not list the cluster's applications to clean up: {exc}")
+        if doomed:
+            self.progress(f"Start failed: removing the {len(doomed)} application(s) it created")
+        for app in doomed.values():
+            self._remove(app, "cleanup", quiet=True)
 
     def _remove(self, app: Application, why: str, *, timeout_s: float = 120, quiet: bool = False) -> None:
         try:

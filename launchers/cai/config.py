@@ -17,6 +17,8 @@ import yaml
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 
 from launchers.cai.errors import CAIError
+from launchers.cai.http import normalize_host
+from launchers.cai.runtimes import RuntimeFilter
 from serve_apps.validation import StrictModel, format_validation_error
 
 NAME_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")  # CML's subdomain rule; names derive subdomains
@@ -41,8 +43,9 @@ class CAISection(StrictModel):
     num_workers: int = Field(1, ge=0)
     resources: NodeResources = Field(default_factory=NodeResources)
     head_resources: HeadResources = Field(default_factory=HeadResources)
-    runtime_identifier: str | None = None
-    kernel: str | None = None
+    runtime: RuntimeFilter = Field(default_factory=RuntimeFilter, description="how the runtime is looked up")
+    runtime_identifier: str | None = Field(None, description="use this runtime instead of looking one up")
+    kernel: str | None = Field(None, description="legacy engines only: leave unset on ML Runtimes")
     start_timeout_s: float = Field(900, gt=0)
     poll_interval_s: float = Field(5, gt=0)
     request_timeout_s: float = Field(30, gt=0)
@@ -50,9 +53,10 @@ class CAISection(StrictModel):
     @field_validator("host")
     @classmethod
     def _url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError("must be a URL like https://ml.example.cloudera.site")
-        return value.rstrip("/")
+        try:
+            return normalize_host(value)
+        except CAIError as exc:
+            raise ValueError(f"{exc} (like https://ml.example.cloudera.site)") from None
 
     @field_validator("cluster_name")
     @classmethod

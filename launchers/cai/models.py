@@ -1,4 +1,4 @@
-"""Typed views of the CML API v2 objects this project reads (see ../shared/specs/cml/swagger.json).
+"""Typed views of the CML API v2 objects this project reads (see specs/cml/swagger.json).
 
 The API's quirks are absorbed here once: int64 fields arrive as strings, ``environment`` arrives as
 a JSON string although it is sent as a map, and jobs call their parent ``parent_id`` in responses.
@@ -30,8 +30,11 @@ def _parse_environment(value: Any) -> dict[str, str]:
     if value in (None, ""):
         return {}
     if isinstance(value, str):
-        value = json.loads(value)
-    return {str(k): str(v) for k, v in dict(value).items()}
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return {}  # not ours to judge: an unreadable environment reads as empty
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
 
 
 class Project(APIModel):
@@ -67,6 +70,9 @@ class JobRun(APIModel):
     status: str = "ENGINE_UNKNOWN"
     created_at: str = ""
     finished_at: str = ""
+    environment: dict[str, str] = Field(default_factory=dict)
+
+    _env = field_validator("environment", mode="before")(_parse_environment)
 
     @property
     def finished(self) -> bool:

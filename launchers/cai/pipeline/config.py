@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from launchers.cai.errors import CAIError
+from launchers.cai.runtimes import RuntimeFilter
 from serve_apps.validation import StrictModel, format_validation_error
 
 DEFAULT_JOBS_CONFIG = Path(__file__).resolve().parents[1] / "jobs_config.yaml"
@@ -23,12 +26,14 @@ class JobSpec(StrictModel):
     parent_job_key: str | None = None
     arguments: str | None = None
     environment: dict[str, str] = Field(default_factory=dict)
-    runtime_identifier: str | None = None
-    kernel: str | None = None
+    runtime_identifier: str | None = Field(None, description="this job's runtime (default: the config's)")
+    kernel: str | None = Field(None, description="legacy engines only: leave unset on ML Runtimes")
 
 
 class JobsConfig(StrictModel):
     jobs: dict[str, JobSpec]
+    runtime: RuntimeFilter = Field(default_factory=RuntimeFilter, description="how the jobs' runtime is looked up")
+    runtime_identifier: str | None = Field(None, description="use this runtime instead of looking one up")
 
     @model_validator(mode="after")
     def _chain(self) -> JobsConfig:
@@ -60,7 +65,9 @@ class JobsConfig(StrictModel):
         return [k for k, j in self.jobs.items() if j.parent_job_key == key]
 
 
-def load_jobs_config(path: str | Path | None = None) -> JobsConfig:
+def load_jobs_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> JobsConfig:
+    """Read and validate; ``RUNTIME_IDENTIFIER`` in ``env`` (default: the environment) overrides the file."""
+    env = os.environ if env is None else env
     path = Path(path) if path else DEFAULT_JOBS_CONFIG
     try:
         raw = yaml.safe_load(path.read_text())
@@ -68,6 +75,8 @@ def load_jobs_config(path: str | Path | None = None) -> JobsConfig:
         raise CAIError(f"cannot read jobs config {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise CAIError(f"jobs config {path} is not valid YAML: {exc}") from None
+    if isinstance(raw, dict) and env.get("RUNTIME_IDENTIFIER"):
+        raw["runtime_identifier"] = env["RUNTIME_IDENTIFIER"]
     try:
         return JobsConfig.model_validate(raw)
     except ValidationError as exc:

@@ -17,16 +17,39 @@ from launchers.cai.client import CMLClient
 from launchers.cai.errors import CAIError, CAITimeoutError
 from launchers.cai.models import RUN_SUCCEEDED, Job, JobRun
 from launchers.cai.pipeline.config import JobsConfig, JobSpec
+from launchers.cai.runtimes import candidates, choose_runtime
 from launchers.polling import PollTimeout, poll_until
 
 Progress = Callable[[str], None]
 
 
-def _desired(spec: JobSpec, parent_id: str) -> dict[str, object]:
+def _desired(spec: JobSpec, parent_id: str, runtime: str) -> dict[str, object]:
     return {"script": spec.script, "cpu": spec.cpu, "memory": spec.memory, "nvidia_gpu": spec.nvidia_gpu,
             "timeout": spec.timeout, "parent_id": parent_id, "arguments": spec.arguments or "",
-            "environment": spec.environment, "runtime_identifier": spec.runtime_identifier,
-            "kernel": spec.kernel}
+            "environment": spec.environment, "runtime_identifier": runtime, "kernel": spec.kernel}
+
+
+class _Runtimes:
+    """Each job's runtime: its own or the config's ``runtime_identifier`` (checked to exist), else
+    one matching the config's ``runtime`` filter: a job already on a matching runtime keeps it, a new
+    or non-matching one gets the newest. Looked up once per ``create_jobs``."""
+
+    def __init__(self, client: CMLClient, config: JobsConfig) -> None:
+        self.client, self.config = client, config
+        self.checked: set[str] = set()
+        self.matching: list[str] | None = None
+
+    def for_job(self, spec: JobSpec, current: str) -> str:
+        explicit = spec.runtime_identifier or self.config.runtime_identifier
+        if explicit:
+            if explicit not in self.checked:
+                self.checked.add(choose_runtime(self.client, self.config.runtime, explicit))
+            return explicit
+        if self.matching is None:
+            self.matching = [r.image_identifier for r in candidates(self.client, self.config.runtime)]
+            if not self.matching:
+                choose_runtime(self.client, self.config.runtime)  # raises, naming what the workspace has
+        return current if current in self.matching else self.matching[0]
 
 
 def _changes(job: Job, desired: dict[str, object]) -> dict[str, object]:
@@ -45,11 +68,12 @@ def create_jobs(client: CMLClient, project_id: str, config: JobsConfig, *, progr
     for job in client.list_jobs(project_id):
         existing.setdefault(job.name, job)
     ids: dict[str, str] = {}
+    runtimes = _Runtimes(client, config)
     for key in config.ordered():
         spec = config.jobs[key]
         parent_id = ids[spec.parent_job_key] if spec.parent_job_key else ""
-        desired = _desired(spec, parent_id)
         job = existing.get(spec.name)
+        desired = _desired(spec, parent_id, runtimes.for_job(spec, job.runtime_identifier if job else ""))
         if job is None:
             fields = {k: v for k, v in desired.items() if k != "parent_id"}
             job = client.create_job(project_id, name=spec.name, parent_job_id=parent_id or None, **fields)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from launchers.cai.client import CMLClient
-from launchers.cai.errors import CAIError, CAITimeoutError
+from launchers.cai.errors import CAIError, CAITimeoutError, CMLConflictError
 from launchers.cai.models import Project
 from launchers.polling import PollTimeout, poll_until
 
@@ -25,22 +25,36 @@ def redact_url(url: str) -> str:
 def setup_project(client: CMLClient, name: str, git_url: str | None, *, progress: Callable[[str], None],
                   timeout_s: float = 900, poll_s: float = 2.0, status_every_s: float = 10.0,
                   output_file: str | Path | None = None) -> Project:
+    """Find the project named exactly ``name`` among all the key can see (public and team projects
+    included) or create it from git. Never creates a second project of a name that exists: a create
+    that failed on the way back is found by name, and a name taken meanwhile is looked up again."""
     progress(f"Searching for project {name!r} on {client.host}")
-    found = client.find_projects(name)
-    if len(found) > 1:
-        raise CAIError(f"{len(found)} projects are named {name!r}; rename or delete the extras")
-    if found:
-        project = found[0]
+    project = _only(client.find_projects(name), name)
+    if project is not None:
         progress(f"Found existing project: {project.id}")
     else:
         if not git_url:
             raise CAIError(f"project {name!r} not found and no git URL given to create it")
         progress(f"Creating project {name!r} from {redact_url(git_url)}")
-        project = client.create_project(name, git_url=git_url, description="Ray cluster (ray-serve-cai)")
-        progress(f"Created project: {project.id}")
+        try:
+            project = client.create_project(name, git_url=git_url, description="Ray cluster (ray-serve-cai)")
+        except CMLConflictError:
+            project = _only(client.find_projects(name), name)
+            if project is None:
+                raise
+            progress(f"Project {name!r} was created meanwhile: using {project.id}")
+        else:
+            progress(f"Created project: {project.id}")
     project = _wait_clone(client, project, progress, timeout_s, poll_s, status_every_s)
     _publish(project.id, output_file, progress)
     return project
+
+
+def _only(found: list[Project], name: str) -> Project | None:
+    if len(found) > 1:
+        raise CAIError(f"{len(found)} projects visible to this key are named {name!r} "
+                       f"({', '.join(p.id for p in found)}); rename or delete the extras")
+    return found[0] if found else None
 
 
 def _wait_clone(client: CMLClient, project: Project, progress: Callable[[str], None], timeout_s: float,

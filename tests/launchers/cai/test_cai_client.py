@@ -7,7 +7,7 @@ import logging
 import time
 
 import pytest
-from cml_emulator import CMLEmulator
+from cml_emulator import RUNTIME, CMLEmulator
 from cml_emulator.workloads import wait_gone
 
 from launchers.cai.client import CMLClient
@@ -28,9 +28,10 @@ def test_lists_page_through_more_than_ten(emulator: CMLEmulator, client: CMLClie
     assert len(_calls(emulator, "GET /api/v2/projects ->")) == 2  # 12 substring hits: two pages of 10
 
     project = emulator.add_project("apps")
+    emulator.write(project, "idle.py", content="import time\ntime.sleep(60)\n")
     for i in range(12):
-        client.create_application(project, name=f"app-{i}", subdomain=f"app-{i}", script="missing.py",
-                                  cpu=1, memory=1)
+        client.create_application(project, name=f"app-{i}", subdomain=f"app-{i}", script="idle.py",
+                                  cpu=1, memory=1, runtime_identifier=RUNTIME)
     apps = client.list_applications(project)
     assert sorted(a.name for a in apps) == sorted(f"app-{i}" for i in range(12))
     assert len(_calls(emulator, f"GET /api/v2/projects/{project}/applications ->")) == 2
@@ -38,9 +39,11 @@ def test_lists_page_through_more_than_ten(emulator: CMLEmulator, client: CMLClie
 
 def test_wire_quirks_are_absorbed(emulator: CMLEmulator, client: CMLClient) -> None:
     project = emulator.add_project("quirks")
+    emulator.write(project, "a.py", "b.py")
     parent = client.create_job(project, name="parent", script="a.py", cpu=1, memory=1, timeout=300,
-                               environment={"A": "1"})
-    child = client.create_job(project, name="child", script="b.py", cpu=1, memory=1, parent_job_id=parent.id)
+                               environment={"A": "1"}, runtime_identifier=RUNTIME)
+    child = client.create_job(project, name="child", script="b.py", cpu=1, memory=1, parent_job_id=parent.id,
+                              runtime_identifier=RUNTIME)
     assert parent.timeout == 300 and parent.environment == {"A": "1"}  # int64 string, JSON string
     assert child.parent_id == parent.id  # sent as parent_job_id, returned as parent_id
     updated = client.update_job(project, child.id, timeout="600", environment=json.dumps({"B": "2"}))
@@ -49,12 +52,15 @@ def test_wire_quirks_are_absorbed(emulator: CMLEmulator, client: CMLClient) -> N
 
 def test_retries_429_and_500(emulator: CMLEmulator, client: CMLClient) -> None:
     project = emulator.add_project("retry")
+    emulator.write(project, "j.py")
     emulator.inject("GET /api/v2/projects", status=429, count=2)
-    emulator.inject(f"POST /api/v2/projects/{project}/jobs", status=503, count=1)
+    emulator.inject(f"POST /api/v2/projects/{project}/jobs", status=503, count=1)  # before the handler
     assert client.find_projects("retry")[0].id == project
-    client.create_job(project, name="j", script="j.py", cpu=1, memory=1)
+    client.create_job(project, name="j", script="j.py", cpu=1, memory=1, runtime_identifier=RUNTIME)
     assert len(_calls(emulator, "-> 429")) == 2 and len(_calls(emulator, "-> 503")) == 1
-    assert len(client.list_jobs(project)) == 1  # the retried create made one job, not two
+    # the 503 came before the job existed: looked up (none), then sent again: one job
+    assert len(_calls(emulator, f"POST /api/v2/projects/{project}/jobs ->")) == 2
+    assert len(client.list_jobs(project)) == 1
 
 
 def test_gives_up_after_attempts_with_readable_error(emulator: CMLEmulator, client: CMLClient) -> None:
@@ -64,15 +70,21 @@ def test_gives_up_after_attempts_with_readable_error(emulator: CMLEmulator, clie
     assert len(_calls(emulator, "-> 500")) == 4
 
 
-def test_read_timeout_retried_for_get_not_for_post(emulator: CMLEmulator) -> None:
+def test_read_timeout_retried_for_get_for_post_only_after_a_lookup(emulator: CMLEmulator) -> None:
     project = emulator.add_project("slow")
+    emulator.write(project, "j.py", "k.py")
     with CMLClient(emulator.url, emulator.api_key, timeout=1.0, retry=RetryPolicy(3, 0.01, 0.05)) as client:
-        emulator.inject(f"GET /api/v2/projects/{project}", status=200, delay=3.0)
+        emulator.inject(f"GET /api/v2/projects/{project}", status=None, delay=3.0)
         assert client.get_project(project).name == "slow"
-        emulator.inject(f"POST /api/v2/projects/{project}/jobs", status=200, delay=3.0)
-        with pytest.raises(CMLAPIError, match="ReadTimeout"):
-            client.create_job(project, name="j", script="j.py", cpu=1, memory=1)
-    assert len(_calls(emulator, f"POST /api/v2/projects/{project}/jobs")) <= 1  # never sent twice
+        # stalled and dropped before the handler: the lookup finds no job, so the create is sent again
+        emulator.inject(f"POST /api/v2/projects/{project}/jobs", status=504, delay=3.0)
+        assert client.create_job(project, name="j", script="j.py", runtime_identifier=RUNTIME).name == "j"
+        assert len(_calls(emulator, f"POST /api/v2/projects/{project}/jobs")) == 2
+        # made, then the answer stalled: the lookup finds it, nothing is sent again
+        emulator.inject(f"POST /api/v2/projects/{project}/jobs", status=None, delay=3.0, after=True)
+        made = client.create_job(project, name="k", script="k.py", runtime_identifier=RUNTIME)
+        assert len(_calls(emulator, f"POST /api/v2/projects/{project}/jobs")) == 3
+        assert sorted(j.name for j in client.list_jobs(project)) == ["j", "k"] and made.name == "k"
 
 
 def test_bad_key_and_missing_objects(emulator: CMLEmulator, client: CMLClient) -> None:
@@ -153,7 +165,8 @@ def test_restart_runs_the_script_again(emulator: CMLEmulator, client: CMLClient)
     project = emulator.add_project("restart")
     (emulator.project_dir(project) / "app.py").write_text(
         "import os, time\nopen('starts.log', 'a').write(os.environ['CDSW_IP_ADDRESS'] + '\\n')\ntime.sleep(120)\n")
-    app = client.create_application(project, name="web", subdomain="web", script="app.py", cpu=1, memory=1)
+    app = client.create_application(project, name="web", subdomain="web", script="app.py", cpu=1, memory=1,
+                                    runtime_identifier=RUNTIME)
 
     def wait_for(status: str) -> None:
         for _ in range(100):

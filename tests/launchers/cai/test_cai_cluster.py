@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from cml_emulator import CMLEmulator
+from cml_emulator import RUNTIME, CMLEmulator
 from cml_emulator.server import free_port
 from cml_emulator.store import Timing
 from cml_emulator.workloads import marked_processes, wait_gone
@@ -156,7 +156,7 @@ def test_launch_job_inside_cml_reuses_the_cluster(cluster: Cluster, started: sub
     config.write_text(yaml.safe_dump(in_cml))
     with CMLClient(cluster.cml.url, cluster.cml.api_key) as client:
         job = client.create_job(cluster.project, name="Launch Ray Cluster", cpu=1, memory=1, timeout=300,
-                                script="launchers/cai/jobs/launch_ray_cluster.py",
+                                script="launchers/cai/jobs/launch_ray_cluster.py", runtime_identifier=RUNTIME,
                                 environment={"RAY_CLUSTER_CONFIG": str(config)})
         run = client.create_job_run(cluster.project, job.id)
         deadline = time.monotonic() + 180

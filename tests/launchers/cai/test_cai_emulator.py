@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from cml_emulator import CMLEmulator
+from cml_emulator import RUNTIME, CMLEmulator
 
 
 @pytest.fixture
@@ -42,8 +42,10 @@ def test_unknown_fields_and_parameters_are_discarded_and_recorded(emulator: CMLE
     """grpc-gateway's default: unknown JSON fields and query parameters are dropped, not refused.
     The emulator records them so the client's own tests can assert it never sends any."""
     project = emulator.add_project("lenient")
+    emulator.write(project, "s.py")
     created = api.post(f"/api/v2/projects/{project}/applications",
-                       json={"name": "a", "subdomain": "a", "script": "s.py", "gpus": 1, "cpu": 2})
+                       json={"name": "a", "subdomain": "a", "script": "s.py", "gpus": 1, "cpu": 2,
+                             "runtime_identifier": RUNTIME})
     assert created.status_code == 200, created.text
     assert "gpus" not in created.json() and created.json()["cpu"] == 2
     assert api.get("/api/v2/projects", params={"pagesize": 5}).status_code == 200
@@ -59,8 +61,9 @@ def test_colon_verbs_take_no_body(emulator: CMLEmulator, api: httpx.Client) -> N
 
 def test_create_application_defaults_cpu_and_memory_to_one(emulator: CMLEmulator, api: httpx.Client) -> None:
     project = emulator.add_project("defaults")
+    emulator.write(project, "s.py")
     created = api.post(f"/api/v2/projects/{project}/applications", json={"name": "a", "subdomain": "a",
-                                                                         "script": "s.py"})
+                                                                         "script": "s.py", "runtime_identifier": RUNTIME})
     assert created.status_code == 200, created.text
     assert (created.json()["cpu"], created.json()["memory"], created.json()["nvidia_gpu"]) == (1, 1, 0)
 
@@ -86,7 +89,8 @@ def test_page_size_zero_means_the_default_and_paging_ends(emulator: CMLEmulator,
 def test_list_job_runs_filters_by_status_as_the_spec_example_does(emulator: CMLEmulator, api: httpx.Client) -> None:
     project = emulator.add_project("runs")
     (emulator.project_dir(project) / "ok.py").write_text("")
-    job = api.post(f"/api/v2/projects/{project}/jobs", json={"name": "j", "script": "missing.py"}).json()
+    job = api.post(f"/api/v2/projects/{project}/jobs", json={"name": "j", "script": "ok.py",
+                                                             "runtime_identifier": RUNTIME}).json()
     run = api.post(f"/api/v2/projects/{project}/jobs/{job['id']}/runs", json={}).json()
     runs = f"/api/v2/projects/{project}/jobs/{job['id']}/runs"
     scheduling = api.get(runs, params={"search_filter": '{"status":"scheduling"}'})

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import schemathesis
-from cml_emulator import CMLEmulator
+from cml_emulator import RUNTIME, CMLEmulator
 from cml_emulator.handlers import HANDLERS
 from cml_emulator.store import Timing
 from hypothesis import HealthCheck, Phase, settings
@@ -63,12 +63,15 @@ class Target:
         self.cml = cml
         self.auth = {"Authorization": f"Bearer {cml.api_key}"}
         self.ids = {"project_id": cml.add_project("fuzz")}
+        cml.write(self.ids["project_id"], "exits.py")
         with cml.store.lock:
             from cml_emulator.handlers import create_application, create_job
-            job = create_job(cml.store, self.ids["project_id"], {"name": "j", "script": "none.py"})
+            job = create_job(cml.store, self.ids["project_id"], {"name": "j", "script": "exits.py",
+                                                                  "runtime_identifier": RUNTIME})
             run = cml.store.create_run(self.ids["project_id"], job["id"])
             app = create_application(cml.store, self.ids["project_id"],
-                                     {"name": "a", "subdomain": "a", "script": "none.py"})
+                                     {"name": "a", "subdomain": "a", "script": "exits.py",
+                                      "runtime_identifier": RUNTIME})
         self.ids |= {"job_id": job["id"], "run_id": run["id"], "application_id": app["id"]}
         self.turn = itertools.count()
 

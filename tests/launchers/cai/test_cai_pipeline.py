@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cml_emulator import CMLEmulator
+from cml_emulator import RUNTIME, CMLEmulator
 
 from launchers.cai.client import CMLClient
 from launchers.cai.errors import CAIError
@@ -105,8 +105,9 @@ def test_failed_clone_is_reported(emulator: CMLEmulator, client: CMLClient, tmp_
 
 def test_create_jobs_never_duplicates_and_updates(emulator: CMLEmulator, client: CMLClient, source_repo: Path) -> None:
     project = setup_project(client, "jobs", str(source_repo), progress=lambda _: None, poll_s=0.1).id
+    emulator.write(project, "x.py")
     for i in range(11):  # unrelated jobs: the lookup must page
-        client.create_job(project, name=f"other-{i}", script="x.py", cpu=1, memory=1)
+        client.create_job(project, name=f"other-{i}", script="x.py", cpu=1, memory=1, runtime_identifier=RUNTIME)
     config = load_jobs_config(source_repo / "jobs.yaml")
     ids = create_jobs(client, project, config, progress=lambda _: None)
     jobs = {j.id: j for j in client.list_jobs(project)}

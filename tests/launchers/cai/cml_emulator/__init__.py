@@ -3,5 +3,8 @@ running each application's and job's script as a real local process (see server.
 
 from .app import Fault
 from .server import CMLEmulator
+from .store import default_runtimes
 
-__all__ = ["CMLEmulator", "Fault"]
+RUNTIME = default_runtimes()[0]["image_identifier"]  # what the client's default filter picks
+
+__all__ = ["RUNTIME", "CMLEmulator", "Fault"]

@@ -6,6 +6,10 @@ as the gateway does by default, and listed in ``ignored`` so tests can assert th
 A response of the emulator itself that violates the contract, or a crash of a handler, is a bug of
 the emulator: it is recorded in ``violations`` and answered with a JSON 500, so tests fail instead
 of trusting a wrong fake. Every request, whatever its outcome, is recorded in ``calls``.
+
+Faults fire before the handler (the server did nothing) or after it (``after=True``: the server
+acted and committed, the client sees a 5xx or a connection reset instead of the answer), once per
+matching request or, with ``each_line``, once per distinct "METHOD /path".
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import asyncio
 import inspect
 import json
 import re
-from dataclasses import dataclass
+import socket
+import struct
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -28,14 +34,53 @@ from .store import APIError, Store
 
 @dataclass
 class Fault:
-    """Answer the next ``count`` requests whose "METHOD /path" contains ``match`` with ``status``
-    (or stall them ``delay`` seconds first, to make the client time out)."""
+    """Spoil the next ``count`` requests whose "METHOD /path" contains ``match``: stall ``delay``
+    seconds (the client times out), then answer ``status`` or, with ``reset``, reset the connection.
+    ``after``: the handler runs first and its effect stays (``status=None`` then sends the real
+    answer, late). ``each_line``: ``count`` applies to each distinct "METHOD /path" separately."""
 
     match: str
-    status: int = 500
+    status: int | None = 500
     count: int = 1
     delay: float = 0.0
     retry_after: str | None = "0"
+    after: bool = False
+    reset: bool = False
+    each_line: bool = False
+    hits: dict[str, int] = field(default_factory=dict)
+
+    def take(self, line: str, after: bool) -> bool:
+        if self.after != after or self.match not in line:
+            return False
+        key = line if self.each_line else ""
+        if self.hits.get(key, 0) >= self.count:
+            return False
+        self.hits[key] = self.hits.get(key, 0) + 1
+        return True
+
+    def label(self, status: int) -> str:
+        """How ``calls`` records it: "502", "reset", "502 after 200", "reset after 200"."""
+        spoiled = "reset" if self.reset else str(self.status if self.status is not None else status)
+        return f"{spoiled} after {status}" if self.after else spoiled
+
+
+class Reset(Exception):
+    """Close the client's connection with a TCP reset instead of answering."""
+
+
+def _reset_connection() -> None:
+    """Abort the connection of the current request with RST (SO_LINGER 0). uvicorn does not hand the
+    transport to the app, so it is taken from the request task's protocol cycle."""
+    task = asyncio.current_task()
+    frame = task.get_coro().cr_frame if task is not None else None  # type: ignore[union-attr]
+    cycle = frame.f_locals.get("self") if frame is not None else None
+    transport = getattr(cycle, "transport", None)
+    if transport is None:
+        raise Reset("no transport to reset")  # the ASGI server then drops the connection itself
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 def _keys(param: dict | None, label: str) -> list[str]:
@@ -68,26 +113,52 @@ class EmulatorApp:
             return
         request = Request(scope, receive)
         raw_path = scope.get("raw_path", scope["path"].encode()).decode("latin-1").split("?", 1)[0]
+        line = f"{request.method} {raw_path}"
+        await request.body()  # read now: a stalled request is handled after its client may have left
+        fault = next((f for f in self.faults if f.take(line, after=False)), None)
+        if fault is not None:
+            spoil = fault.reset or fault.status is not None  # the server never acts
+            if spoil:
+                self.calls.append(f"{line} -> {fault.label(0)}")  # now: the client sees it before the delay ends
+            if fault.delay:
+                await asyncio.sleep(fault.delay)
+            if spoil:
+                await self._spoil(fault, scope, receive, send)
+                return
+        response = await self._answer(request, raw_path, line)
+        fault = next((f for f in self.faults if f.take(line, after=True)), None)
+        if fault is None:
+            self.calls.append(f"{line} -> {response.status_code}")
+            await response(scope, receive, send)
+            return
+        self.calls.append(f"{line} -> {fault.label(response.status_code)}")  # the server has acted
+        if fault.delay:
+            await asyncio.sleep(fault.delay)
+        if fault.reset or fault.status is not None:
+            await self._spoil(fault, scope, receive, send)
+        else:
+            await response(scope, receive, send)
+
+    async def _answer(self, request: Request, raw_path: str, line: str) -> Response:
         try:
-            response = await self.handle(request, raw_path)
+            return await self.handle(request, raw_path)
         except Exception as exc:  # a bug of the emulator, never the client's fault
-            label = getattr(exc, "op_id", f"{request.method} {raw_path}")
+            label = getattr(exc, "op_id", line)
             self.violations.append(f"{label}: {type(exc).__name__}: {exc}")
-            response = error(500, 13, f"emulator bug: {type(exc).__name__}: {exc}")
-        self.calls.append(f"{request.method} {raw_path} -> {response.status_code}")
+            return error(500, 13, f"emulator bug: {type(exc).__name__}: {exc}")
+
+    @staticmethod
+    async def _spoil(fault: Fault, scope: dict, receive: Any, send: Any) -> None:
+        if fault.reset:
+            _reset_connection()
+            return
+        assert fault.status is not None
+        response = error(fault.status, 14 if fault.status >= 500 else 8, f"injected fault {fault.status}")
+        if fault.retry_after is not None:
+            response.headers["Retry-After"] = fault.retry_after
         await response(scope, receive, send)
 
     async def handle(self, request: Request, raw_path: str) -> Response:
-        line = f"{request.method} {raw_path}"
-        for fault in list(self.faults):
-            if fault.match in line and fault.count > 0:
-                fault.count -= 1
-                if fault.delay:
-                    await asyncio.sleep(fault.delay)
-                headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
-                resp = error(fault.status, 14 if fault.status >= 500 else 8, f"injected fault {fault.status}")
-                resp.headers.update(headers)
-                return resp
         if request.headers.get("authorization") != f"Bearer {self.store.api_key}":
             return error(401, 16, "Unauthenticated: invalid API key")
         matched = self.spec.match(request.method, raw_path)

@@ -83,10 +83,36 @@ def _require(body: dict, *names: str) -> None:
             raise APIError(400, 3, f"{name} is required")
 
 
+def _check_runtime(store: Store, project: Record, body: dict, *, required: bool = True) -> None:
+    """ML Runtimes projects (every project here) need a known, usable runtime_identifier."""
+    identifier = body.get("runtime_identifier") or ""
+    if not identifier:
+        if required and project.wire.get("default_engine_type") == "ml_runtime":
+            raise APIError(400, 3, "runtime_identifier is required for projects using ML Runtimes")
+        return
+    if store.runtime(identifier) is None:
+        raise APIError(400, 3, f"runtime_identifier {identifier!r} is not a registered, enabled runtime")
+
+
+def _check_script(store: Store, project_id: str, script: str) -> None:
+    if not _safe(store, project_id, script).is_file():
+        raise APIError(400, 3, f"script {script!r} does not exist in the project")
+
+
 # -- projects -------------------------------------------------------------------------------------
+def _visible(wire: dict, query: dict) -> bool:
+    """The caller's own projects; with include_public_projects (or include_all_projects, the same for
+    a non-admin) also every project it can access: here, those not private."""
+    if wire["owner"]["username"] == USER["username"]:
+        return True
+    wide = "true" in (query.get("include_public_projects"), query.get("include_all_projects"))
+    return wide and wire.get("visibility") != "private"
+
+
 @op("ListProjects")
 def list_projects(store: Store, query: dict, search_keys: list, sort_keys: list) -> dict:
-    return listing([r.wire for r in store.projects.values()], "projects", query, search_keys, sort_keys)
+    projects = [r.wire for r in store.projects.values() if _visible(r.wire, query)]
+    return listing(projects, "projects", query, search_keys, sort_keys)
 
 
 @op("CreateProject")
@@ -124,6 +150,8 @@ def create_job(store: Store, project_id: str, body: dict) -> dict:
         raise APIError(400, 3, "project_id in body does not match the path")
     parent = body.get("parent_job_id") or body.get("parent_id") or ""
     _check_parent(store, project_id, parent)
+    _check_runtime(store, project, body)
+    _check_script(store, project_id, body["script"])
     wire = {"id": new_id(), "created_at": now(), "updated_at": now(), "creator": USER, "owner": USER,
             "engine_image_id": "1", "english_schedule": "", "type": "dependent" if parent else "manual",
             "paused": False, "timezone": "UTC", "timeout": str(body.get("timeout") or 0), "parent_id": parent,
@@ -138,6 +166,9 @@ def create_job(store: Store, project_id: str, body: dict) -> dict:
 @op("UpdateJob")
 def update_job(store: Store, project_id: str, job_id: str, body: dict) -> dict:
     rec = _in_project(store.jobs, store, project_id, job_id, "job")
+    _check_runtime(store, store.project(project_id), body, required=False)
+    if body.get("script"):
+        _check_script(store, project_id, body["script"])
     if "parent_id" in body:
         _check_parent(store, project_id, body["parent_id"], job_id)
         rec.wire["parent_id"] = body["parent_id"]
@@ -196,6 +227,8 @@ def create_application(store: Store, project_id: str, body: dict) -> dict:
     for key in ("cpu", "memory", "nvidia_gpu"):
         if (body.get(key) or 0) < 0:
             raise APIError(400, 3, f"{key} must not be negative")
+    _check_runtime(store, store.project(project_id), body)
+    _check_script(store, project_id, body["script"])
     wire = {"id": new_id(), "name": body["name"], "description": body.get("description", ""), "creator": USER,
             "script": body["script"], "subdomain": body["subdomain"], "status": "APPLICATION_STARTING",
             "created_at": now(), "updated_at": now(), "starting_at": now(), "kernel": body.get("kernel", "python3"),

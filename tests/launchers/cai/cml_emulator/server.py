@@ -52,20 +52,34 @@ class CMLEmulator:
         self._thread.join(timeout=10)
 
     # -- test helpers -----------------------------------------------------------------------------
-    def inject(self, match: str, status: int = 500, count: int = 1, delay: float = 0.0) -> Fault:
-        fault = Fault(match, status, count, delay)
+    def inject(self, match: str, status: int | None = 500, count: int = 1, delay: float = 0.0, *,
+               after: bool = False, reset: bool = False, each_line: bool = False,
+               retry_after: str | None = "0") -> Fault:
+        """See ``Fault``; e.g. ``inject("/jobs", 502, after=True)``: the job is made, the client sees a 502."""
+        fault = Fault(match, status, count, delay, retry_after, after=after, reset=reset, each_line=each_line)
         self.app.faults.append(fault)
         return fault
 
-    def add_project(self, name: str) -> str:
+    def add_project(self, name: str, *, owner: str = "", visibility: str = "private") -> str:
+        """A cloned project; ``owner`` another user's username makes it someone else's project."""
         with self.store.lock:
-            wire = self.store.create_project({"name": name})
+            wire = self.store.create_project({"name": name, "visibility": visibility})
+            if owner:
+                wire["owner"] = wire["creator"] = {**wire["owner"], "username": owner, "name": owner,
+                                                    "email": f"{owner}@example.invalid"}
             wire["creation_status"] = "success"
             self.store.projects[wire["id"]].due = float("inf")
         return wire["id"]
 
     def project_dir(self, project_id: str) -> Path:
         return self.store.project_dir(project_id)
+
+    def write(self, project_id: str, *paths: str, content: str = "") -> None:
+        """Put files in a project (as a git clone or an upload would), e.g. scripts to create jobs on."""
+        for path in paths:
+            target = self.project_dir(project_id) / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(content)
 
     def workload_pids(self) -> dict[int, float]:
         seen: dict[int, float] = {}

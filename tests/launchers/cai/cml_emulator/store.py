@@ -25,6 +25,28 @@ from .workloads import Workload
 
 FINAL_RUN = {"ENGINE_SUCCEEDED", "ENGINE_FAILED", "ENGINE_TIMEDOUT", "ENGINE_STOPPED", "ENGINE_SKIPPED"}
 USER = {"username": "emulator", "name": "CML Emulator", "email": "emulator@example.invalid"}
+_REPO = "docker.repository.cloudera.com/cloudera/cdsw"
+
+
+def _runtime(editor: str, python: str, edition: str, version: str, status: str = "ENABLED") -> dict[str, Any]:
+    slug = {"PBJ Workbench": "pbj-workbench", "JupyterLab": "jupyterlab", "Workbench": "workbench"}[editor]
+    kind = "standard" if edition == "Standard" else "cuda"
+    return {"image_identifier": f"{_REPO}/ml-runtime-{slug}-python{python}-{kind}:{version}", "editor": editor,
+            "kernel": f"Python {python}", "edition": edition, "description": f"{editor} Python {python} {edition}",
+            "full_version": version, "status": status, "register_user_id": 0}
+
+
+def default_runtimes() -> list[dict[str, Any]]:
+    """A workspace's catalogue as ``GET /api/v2/runtimes`` shows it (shapes of real identifiers)."""
+    return [
+        _runtime("PBJ Workbench", "3.11", "Standard", "2025.01.3-b8"),
+        _runtime("PBJ Workbench", "3.11", "Standard", "2024.10.1-b12"),
+        _runtime("PBJ Workbench", "3.11", "Standard", "2023.08.2-b8", status="DEPRECATED"),
+        _runtime("PBJ Workbench", "3.11", "Nvidia GPU", "2025.01.3-b8"),
+        _runtime("PBJ Workbench", "3.10", "Standard", "2025.01.3-b8"),
+        _runtime("JupyterLab", "3.11", "Standard", "2025.01.3-b8"),
+        _runtime("Workbench", "3.9", "Standard", "2022.11.2-b2", status="DISABLED"),
+    ]
 
 
 class APIError(Exception):
@@ -71,7 +93,7 @@ class Store:
         self.jobs: dict[str, Record] = {}
         self.runs: dict[str, Record] = {}
         self.apps: dict[str, Record] = {}
-        self.runtimes: list[dict[str, Any]] = []
+        self.runtimes: list[dict[str, Any]] = default_runtimes()
         self.finished_workloads: list[Workload] = []
         self._ips = itertools.cycle(range(2, 255))
         self._stop = threading.Event()
@@ -81,6 +103,11 @@ class Store:
     # -- helpers ----------------------------------------------------------------------------------
     def project_dir(self, project_id: str) -> Path:
         return self.root / "projects" / project_id
+
+    def runtime(self, identifier: str) -> dict[str, Any] | None:
+        """The usable (not disabled) runtime of that identifier."""
+        return next((r for r in self.runtimes if r["image_identifier"] == identifier and r["status"] != "DISABLED"),
+                    None)
 
     def project(self, project_id: str) -> Record:
         if project_id not in self.projects:
@@ -112,7 +139,8 @@ class Store:
         name = body.get("name") or ""
         if not name:
             raise APIError(400, 3, "project name is required")
-        if any(p.wire["name"] == name for p in self.projects.values()):
+        if any(p.wire["name"] == name and p.wire["owner"]["username"] == USER["username"]
+               for p in self.projects.values()):  # names are unique per owner, not per workspace
             raise APIError(409, 6, f"project {name!r} already exists")
         pid = new_id()
         wire = {"id": pid, "name": name, "owner": USER, "creator": USER, "description": body.get("description", ""),
