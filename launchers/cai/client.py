@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from launchers.cai.errors import CAIError, CMLAPIError, CMLNotFoundError
+from launchers.cai.errors import CAIError, CMLAPIError, CMLConflictError, CMLNotFoundError
 from launchers.cai.http import CMLHTTP, RetryPolicy
 from launchers.cai.models import Application, FileInfo, Job, JobRun, Project, Runtime
 
@@ -143,8 +143,8 @@ class CMLClient:
         return [a for a in apps if name is None or a.name == name]
 
     def create_application(self, project_id: str, **fields: Any) -> Application:
-        """Create an application. After an ambiguous failure, one of this name whose environment
-        holds everything sent (give it a nonce) is taken as this create."""
+        """Create an application. After an ambiguous failure (or a 409 for its subdomain), one of this
+        name whose environment holds everything sent (give it a nonce) is taken as this create."""
         body = {"project_id": project_id, **_clean(fields)}
         sent_env = {str(k): str(v) for k, v in (body.get("environment") or {}).items()}
 
@@ -153,7 +153,12 @@ class CMLClient:
             return next((a for a in found if sent_env.items() <= a.environment.items()), None)
 
         path = f"{API}/projects/{project_id}/applications"
-        return Application.model_validate(self.http.request("POST", path, json=body, reconcile=applied))
+        try:
+            return Application.model_validate(self.http.request("POST", path, json=body, reconcile=applied))
+        except CMLConflictError:  # the subdomain is taken: by this very create, landed late?
+            if (found := applied()) is not None:
+                return found
+            raise
 
     def get_application(self, project_id: str, app_id: str) -> Application:
         path = f"{API}/projects/{project_id}/applications/{app_id}"

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from launchers.cai import nodes
 from launchers.cai.client import CMLClient
 from launchers.cai.config import ClusterConfig, load_config
-from launchers.cai.errors import CAIError, CAITimeoutError, CMLConflictError, CMLNotFoundError
+from launchers.cai.errors import CAIError, CAITimeoutError, CMLNotFoundError
 from launchers.cai.models import APP_FAILED, APP_RUNNING, APP_STARTING, APP_STOPPED, Application
 from launchers.cai.runtimes import choose_runtime
 from launchers.polling import PollTimeout, poll_until
@@ -202,12 +202,7 @@ class CAIClusterManager:
                       runtime_identifier=runtime, kernel=self.config.cai.kernel,
                       description=f"Ray {spec.node} of cluster {self.config.cai.cluster_name} (ray-serve-cai)")
         self._nonces.add(nonce)
-        try:
-            app = self.client.create_application(self.project_id, **fields)
-        except CMLConflictError:  # e.g. a retried create that had succeeded: adopt it if it is ours
-            app = self._owned().get(spec.name)
-            if app is None or app.environment.get("RAY_CAI_NONCE") != nonce:
-                raise
+        app = self.client.create_application(self.project_id, **fields)  # adopts its own late landing
         created.append(app)
         self.progress(f"   created {spec.node} application {app.name} ({app.id})")
         return app

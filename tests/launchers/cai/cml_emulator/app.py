@@ -47,6 +47,9 @@ class Fault:
     after: bool = False
     reset: bool = False
     each_line: bool = False
+    body: bytes | None = None  # answer this instead of an error JSON (an HTML page, a bad JSON page)
+    headers: dict[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
     hits: dict[str, int] = field(default_factory=dict)
 
     def take(self, line: str, after: bool) -> bool:
@@ -153,9 +156,14 @@ class EmulatorApp:
             _reset_connection()
             return
         assert fault.status is not None
-        response = error(fault.status, 14 if fault.status >= 500 else 8, f"injected fault {fault.status}")
+        response: Response
+        if fault.body is not None:
+            response = Response(fault.body, fault.status, media_type=fault.content_type)
+        else:
+            response = error(fault.status, 14 if fault.status >= 500 else 8, f"injected fault {fault.status}")
         if fault.retry_after is not None:
             response.headers["Retry-After"] = fault.retry_after
+        response.headers.update(fault.headers)
         await response(scope, receive, send)
 
     async def handle(self, request: Request, raw_path: str) -> Response:
