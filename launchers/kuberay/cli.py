@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ENV_HELP = "environment: an overlay in k8s/overlays (dev, staging, prod; see k8s/environments.yaml)"
+ENV_HELP = "environment: dev, staging or prod (see k8s/environments.yaml)"
+CLUSTER_HELP = ("the cluster the environment belongs to, e.g. kcl1 (environment kcl1-ENV); default: the GPU "
+                "cluster environments dev/staging/prod")
 
 
 def _progress(line: str) -> None:
@@ -25,6 +27,7 @@ def _setup(args: argparse.Namespace, render: bool = True) -> tuple[Any, Any]:
     from launchers.kuberay.render import render as render_env
 
     layout = Layout(args.k8s_dir)
+    args.env = layout.resolve(args.env, args.cluster)
     kubectl = Kubectl(context=getattr(args, "context", None), binary=args.kubectl)
     return kubectl, render_env(layout, kubectl, args.env, warn=_progress)
 
@@ -88,6 +91,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     def common(parser: argparse.ArgumentParser, cluster: bool = True) -> None:
         parser.add_argument("--env", required=True, help=ENV_HELP)
+        parser.add_argument("--cluster", default=None, help=CLUSTER_HELP)
         if cluster:
             parser.add_argument("--context", help="kubectl context (default: the current context)")
         parser.add_argument("--k8s-dir", type=Path, default=None, help="the k8s/ directory (default: this checkout's)")

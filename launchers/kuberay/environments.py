@@ -1,7 +1,9 @@
 """Where the manifests live and what each environment is: ``k8s/environments.yaml``, validated at load.
 
-An environment is an overlay directory ``k8s/overlays/<name>`` plus the serve-config profile its
-``serveConfigV2`` is generated from and how long ``apply`` waits for it.
+An environment is an overlay directory (``k8s/overlays/<overlay>``, by default its name) plus the
+serve-config profile its ``serveConfigV2`` is generated from, where its batch files live and how long
+``apply`` waits for it. Environments of a named cluster are called ``<cluster>-<env>`` (``kcl1-dev``):
+``--cluster kcl1 --env dev`` picks that one, ``--env dev`` alone the GPU cluster's ``dev``.
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from pydantic import Field, RootModel, ValidationError, field_validator
+from typing import Annotated
+
+from pydantic import AfterValidator, Field, RootModel, ValidationError, field_validator
 
 from launchers.kuberay.errors import KubeRayError
 from serve_apps.validation import StrictModel, format_validation_error
@@ -18,8 +22,20 @@ from serve_apps.validation import StrictModel, format_validation_error
 DEFAULT_K8S_DIR = Path(__file__).resolve().parents[2] / "k8s"
 
 
+def _batch_storage(value: str) -> str:
+    if "://" in value:
+        return value
+    if not value.startswith("/"):
+        raise ValueError(f"{value!r}: an absolute path that every Ray pod mounts (a shared volume), or a URI "
+                         "such as s3://bucket/prefix; a relative or ~ path would be each pod's own disk")
+    return value.rstrip("/") or "/"
+
+
 class Environment(StrictModel):
     profile: str = Field(description="serve-config profile that serveConfigV2 is generated from")
+    overlay: str | None = Field(None, description="directory under k8s/overlays (default: the environment's name)")
+    batch_storage: Annotated[str, AfterValidator(_batch_storage)] = Field(
+        description="`batch.storage` of the router app: a path on a volume every Ray pod mounts, or s3://...")
     ready_timeout_s: float = Field(1800, gt=0, description="default wait of `apply` for the RayService")
 
 
@@ -60,11 +76,21 @@ class Layout:
             raise KubeRayError(f"unknown environment {name!r}; known: {', '.join(known)}")
         return known[name]
 
+    def resolve(self, env: str, cluster: str | None = None) -> str:
+        """The environment's key: ``env``, or ``<cluster>-<env>`` for a named cluster."""
+        name = f"{cluster}-{env}" if cluster else env
+        known = self.environments()
+        if name not in known:
+            clusters = sorted({key.split("-", 1)[0] for key in known if "-" in key})
+            where = f" of cluster {cluster!r} (clusters: {', '.join(clusters) or 'none'})" if cluster else ""
+            raise KubeRayError(f"unknown environment {env!r}{where}; known: {', '.join(known)}")
+        return name
+
     def overlay(self, name: str) -> Path:
-        path = self.root / "overlays" / name
+        path = self.root / "overlays" / (self.environment(name).overlay or name)
         if not (path / "kustomization.yaml").is_file():
             raise KubeRayError(f"no overlay for environment {name!r} at {path}")
         return path
 
     def serve_config_patch(self, name: str) -> Path:
-        return self.root / "overlays" / name / "serve-config.yaml"
+        return self.overlay(name) / "serve-config.yaml"

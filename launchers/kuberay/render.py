@@ -1,8 +1,11 @@
 """Render an environment: ``kubectl kustomize k8s/overlays/<env>``, then check what came out.
 
 The checks are the ones a cluster would only reveal after a deploy: serveConfigV2 is the serve-config
-generator's current output for the environment's profile (a stale overlay patch is replaced, with a
-warning), and the front door's port is a port that serve config actually opens on all interfaces.
+generator's current output for the environment (a stale overlay patch is replaced, with a warning),
+the front door's port is a port that serve config actually opens on all interfaces, and the checks of
+``checks.py`` (pod and replica ranges, disruption budgets, shared storage, body limit, TLS) hold.
+Every object gets the label ``app.kubernetes.io/managed-by: ray-serve-cai``: ``apply`` prunes
+labelled objects of the namespace that the manifests no longer contain.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import yaml
 from launchers.kuberay.environments import Layout
 from launchers.kuberay.errors import KubeRayError
 from launchers.kuberay.kubectl import Kubectl
-from launchers.kuberay.serve_config import build_config, patched_value, serve_config_v2
+from launchers.kuberay.serve_config import environment_config, patched_value, serve_config_v2
 from serve_apps.checks import listener_addresses
 
 RAYSERVICE = "ray-serve-cai"
@@ -24,6 +27,7 @@ API_SERVICE = "ray-serve-cai-api"
 # Pod labels of the Ray pods (k8s/base/rayservice.yaml); `status` lists pods by the first.
 APP_LABEL = "app.kubernetes.io/name=ray-serve-cai"
 ALL_INTERFACES = ("0.0.0.0", "::", "")
+MANAGED_BY = ("app.kubernetes.io/managed-by", "ray-serve-cai")
 
 
 @dataclass
@@ -76,6 +80,9 @@ class Rendered:
             secret = ingress["metadata"].get("annotations", {}).get("nginx.ingress.kubernetes.io/auth-secret")
             if secret and (secret, "auth") not in needed:
                 needed.append((secret, "auth"))
+            for tls in ingress["spec"].get("tls") or []:
+                if tls.get("secretName") and (tls["secretName"], "tls.crt") not in needed:
+                    needed.append((tls["secretName"], "tls.crt"))
         return needed
 
 
@@ -110,17 +117,22 @@ def check_front_door(rendered: Rendered) -> None:
 
 
 def render(layout: Layout, kubectl: Kubectl, env: str, warn: Callable[[str], None] = lambda line: None) -> Rendered:
-    profile = layout.environment(env).profile
+    from launchers.kuberay.checks import check_all
+
+    environment = layout.environment(env)
     overlay = layout.overlay(env)
     documents = [doc for doc in yaml.safe_load_all(kubectl.kustomize(overlay)) if doc]
-    rendered = Rendered(env, profile, documents)
-    fresh = serve_config_v2(profile)
+    for doc in documents:
+        doc["metadata"].setdefault("labels", {})[MANAGED_BY[0]] = MANAGED_BY[1]
+    rendered = Rendered(env, environment.profile, documents)
+    fresh = serve_config_v2(environment)
     spec = rendered.rayservice["spec"]
-    if yaml.safe_load(spec.get("serveConfigV2") or "{}") != build_config(profile):
+    if yaml.safe_load(spec.get("serveConfigV2") or "{}") != environment_config(environment):
         patch = layout.serve_config_patch(env)
         stale = patch.is_file() and patched_value(patch.read_text()) != fresh
-        warn(f"{patch} is {'stale' if stale else 'not applied'}: using profile {profile!r} as generated now "
-             f"(regenerate with `python -m launchers.kuberay.serve_config {env}`)")
+        warn(f"{patch} is {'stale' if stale else 'not applied'}: using profile {environment.profile!r} as generated "
+             f"now (regenerate with `python -m launchers.kuberay.serve_config {env}`)")
         spec["serveConfigV2"] = fresh
     check_front_door(rendered)
+    check_all(rendered)
     return rendered

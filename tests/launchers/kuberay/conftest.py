@@ -12,7 +12,13 @@ from launchers.kuberay.environments import Layout
 from launchers.kuberay.kubectl import Kubectl
 from launchers.kuberay.render import Rendered, render
 
-ENVIRONMENTS = ("dev", "staging", "prod")
+GPU_ENVIRONMENTS = ("dev", "staging", "prod")
+KCL1_ENVIRONMENTS = ("kcl1-dev", "kcl1-staging", "kcl1-prod")
+ENVIRONMENTS = GPU_ENVIRONMENTS + KCL1_ENVIRONMENTS
+
+
+def namespace_of(env: str) -> str:
+    return "ray-" + env.removeprefix("kcl1-")
 VENV_KUBECTL = Path(sys.executable).parent / "kubectl"
 
 

@@ -10,20 +10,24 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import ENVIRONMENTS
+from conftest import ENVIRONMENTS, GPU_ENVIRONMENTS, namespace_of
 from kube_schemas import K8S_VERSION, ROOT, problems
 
 from launchers.kuberay.render import Rendered, check_front_door
-from launchers.kuberay.serve_config import build_config, patched_value, serve_config_v2
+from launchers.kuberay.serve_config import build_config, environment_config, patched_value, serve_config_v2
 from serve_apps.checks import config_problems
 
 K8S = ROOT / "k8s"
 # Per-environment budgets of the head and the CPU (router) worker pods: cpu millicores, memory MiB,
 # and the most worker pods. GPU (engine) pods host the model and have budgets of their own.
+# kcl1's are the seed's (seed 004, "Multi-Environment Setup"); test_kuberay_kcl1.py holds them exactly.
 BUDGETS = {
     "dev": {"head": (500, 1024), "router": (500, 1229, 2), "engine": (4000, 16384, 1)},
-    "staging": {"head": (750, 1229), "router": (1000, 1229, 4), "engine": (8000, 32768, 4)},
+    "staging": {"head": (750, 1229), "router": (1000, 1229, 4), "engine": (8000, 32768, 8)},
     "prod": {"head": (1000, 1536), "router": (1000, 1434, 4), "engine": (8000, 32768, 8)},
+    "kcl1-dev": {"head": (500, 1024), "router": (500, 1229, 2)},
+    "kcl1-staging": {"head": (750, 1229), "router": (1000, 1229, 4)},
+    "kcl1-prod": {"head": (1000, 1536), "router": (1000, 1434, 4)},
 }
 
 
@@ -42,9 +46,12 @@ def test_every_object_validates_against_its_schema(rendered, env):
         assert problems(doc) == [], (doc["kind"], doc["metadata"]["name"])
         assert problems(doc, "1.37") == [], (doc["kind"], doc["metadata"]["name"])
     kinds = sorted({doc["kind"] for doc in rendered[env].documents})
-    assert kinds == ["ConfigMap", "Ingress", "Namespace", "NetworkPolicy", "PodDisruptionBudget", "PrometheusRule",
-                     "RayService", "Service", "ServiceMonitor"]
-    assert {doc["metadata"].get("namespace") for doc in rendered[env].documents if doc["kind"] != "Namespace"} == {f"ray-{env}"}
+    monitoring = ["ConfigMap", "PrometheusRule", "ServiceMonitor"] if env != "kcl1-dev" and env != "kcl1-staging" else []
+    assert kinds == sorted(["Ingress", "Namespace", "NetworkPolicy", "PersistentVolumeClaim", "PodDisruptionBudget",
+                            "RayService", "Service", *monitoring])
+    assert {doc["metadata"].get("namespace") for doc in rendered[env].documents if doc["kind"] != "Namespace"} == {namespace_of(env)}
+    # every object carries the label `apply` prunes by
+    assert all(doc["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "ray-serve-cai" for doc in rendered[env].documents)
 
 
 def test_validators_catch_mistakes(rendered):
@@ -63,12 +70,16 @@ def test_validators_catch_mistakes(rendered):
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_serve_config_is_the_generators_output_and_valid(rendered, layout, env):
-    profile = layout.environment(env).profile
+    environment = layout.environment(env)
     config = rendered[env].serve_config
-    assert config == build_config(profile)
+    assert config == environment_config(environment)
     assert config_problems(config) == []
+    # the profile's config, but for the environment's shared batch storage
+    expected = build_config(environment.profile)
+    expected["applications"][0]["args"]["batch"] = {"storage": environment.batch_storage}
+    assert config == expected
     # the checked-in overlay patch is what the generator writes today
-    assert patched_value(layout.serve_config_patch(env).read_text()) == serve_config_v2(profile)
+    assert patched_value(layout.serve_config_patch(env).read_text()) == serve_config_v2(environment)
 
 
 def test_one_serve_config_runs_everywhere():
@@ -79,13 +90,14 @@ def test_one_serve_config_runs_everywhere():
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
-def test_front_door_is_one_parameter_used_everywhere(rendered, env):
+def test_front_door_is_one_parameter_used_everywhere(rendered, layout, env):
     r = rendered[env]
     port = r.front_door_port
-    front_door = yaml.safe_load((K8S / "overlays" / env / "front-door.yaml").read_text())
+    front_door = yaml.safe_load((layout.overlay(env) / "front-door.yaml").read_text())
     assert port == int(front_door["data"]["port"])
     router = groups(r)["router"]["template"]["spec"]["containers"][0]
     assert router["readinessProbe"]["httpGet"] == {"path": "/health", "port": port}
+    assert {"name": "api", "containerPort": port} in router["ports"]  # the pods declare the front door
     api_policy = r.one("NetworkPolicy", "ray-serve-cai-api")["spec"]["ingress"]
     assert api_policy[0]["ports"] == [{"protocol": "TCP", "port": port}]
     listen = r.serve_config["applications"][0]["args"]["router"]["listen"]
@@ -123,6 +135,7 @@ def test_front_door_port_change_reaches_every_use(tmp_path):
     assert r.front_door_port == 8000
     router = groups(r)["router"]["template"]["spec"]["containers"][0]
     assert router["readinessProbe"]["httpGet"]["port"] == 8000
+    assert {"name": "api", "containerPort": 8000} in router["ports"]
     assert r.one("NetworkPolicy", "ray-serve-cai-api")["spec"]["ingress"][0]["ports"][0]["port"] == 8000
     assert not any(d["metadata"]["name"] == "ray-serve-cai-front-door" for d in docs)  # local-config only
 
@@ -135,25 +148,29 @@ def test_cluster_shape(rendered, env):
     ray_pin = next(d for d in pyproject["project"]["dependencies"] if d.startswith("ray[")).split("==")[1]
     assert cluster["rayVersion"] == ray_pin
     assert r.rayservice["apiVersion"] == "ray.io/v1"
-    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    head = cluster["headGroupSpec"]["rayStartParams"]
+    assert (head["num-cpus"], head["num-gpus"]) == ("0", "0")  # no replicas, no GPU work on the coordinator
     g = groups(r)
-    assert set(g) == {"router", "engine"}
-    assert g["engine"]["rayStartParams"]["num-cpus"] == "0"  # CPU-only replicas never land on GPU pods
-    engine = g["engine"]["template"]["spec"]["containers"][0]["resources"]
-    assert engine["requests"]["nvidia.com/gpu"] == engine["limits"]["nvidia.com/gpu"] == "1"
+    gpu = env in GPU_ENVIRONMENTS
+    assert set(g) == ({"router", "engine"} if gpu else {"router"})
+    if gpu:
+        assert g["engine"]["rayStartParams"]["num-cpus"] == "0"  # CPU-only replicas never land on GPU pods
+        engine = g["engine"]["template"]["spec"]["containers"][0]["resources"]
+        assert engine["requests"]["nvidia.com/gpu"] == engine["limits"]["nvidia.com/gpu"] == "1"
     # every engine replica asks for no CPU, or it could not be placed on a GPU pod
     for app in r.serve_config["applications"]:
         for engine_args in app["args"].get("engines", []):
             assert engine_args["device"] == "gpu" and engine_args.get("num_cpus") == 0
     autoscaling = cluster["enableInTreeAutoscaling"]
-    if env == "dev":
-        assert not autoscaling
-        assert all(x["replicas"] == x["minReplicas"] == x["maxReplicas"] for x in g.values())
-    else:
+    if env in ("staging", "prod"):  # the GPU group follows the engines' autoscaling; the router is fixed
         assert autoscaling
-        assert (g["router"]["minReplicas"], g["router"]["maxReplicas"]) == (2, 4)
+        assert (g["router"]["minReplicas"], g["router"]["maxReplicas"]) == (2, 2)
+        assert (g["engine"]["minReplicas"], g["engine"]["maxReplicas"]) == (2, 8)
+    else:
+        assert not autoscaling and "autoscalerOptions" not in cluster
+        assert all(x["replicas"] == x["minReplicas"] == x["maxReplicas"] for x in g.values())
     fault_tolerance = cluster.get("gcsFaultToleranceOptions")
-    if env == "prod":
+    if env.endswith("prod"):
         assert fault_tolerance["redisPassword"] == {"valueFrom": {"secretKeyRef": {"name": "ray-serve-cai-redis", "key": "password"}}}
     else:
         assert fault_tolerance is None
@@ -211,19 +228,21 @@ def test_containerfile_uses_the_pinned_ray_image():
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     ray_pin = next(d for d in pyproject["project"]["dependencies"] if d.startswith("ray[")).split("==")[1]
     assert f"ARG RAY_VERSION={ray_pin}\n" in containerfile
-    assert "FROM docker.io/rayproject/ray:${RAY_VERSION}-${PYTHON_TAG} AS base-cpu" in containerfile
-    assert "FROM docker.io/rayproject/ray:${RAY_VERSION}-${PYTHON_TAG}-gpu AS base-gpu" in containerfile
+    assert "FROM docker.io/rayproject/ray:${RAY_VERSION}-${PYTHON_TAG}${VARIANT:+-}${VARIANT}\n" in containerfile
     python = pyproject["project"]["requires-python"].removeprefix(">=").replace(".", "")
     assert f"ARG PYTHON_TAG=py{python}\n" in containerfile
     for path in re.findall(r"^COPY --chown=\S+ (\S+) \./", containerfile, re.M):
         assert (ROOT / path).exists(), path
+    extras = pyproject["project"]["optional-dependencies"]
+    assert "matrix" in extras and "gpu" in extras  # the image's extras exist
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_images_come_from_the_containerfile(rendered, env):
     images = {name: t["spec"]["containers"][0]["image"] for name, t in pod_templates(rendered[env]).items()}
     assert images["head"] == images["router"] == "ghcr.io/example/ray-serve-cai:0.1.0"
-    assert images["engine"] == "ghcr.io/example/ray-serve-cai:0.1.0-gpu"
+    if env in GPU_ENVIRONMENTS:
+        assert images["engine"] == "ghcr.io/example/ray-serve-cai:0.1.0-gpu"
 
 
 def _secrets_in(path: Path) -> list[dict[str, Any]]:
@@ -259,7 +278,9 @@ def test_every_referenced_secret_has_a_template(rendered, env):
         assert key in templates[name]["stringData"], (name, key)
     required = dict(rendered[env].required_secrets())
     assert required["ray-serve-cai-router-keys"] == "api-keys"
-    assert ("ray-serve-cai-redis" in required) == (env == "prod")
+    assert ("ray-serve-cai-redis" in required) == env.endswith("prod")
+    assert required["ray-serve-cai-api-tls"] == "tls.crt"
+    assert ("ray-serve-cai-matrix" in required) == env.startswith("kcl1-")  # its serve config runs the bot
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
@@ -271,31 +292,34 @@ def test_selectors_reach_the_pods_they_mean(rendered, env):
         return {name for name, pod in labels.items() if selector.items() <= pod.items()}
 
     assert selected(r.one("Service", "ray-serve-cai-api")["spec"]["selector"]) == {"router"}
-    assert selected(r.one("Service", "ray-serve-cai-metrics")["spec"]["selector"]) == {"head", "router", "engine"}
+    assert selected(r.one("Service", "ray-serve-cai-metrics")["spec"]["selector"]) == set(labels)
     assert selected(r.one("PodDisruptionBudget", "ray-serve-cai-router")["spec"]["selector"]["matchLabels"]) == {"router"}
-    assert selected(r.one("PodDisruptionBudget", "ray-serve-cai-engine")["spec"]["selector"]["matchLabels"]) == {"engine"}
+    if "engine" in labels:
+        assert selected(r.one("PodDisruptionBudget", "ray-serve-cai-engine")["spec"]["selector"]["matchLabels"]) == {"engine"}
+    else:
+        assert not list(r.find("PodDisruptionBudget", "ray-serve-cai-engine"))
     policies = {p["metadata"]["name"]: p["spec"] for p in r.find("NetworkPolicy")}
     assert selected(policies["ray-serve-cai-api"]["podSelector"]["matchLabels"]) == {"router"}
     assert selected(policies["ray-serve-cai-head"]["podSelector"]["matchLabels"]) == {"head"}
     # workers reach the head (and each other) on every port; Prometheus reaches the metrics ports
     cluster_rule = policies["ray-serve-cai-cluster"]["ingress"][0]
-    assert "ports" not in cluster_rule and selected(cluster_rule["from"][0]["podSelector"]["matchLabels"]) == {"head", "router", "engine"}
+    assert "ports" not in cluster_rule and selected(cluster_rule["from"][0]["podSelector"]["matchLabels"]) == set(labels)
     metrics_ports = {p["port"] for p in policies["ray-serve-cai-metrics"]["ingress"][0]["ports"]}
     service_ports = {p["port"] for p in r.one("Service", "ray-serve-cai-metrics")["spec"]["ports"]}
     assert metrics_ports == service_ports
-    monitor = r.one("ServiceMonitor", "ray-serve-cai")["spec"]
     metrics_service = r.one("Service", "ray-serve-cai-metrics")
-    assert monitor["selector"]["matchLabels"].items() <= metrics_service["metadata"]["labels"].items()
-    assert {e["port"] for e in monitor["endpoints"]} == {p["name"] for p in metrics_service["spec"]["ports"]}
+    for monitor in r.find("ServiceMonitor"):
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= metrics_service["metadata"]["labels"].items()
+        assert {e["port"] for e in monitor["spec"]["endpoints"]} == {p["name"] for p in metrics_service["spec"]["ports"]}
     # every named targetPort of the metrics Service is declared by the containers meant to have it
     declared = {p["name"] for t in pod_templates(r).values() for c in t["spec"]["containers"] for p in c.get("ports", [])}
     assert {p["targetPort"] for p in metrics_service["spec"]["ports"]} <= declared
-    # the API Ingress goes to the API Service, the dashboard Ingress to KubeRay's head Service
+    # the only Ingress goes to the API Service (the dashboard stays internal by default)
     ingresses = {i["metadata"]["name"]: i["spec"]["rules"][0] for i in r.find("Ingress")}
+    assert list(ingresses) == ["ray-serve-cai-api"]
     assert ingresses["ray-serve-cai-api"]["http"]["paths"][0]["backend"]["service"]["name"] == "ray-serve-cai-api"
-    assert ingresses["ray-serve-cai-dashboard"]["http"]["paths"][0]["backend"]["service"] == {
-        "name": f"{r.rayservice['metadata']['name']}-head-svc", "port": {"number": 8265}}
-    assert ingresses["ray-serve-cai-api"]["host"] == f"api.ray-{env}.example.com"
+    cluster_name = "kcl1." if env.startswith("kcl1-") else ""
+    assert ingresses["ray-serve-cai-api"]["host"] == f"api.{namespace_of(env)}.{cluster_name}example.com"
 
 
 def test_k8s_version_documented():
