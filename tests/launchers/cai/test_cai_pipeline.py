@@ -195,3 +195,24 @@ def test_deploy_cli_end_to_end(emulator: CMLEmulator, source_repo: Path, tmp_pat
     assert failed.returncode == 1
     assert failed.stderr.strip().splitlines()[-1].startswith("ray-serve-cai: error: job 'Launch' failed")
     assert "Traceback" not in failed.stderr
+
+
+@pytest.mark.parametrize("fault", [{"status": 502}, {"reset": True}], ids=["502 after commit", "reset after commit"])
+def test_pipeline_survives_a_fault_after_commit_on_every_call(emulator: CMLEmulator, client: CMLClient,
+                                                              source_repo: Path, fault: dict) -> None:
+    """Every distinct request (each method and path) is answered once with a 502 or a reset *after* the
+    server acted: project, jobs and runs are still made exactly once and the chain runs once."""
+    spoiler = emulator.inject("", after=True, each_line=True, **fault)
+    project = setup_project(client, "flaky-after", str(source_repo), progress=lambda _: None, poll_s=0.1).id
+    config = load_jobs_config(source_repo / "jobs.yaml", env={})
+    create_jobs(client, project, config, progress=lambda _: None)
+    result = trigger_jobs(client, project, config, progress=lambda _: None, waiting=FAST)
+    assert result == dict.fromkeys(config.jobs, "ENGINE_SUCCEEDED")
+    assert runs_log(emulator, project) == ["git_sync", "setup_environment", "launch_ray_cluster"]
+    assert [p.id for p in client.find_projects("flaky-after")] == [project]
+    assert sorted(j.name for j in client.list_jobs(project)) == ["Launch", "Setup", "Sync"]
+    assert sum(len(client.list_job_runs(project, j.id)) for j in client.list_jobs(project)) == 3
+    spoiled = [c for c in emulator.app.calls if " after " in c]
+    assert len(spoiler.hits) == len(spoiled) >= 10  # really every call, writes included
+    assert {c.split()[0] for c in spoiled} >= {"GET", "POST"}
+    assert any("/runs" in c and c.startswith("POST") for c in spoiled)
