@@ -73,6 +73,10 @@ def check_pod_ranges(rendered: Rendered) -> None:
             raise KubeRayError(f"environment {rendered.env}: several worker groups offer {resource}: "
                                f"{', '.join(g['groupName'] for g in found)}")
         group = found[0]
+        counts = [group.get(key, 0) for key in ("minReplicas", "maxReplicas", "replicas")]
+        if not all(isinstance(count, int) for count in counts):
+            raise KubeRayError(f"environment {rendered.env}: worker group {group['groupName']}: minReplicas, "
+                               f"maxReplicas and replicas must be integers, not {counts}")
         per_pod = _group_resource(group)[1]
         need = (math.ceil(least / per_pod), math.ceil(most / per_pod))
         have = (group.get("minReplicas", 0), group.get("maxReplicas", 0))

@@ -1,4 +1,10 @@
-"""apply and delete an environment, with the checks that turn a half-applied cluster into one clear line."""
+"""apply and delete an environment, with the checks that turn a half-applied cluster into one clear line.
+
+``apply`` waits for the generation it wrote, not for the Ready condition alone (which an existing
+RayService already has): until the operator has observed it, is Ready and runs no upgrade; then it
+says what happened (created, upgraded to a new RayCluster, updated in place). It also prunes objects
+of earlier applies that the manifests no longer contain (``prune.py``).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,8 @@ from collections.abc import Callable
 
 from launchers.kuberay.errors import KubeRayError, KubeRayTimeout
 from launchers.kuberay.kubectl import CRD_HINT, Kubectl
-from launchers.kuberay.render import Rendered
+from launchers.kuberay.prune import prune
+from launchers.kuberay.render import RAYSERVICE, Rendered
 from launchers.kuberay.status import ServiceStatus, service_status
 from launchers.polling import PollTimeout, poll_until
 
@@ -56,10 +63,29 @@ def apply(kubectl: Kubectl, rendered: Rendered, *, wait: bool, timeout_s: float,
     if missing:
         raise KubeRayError(f"namespace {rendered.namespace} lacks Secret {', '.join(missing)}: create them "
                            "(k8s/secrets/secrets.template.yaml shows how), then apply again")
+    before = service_status(kubectl, rendered.namespace)
     _server_side_apply(kubectl, rendered, progress)
+    prune(kubectl, rendered, progress)
     if not wait:
         return None
-    return wait_ready(kubectl, rendered.namespace, timeout_s=timeout_s, poll_s=poll_s, progress=progress)
+    generation = int(kubectl.json(["get", "rayservice", RAYSERVICE, "-n", rendered.namespace])["metadata"]["generation"])
+    after = wait_ready(kubectl, rendered.namespace, generation=generation, timeout_s=timeout_s, poll_s=poll_s,
+                       progress=progress)
+    progress(outcome(before, after))
+    return after
+
+
+def outcome(before: ServiceStatus, after: ServiceStatus) -> str:
+    """What the apply did to the running service, in one line."""
+    where = f"rayservice {after.namespace}/{after.rayservice} generation {after.observed_generation}"
+    if not before.exists or not before.raycluster:
+        return f"{where}: created, serving on RayCluster {after.raycluster}"
+    if before.raycluster != after.raycluster:
+        return f"{where}: upgraded, traffic moved from RayCluster {before.raycluster} to {after.raycluster}"
+    if before.generation == after.observed_generation:
+        return f"{where}: unchanged, serving on RayCluster {after.raycluster}"
+    return (f"{where}: updated in place on RayCluster {after.raycluster} (no new cluster: a serve-config change, or "
+            "a cluster-spec change under upgradeStrategy None, which needs `k8s delete` + `k8s apply`)")
 
 
 def _server_side_apply(kubectl: Kubectl, rendered: Rendered, progress: Progress) -> None:
@@ -70,14 +96,15 @@ def _server_side_apply(kubectl: Kubectl, rendered: Rendered, progress: Progress)
             progress(line.strip())
 
 
-def wait_ready(kubectl: Kubectl, namespace: str, *, timeout_s: float, poll_s: float = 5,
+def wait_ready(kubectl: Kubectl, namespace: str, *, generation: int = 0, timeout_s: float, poll_s: float = 5,
                progress: Progress = print) -> ServiceStatus:
-    """Poll until the RayService is Ready; print a line whenever the summary changes."""
+    """Poll until the operator has observed ``generation``, the RayService is Ready and no upgrade
+    runs; print a line whenever the summary changes."""
     latest: list[ServiceStatus] = []
 
     def check() -> ServiceStatus | None:
         latest[:] = [service_status(kubectl, namespace)]
-        return latest[0] if latest[0].ready else None
+        return latest[0] if latest[0].settled(generation) else None
 
     try:
         ready = poll_until(check, timeout_s, poll_s, status=lambda elapsed: latest[0].line(), progress=progress,
@@ -85,7 +112,10 @@ def wait_ready(kubectl: Kubectl, namespace: str, *, timeout_s: float, poll_s: fl
     except PollTimeout:
         status = latest[0]
         detail = f": {status.message}" if status.message else ""
-        raise KubeRayTimeout(f"not ready after {timeout_s:.0f} s ({status.line()}){detail}; "
+        if status.upgrading and status.ready:
+            detail += (f"; the upgrade did not finish, RayCluster {status.raycluster} still serves the previous "
+                       "generation")
+        raise KubeRayTimeout(f"not settled after {timeout_s:.0f} s ({status.line()}){detail}; "
                              f"`ray-serve-cai k8s status` and `kubectl -n {namespace} describe rayservice` tell more") from None
     progress(ready.line())
     return ready

@@ -33,16 +33,30 @@ class ServiceStatus(BaseModel):
     reason: str = ""
     message: str = ""
     raycluster: str = ""
+    generation: int = 0
+    observed_generation: int = 0
+    upgrading: bool = False
+    pending_raycluster: str = ""
     applications: list[AppStatus] = []
+    pending_applications: list[AppStatus] = []
     pods: list[PodStatus] = []
 
+    def settled(self, generation: int) -> bool:
+        """The operator has seen ``generation`` and finished acting on it: Ready, no upgrade running."""
+        return self.exists and self.observed_generation >= generation and self.ready and not self.upgrading
+
     def line(self) -> str:
-        """One progress line: readiness, Serve apps, pods ready/total."""
+        """One progress line: readiness, Serve apps, an upgrade under way, pods ready/total."""
         if not self.exists:
             return f"rayservice {self.namespace}/{self.rayservice}: not found"
         apps = ", ".join(f"{a.name} {a.status}" for a in self.applications) or "no serve apps yet"
         ready_pods = sum(p.ready for p in self.pods)
         state = "ready" if self.ready else f"not ready ({self.reason or 'pending'})"
+        if self.observed_generation < self.generation:
+            state += f", generation {self.generation} not yet observed"
+        if self.upgrading:
+            pending = ", ".join(f"{a.name} {a.status}" for a in self.pending_applications) or "no serve apps yet"
+            state += f", upgrading to {self.pending_raycluster or 'a new cluster'} (apps: {pending})"
         return f"rayservice {self.namespace}/{self.rayservice}: {state}; apps: {apps}; pods ready {ready_pods}/{len(self.pods)}"
 
 
@@ -54,9 +68,13 @@ def _ready(status: dict[str, Any]) -> tuple[bool, str, str]:
     return status.get("serviceStatus") == "Running", status.get("serviceStatus", ""), ""
 
 
-def _apps(status: dict[str, Any]) -> list[AppStatus]:
-    statuses = (status.get("activeServiceStatus") or {}).get("applicationStatuses") or {}
-    if not statuses:
+def _condition(status: dict[str, Any], kind: str) -> bool:
+    return any(c.get("type") == kind and c.get("status") == "True" for c in status.get("conditions") or [])
+
+
+def _apps(status: dict[str, Any], which: str = "active") -> list[AppStatus]:
+    statuses = (status.get(f"{which}ServiceStatus") or {}).get("applicationStatuses") or {}
+    if not statuses and which == "active":
         statuses = (status.get("pendingServiceStatus") or {}).get("applicationStatuses") or {}
     return [AppStatus(name=name, status=str(app.get("status", "")), message=str(app.get("message", ""))[:300])
             for name, app in sorted(statuses.items())]
@@ -84,8 +102,14 @@ def service_status(kubectl: Kubectl, namespace: str, name: str = RAYSERVICE) -> 
     status = service.get("status") or {}
     ready, reason, message = _ready(status)
     pods = kubectl.json(["get", "pods", "-n", namespace, "-l", APP_LABEL]).get("items", [])
+    upgrading = _condition(status, "UpgradeInProgress")
     return ServiceStatus(
         namespace=namespace, rayservice=name, exists=True, ready=ready, reason=reason, message=message[:300],
         raycluster=str((status.get("activeServiceStatus") or {}).get("rayClusterName", "")),
-        applications=_apps(status), pods=sorted((_pod(p) for p in pods), key=lambda p: (p.component, p.name)),
+        generation=int(service["metadata"].get("generation", 0)),
+        observed_generation=int(status.get("observedGeneration", 0)),
+        upgrading=upgrading,
+        pending_raycluster=str((status.get("pendingServiceStatus") or {}).get("rayClusterName", "")) if upgrading else "",
+        applications=_apps(status), pending_applications=_apps(status, "pending") if upgrading else [],
+        pods=sorted((_pod(p) for p in pods), key=lambda p: (p.component, p.name)),
     )

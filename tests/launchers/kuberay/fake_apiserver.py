@@ -9,7 +9,11 @@ must exist, NotFound, label selectors, delete.
 
 ``Operator`` stands in for the KubeRay operator: for an applied RayService it creates the pods of its
 groups and, after ``ready_after_s``, marks them and the RayService ready with one status entry per
-Serve application of serveConfigV2. Its status objects are checked against the CRD's status schema.
+Serve application of serveConfigV2. A later generation is observed only after ``observe_lag_s`` (the
+RayService stays Ready meanwhile, as a real one does). When it changes ``rayClusterConfig`` under
+upgradeStrategy NewCluster, the operator plays an upgrade: ``UpgradeInProgress`` with a pending
+RayCluster whose apps deploy for ``upgrade_s`` (forever with ``upgrade_ok=False``), then the switch.
+Its status objects are checked against the CRD's status schema.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ BUILTIN = [
     Resource("", "v1", "Namespace", "namespaces", namespaced=False),
     Resource("", "v1", "Service", "services"), Resource("", "v1", "Secret", "secrets"),
     Resource("", "v1", "ConfigMap", "configmaps"), Resource("", "v1", "Pod", "pods"),
+    Resource("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
     Resource("networking.k8s.io", "v1", "Ingress", "ingresses"),
     Resource("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies"),
     Resource("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets"),
@@ -102,9 +107,11 @@ class Store:
 class Operator:
     """What the KubeRay operator would do for a RayService, enough for apply/status to observe."""
 
-    def __init__(self, store: Store, ready_after_s: float = 1.0, ready: bool = True) -> None:
+    def __init__(self, store: Store, ready_after_s: float = 1.0, ready: bool = True, observe_lag_s: float = 0.5,
+                 upgrade_s: float = 1.0, upgrade_ok: bool = True) -> None:
         self.store, self.ready_after_s, self.ready = store, ready_after_s, ready
-        self.first_seen: dict[str, float] = {}
+        self.observe_lag_s, self.upgrade_s, self.upgrade_ok = observe_lag_s, upgrade_s, upgrade_ok
+        self.state: dict[str, dict[str, Any]] = {}
 
     def reconcile(self) -> None:
         with self.store.lock:
@@ -113,10 +120,60 @@ class Operator:
                     self._reconcile(namespace, name, service)
 
     def _reconcile(self, namespace: str, name: str, service: dict[str, Any]) -> None:
-        seen = self.first_seen.setdefault(f"{namespace}/{name}", time.monotonic())
-        up = self.ready and time.monotonic() - seen >= self.ready_after_s
-        cluster_name = f"{name}-abcde"
-        spec = service["spec"]["rayClusterConfig"]
+        now, generation = time.monotonic(), service["metadata"]["generation"]
+        key = f"{namespace}/{name}"
+        state = self.state.get(key)
+        if state is None:  # first seen: build the first cluster
+            state = self.state[key] = {"first": now, "observed": generation, "changed": now, "active": f"{name}-abcde",
+                                       "clusters": 1, "cluster_spec": service["spec"]["rayClusterConfig"],
+                                       "pending": None}
+        if generation != state["observed"] and state.get("seen_gen") != generation:
+            state["seen_gen"], state["changed"] = generation, now
+        if generation != state["observed"] and now - state["changed"] >= self.observe_lag_s:
+            state["observed"] = generation
+            new_spec = service["spec"]["rayClusterConfig"]
+            strategy = (service["spec"].get("upgradeStrategy") or {}).get("type", "NewCluster")
+            if new_spec != state["cluster_spec"] and strategy == "NewCluster":
+                state["clusters"] += 1
+                state["pending"] = {"name": f"{name}-{state['clusters']}", "since": now, "spec": new_spec}
+        up = self.ready and now - state["first"] >= self.ready_after_s
+        pending = state["pending"]
+        if pending and self.upgrade_ok and now - pending["since"] >= self.upgrade_s:
+            self._delete_pods(namespace, state["active"])
+            state["active"], state["cluster_spec"], state["pending"] = pending["name"], pending["spec"], None
+            pending = None
+        self._pods(namespace, state["active"], state["cluster_spec"], up)
+        if pending:
+            self._pods(namespace, pending["name"], pending["spec"], False)
+        apps = [app["name"] for app in yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]]
+        conditions = [{"type": "Ready", "status": "True" if up else "False", "lastTransitionTime": _now(),
+                       "reason": "NonZeroServeEndpoints" if up else "Initializing",
+                       "message": "" if up else "the Ray cluster is starting"}]
+        if pending:
+            conditions.append({"type": "UpgradeInProgress", "status": "True", "lastTransitionTime": _now(),
+                               "reason": "BothActivePendingClustersExist", "message": "the pending cluster is starting"})
+        service["status"] = {
+            "conditions": conditions, "observedGeneration": state["observed"],
+            "numServeEndpoints": 1 if up else 0,
+            "activeServiceStatus": {
+                "rayClusterName": state["active"],
+                "applicationStatuses": {app: {"status": "RUNNING"} for app in apps},
+            } if up else {},
+            "pendingServiceStatus": {
+                "rayClusterName": pending["name"] if pending else state["active"],
+                "applicationStatuses": {app: {"status": "DEPLOYING"} for app in apps},
+            } if pending or not up else {},
+        }
+        errors = problems(service)
+        if errors:
+            self.store.violations.append(f"operator status outside the CRD: {errors}")
+
+    def _delete_pods(self, namespace: str, cluster_name: str) -> None:
+        for key in [k for k in self.store.objects if k[0] == "pods" and k[1] == namespace
+                    and self.store.objects[k]["metadata"]["labels"].get("ray.io/cluster") == cluster_name]:
+            del self.store.objects[key]
+
+    def _pods(self, namespace: str, cluster_name: str, spec: dict[str, Any], up: bool) -> None:
         groups = [("head", spec["headGroupSpec"], 1)] + [(g["groupName"], g, g.get("replicas", 1)) for g in spec["workerGroupSpecs"]]
         for group, group_spec, replicas in groups:
             for index in range(replicas):
@@ -130,25 +187,6 @@ class Operator:
                                "conditions": [{"type": "Ready", "status": "True" if up else "False"}],
                                "containerStatuses": [{"name": "ray", "restartCount": 0}]},
                 }
-        apps = [app["name"] for app in yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]]
-        condition = {"type": "Ready", "status": "True" if up else "False", "lastTransitionTime": _now(),
-                     "reason": "NonZeroServeEndpoints" if up else "Initializing",
-                     "message": "" if up else "the Ray cluster is starting"}
-        service["status"] = {
-            "conditions": [condition], "observedGeneration": service["metadata"]["generation"],
-            "numServeEndpoints": 1 if up else 0,
-            "activeServiceStatus": {
-                "rayClusterName": cluster_name,
-                "applicationStatuses": {app: {"status": "RUNNING" if up else "DEPLOYING"} for app in apps},
-            } if up else {},
-            "pendingServiceStatus": {} if up else {
-                "rayClusterName": cluster_name,
-                "applicationStatuses": {app: {"status": "DEPLOYING"} for app in apps},
-            },
-        }
-        errors = problems(service)
-        if errors:
-            self.store.violations.append(f"operator status outside the CRD: {errors}")
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -276,10 +314,11 @@ class Handler(BaseHTTPRequestHandler):
 class FakeAPIServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, crds: set[str] | None = None, ready_after_s: float = 1.0, ready: bool = True) -> None:
+    def __init__(self, crds: set[str] | None = None, ready_after_s: float = 1.0, ready: bool = True,
+                 **operator: Any) -> None:
         super().__init__(("127.0.0.1", 0), Handler)
         self.store = Store(crds=set(CRDS) if crds is None else crds)
-        self.operator = Operator(self.store, ready_after_s, ready)
+        self.operator = Operator(self.store, ready_after_s, ready, **operator)
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
 
     @property

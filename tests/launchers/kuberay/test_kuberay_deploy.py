@@ -31,7 +31,7 @@ def cli(tmp_path: Path, *args: str, kubeconfig: str | None = None, kubectl: str 
 
 def add_secrets(api: FakeAPIServer, namespace: str, *extra: tuple[str, str]) -> None:
     api.add({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
-    for name, key in [("ray-serve-cai-router-keys", "api-keys"), ("ray-serve-cai-dashboard-auth", "auth"), *extra]:
+    for name, key in [("ray-serve-cai-router-keys", "api-keys"), ("ray-serve-cai-api-tls", "tls.crt"), *extra]:
         api.add({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace},
                  "data": {key: "c2stcm91dGVyLWtleS1uZXZlci1wcmludGVkLTQy"}, "stringData": {}})
 
@@ -54,16 +54,19 @@ def test_apply_waits_for_ready_then_status_and_delete(tmp_path, api):
     waiting = [line for line in progress if line.startswith("rayservice ray-dev/ray-serve-cai:")]
     assert "not ready (Initializing); apps: router DEPLOYING; pods ready 0/3" in waiting[0]
     assert waiting[-1].endswith("ready; apps: router RUNNING; pods ready 3/3")
+    assert progress[-1] == "rayservice ray-dev/ray-serve-cai generation 1: created, serving on RayCluster ray-serve-cai-abcde"
     status = json.loads(done.stdout)
     assert status["ready"] and status["applications"] == [{"name": "router", "status": "RUNNING", "message": ""}]
     assert sorted(p["component"] for p in status["pods"]) == ["engine", "head", "router"]
     # every rendered object reached the server, validated; serveConfigV2 is the generator's
     kinds = sorted(plural for plural, ns, _ in api.store.objects if ns == "ray-dev")
     assert kinds.count("networkpolicies") == 4 and "rayservices" in kinds and "servicemonitors" in kinds
+    assert "persistentvolumeclaims" in kinds
     rayservice = api.store.objects[("rayservices", "ray-dev", "ray-serve-cai")]
+    from launchers.kuberay.environments import Layout
     from launchers.kuberay.serve_config import serve_config_v2
 
-    assert rayservice["spec"]["serveConfigV2"] == serve_config_v2("dev")
+    assert rayservice["spec"]["serveConfigV2"] == serve_config_v2(Layout().environment("dev"))
 
     status = cli(tmp_path, "status", "--env", "dev", "--check")
     assert status.returncode == 0 and json.loads(status.stdout)["raycluster"] == "ray-serve-cai-abcde"
@@ -84,7 +87,7 @@ def test_apply_refuses_without_required_secrets(tmp_path, api):
     assert done.returncode == 1
     error = done.stderr.strip().splitlines()[-1]
     assert error == ("ray-serve-cai: error: namespace ray-prod lacks Secret ray-serve-cai-redis (key password), "
-                     "ray-serve-cai-router-keys (key api-keys), ray-serve-cai-dashboard-auth (key auth): create them "
+                     "ray-serve-cai-router-keys (key api-keys), ray-serve-cai-api-tls (key tls.crt): create them "
                      "(k8s/secrets/secrets.template.yaml shows how), then apply again")
     assert ("rayservices", "ray-prod", "ray-serve-cai") not in api.store.objects  # nothing half-applied
     add_secrets(api, "ray-prod")  # still no Redis password
@@ -104,7 +107,7 @@ def test_apply_times_out_with_the_last_status(tmp_path):
                    kubeconfig=api.kubeconfig())
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("ray-serve-cai: error: not ready after 2 s (rayservice ray-dev/ray-serve-cai: not ready "
+    assert last.startswith("ray-serve-cai: error: not settled after 2 s (rayservice ray-dev/ray-serve-cai: not ready "
                            "(Initializing); apps: router DEPLOYING; pods ready 0/3): the Ray cluster is starting")
 
 
@@ -137,13 +140,13 @@ def test_server_rejects_an_invalid_object(tmp_path, api):
     k8s = tmp_path / "k8s"
     shutil.copytree(ROOT / "k8s", k8s)
     sizes = k8s / "overlays" / "dev" / "sizes.yaml"
-    sizes.write_text(sizes.read_text().replace("workerGroupSpecs/0/replicas, value: 1}", "workerGroupSpecs/0/replicas, value: one}"))
+    sizes.write_text(sizes.read_text() + "- {op: replace, path: /spec/rayClusterConfig/rayVersion, value: 2.6}\n")
     add_secrets(api, "ray-dev")
     done = cli(tmp_path, "apply", "--env", "dev", "--k8s-dir", str(k8s))
     assert done.returncode == 1
     error = done.stderr.strip().splitlines()[-1]
     assert error.startswith("ray-serve-cai: error: ") and 'RayService "ray-serve-cai" is invalid' in error
-    assert "spec.rayClusterConfig.workerGroupSpecs.0.replicas: 'one' is not of type 'integer'" in error
+    assert "spec.rayClusterConfig.rayVersion: 2.6 is not of type 'string'" in error
 
 
 def test_unknown_context_missing_kubectl_and_unreachable_server(tmp_path, api):
@@ -171,7 +174,8 @@ def test_render_writes_manifests_without_a_cluster(tmp_path):
     assert len(docs) == 15 and docs[-1]["kind"] == "RayService"
     unknown = cli(tmp_path, "render", "--env", "qa")
     assert unknown.returncode == 1
-    assert unknown.stderr.strip() == "ray-serve-cai: error: unknown environment 'qa'; known: dev, staging, prod"
+    assert unknown.stderr.strip() == ("ray-serve-cai: error: unknown environment 'qa'; known: kcl1-dev, kcl1-staging, "
+                                      "kcl1-prod, dev, staging, prod")
 
 
 def test_stale_overlay_patch_is_replaced_with_a_warning(tmp_path):
@@ -190,8 +194,10 @@ def test_stale_overlay_patch_is_replaced_with_a_warning(tmp_path):
 
     from launchers.kuberay.serve_config import serve_config_v2
 
+    from launchers.kuberay.environments import Layout
+
     rayservice = [d for d in yaml.safe_load_all(done.stdout) if d and d["kind"] == "RayService"][0]
-    assert rayservice["spec"]["serveConfigV2"] == serve_config_v2("dev")
+    assert rayservice["spec"]["serveConfigV2"] == serve_config_v2(Layout().environment("dev"))
 
 
 def test_every_k8s_command_has_help(tmp_path):
