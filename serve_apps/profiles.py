@@ -58,6 +58,22 @@ def _local_profile(model: str, engine: dict[str, Any]) -> dict[str, Any]:
         },
     }
 
+def _rocket_fallbacks() -> list[dict[str, Any]]:
+    """The seed's backends after vLLM in its fallback cascade, tiers 1-3: Rocket Ollama, LM Studio on
+    wks-bckx01, Anthropic (model `default` walks them in order)."""
+    return [
+        {"name": "ollama", "kind": "ollama", "url": "http://rocket-ollama-service.rocket:11434", "tier": 1,
+         "models": [{"name": "qwen2.5:0.5b", "aliases": ["default"]}]},
+        {"name": "lm-studio", "kind": "openai", "url": "http://wks-bckx01:1234", "tier": 2,
+         "health": {"path": "/v1/models"},
+         "models": [{"name": "qwen2.5-7b-instruct", "aliases": ["default"]}]},
+        {"name": "anthropic", "kind": "anthropic", "url": "https://api.anthropic.com", "tier": 3,
+         "api_key": {"env": "ANTHROPIC_API_KEY", "file": "/etc/ray-serve-cai/anthropic-key"},
+         "health": {"interval": 30}, "timeouts": {"first_byte": 60},
+         "models": [{"name": "claude-3-5-haiku-latest", "aliases": ["default"]}]},
+    ]
+
+
 def _kcl1_profile(router_replicas: int, where: str) -> dict[str, Any]:
     """The seed's own cluster (kcl1: MicroK8s, no GPUs, ~1.2 Gi per node): Ray routes, it hosts no model.
     The router (one replica per 1-CPU worker pod), the batch API and the Matrix bot over the seed's
@@ -77,15 +93,7 @@ def _kcl1_profile(router_replicas: int, where: str) -> dict[str, Any]:
                 {"name": "vllm", "kind": "openai", "url": "http://rocket-vllm-service.rocket:8000", "tier": 0,
                  "health": {"path": "/health"},
                  "models": [{"name": "Qwen/Qwen2.5-0.5B-Instruct", "aliases": ["default"]}]},
-                {"name": "ollama", "kind": "ollama", "url": "http://rocket-ollama-service.rocket:11434", "tier": 1,
-                 "models": [{"name": "qwen2.5:0.5b", "aliases": ["default"]}]},
-                {"name": "lm-studio", "kind": "openai", "url": "http://wks-bckx01:1234", "tier": 2,
-                 "health": {"path": "/v1/models"},
-                 "models": [{"name": "qwen2.5-7b-instruct", "aliases": ["default"]}]},
-                {"name": "anthropic", "kind": "anthropic", "url": "https://api.anthropic.com", "tier": 3,
-                 "api_key": {"env": "ANTHROPIC_API_KEY", "file": "/etc/ray-serve-cai/anthropic-key"},
-                 "health": {"interval": 30}, "timeouts": {"first_byte": 60},
-                 "models": [{"name": "claude-3-5-haiku-latest", "aliases": ["default"]}]},
+                *_rocket_fallbacks(),
             ],
             # the seed's homeserver, bot and room; its store on the volume every Ray pod shares
             "matrix": {"homeserver": "http://srv1:8008", "user_id": "@ray-bot:srv1.local",
@@ -143,15 +151,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                          "autoscaling": {"min_replicas": 2, "max_replicas": 8, "target_ongoing_requests": 64}}],
             "backends": [
                 {"name": "vllm", "kind": "serve", "engine": "qwen2.5-7b", "tier": 0},
-                {"name": "ollama", "kind": "ollama", "url": "http://rocket-ollama-service.rocket:11434", "tier": 1,
-                 "models": [{"name": "qwen2.5:0.5b", "aliases": ["default"]}]},
-                {"name": "lm-studio", "kind": "openai", "url": "http://wks-bckx01:1234", "tier": 2,
-                 "health": {"path": "/v1/models"},
-                 "models": [{"name": "qwen2.5-7b-instruct", "aliases": ["default"]}]},
-                {"name": "anthropic", "kind": "anthropic", "url": "https://api.anthropic.com", "tier": 3,
-                 "api_key": {"env": "ANTHROPIC_API_KEY", "file": "/etc/ray-serve-cai/anthropic-key"},
-                 "health": {"interval": 30}, "timeouts": {"first_byte": 60},
-                 "models": [{"name": "claude-3-5-haiku-latest", "aliases": ["default"]}]},
+                *_rocket_fallbacks(),
             ],
         },
     },
