@@ -84,6 +84,7 @@ def _reset_connection() -> None:
     if sock is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     transport.abort()
+    cycle.disconnected = True  # uvicorn: the client is gone, nothing to answer (and nothing to log)
 
 
 def _keys(param: dict | None, label: str) -> list[str]:
