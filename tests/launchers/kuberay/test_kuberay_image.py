@@ -107,9 +107,10 @@ def build(buildah, containerfile: Path, *args: str) -> subprocess.CompletedProce
                    "ray-serve-cai-test", ".", check=False)
 
 
-@pytest.mark.parametrize("variant, extras", [("", "matrix"), ("gpu", "matrix,gpu")])
-def test_containerfile_builds_under_buildah(buildah, variant, extras):
-    done = build(buildah, CONTAINERFILE, *(["--build-arg", f"VARIANT={variant}"] if variant else []))
+@pytest.mark.parametrize("args, extras", [((), "matrix"), (("VARIANT=gpu",), "matrix,gpu"),
+                                          (("EXTRAS=matrix,s3",), "matrix,s3")])
+def test_containerfile_builds_under_buildah(buildah, args, extras):
+    done = build(buildah, CONTAINERFILE, *[f"--build-arg={arg}" for arg in args])
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-3000:]
     assert f"pip args: install --no-cache-dir .[{extras}]" in log
