@@ -145,3 +145,18 @@ def test_cli_start_status_stop_with_a_reset_on_every_call(cml: CMLEmulator, proj
     assert len(_app_posts(cml)) == 3
     with CMLClient(cml.url, cml.api_key) as client:
         assert client.list_applications(project) == []
+
+
+def test_failed_start_removes_an_application_whose_create_answer_was_lost(cml: CMLEmulator, project: str,
+                                                                          tmp_path: Path) -> None:
+    """The head's create is made but answered 502, and looking it up fails too (every attempt of that
+    listing errs): start fails, and its cleanup still finds the application by its nonce and removes it."""
+    lines: list[str] = []
+    manager = _manager(cml, _config(cml, project, tmp_path), lines)
+    cml.inject(f"POST /api/v2/projects/{project}/applications", status=502, after=True)
+    cml.inject(f"GET /api/v2/projects/{project}/applications", status=500, count=4, skip=1)  # 1: start's own look
+    with pytest.raises(CAIError, match=r"failed \(HTTP 502\) and looking up whether it was applied failed too"):
+        manager.start_cluster(info_file=None)
+    assert "Start failed: removing the 1 application(s) it created" in lines
+    assert manager.client.list_applications(project) == []
+    assert wait_gone(cml.workload_pids(), timeout_s=15) == set()

@@ -62,8 +62,8 @@ def test_colon_verbs_take_no_body(emulator: CMLEmulator, api: httpx.Client) -> N
 def test_create_application_defaults_cpu_and_memory_to_one(emulator: CMLEmulator, api: httpx.Client) -> None:
     project = emulator.add_project("defaults")
     emulator.write(project, "s.py")
-    created = api.post(f"/api/v2/projects/{project}/applications", json={"name": "a", "subdomain": "a",
-                                                                         "script": "s.py", "runtime_identifier": RUNTIME})
+    body = {"name": "a", "subdomain": "a", "script": "s.py", "runtime_identifier": RUNTIME}
+    created = api.post(f"/api/v2/projects/{project}/applications", json=body)
     assert created.status_code == 200, created.text
     assert (created.json()["cpu"], created.json()["memory"], created.json()["nvidia_gpu"]) == (1, 1, 0)
 

@@ -50,10 +50,14 @@ class Fault:
     body: bytes | None = None  # answer this instead of an error JSON (an HTML page, a bad JSON page)
     headers: dict[str, str] = field(default_factory=dict)
     content_type: str = "application/json"
+    skip: int = 0  # let this many matching requests through first
     hits: dict[str, int] = field(default_factory=dict)
 
     def take(self, line: str, after: bool) -> bool:
         if self.after != after or self.match not in line:
+            return False
+        if self.skip > 0:
+            self.skip -= 1
             return False
         key = line if self.each_line else ""
         if self.hits.get(key, 0) >= self.count:

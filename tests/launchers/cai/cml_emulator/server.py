@@ -55,10 +55,10 @@ class CMLEmulator:
     def inject(self, match: str, status: int | None = 500, count: int = 1, delay: float = 0.0, *,
                after: bool = False, reset: bool = False, each_line: bool = False,
                retry_after: str | None = "0", body: bytes | None = None, headers: dict[str, str] | None = None,
-               content_type: str = "application/json") -> Fault:
+               content_type: str = "application/json", skip: int = 0) -> Fault:
         """See ``Fault``; e.g. ``inject("/jobs", 502, after=True)``: the job is made, the client sees a 502."""
         fault = Fault(match, status, count, delay, retry_after, after=after, reset=reset, each_line=each_line,
-                      body=body, headers=headers or {}, content_type=content_type)
+                      body=body, headers=headers or {}, content_type=content_type, skip=skip)
         self.app.faults.append(fault)
         return fault
 
