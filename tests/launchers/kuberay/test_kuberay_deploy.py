@@ -167,11 +167,11 @@ def test_render_writes_manifests_without_a_cluster(tmp_path):
     out = tmp_path / "out" / "prod.yaml"
     done = cli(tmp_path, "render", "--env", "prod", "-o", str(out), kubeconfig="")
     assert done.returncode == 0, done.stderr
-    assert done.stderr.strip() == f"wrote 15 objects of environment prod to {out}"
+    assert done.stderr.strip() == f"wrote 17 objects of environment prod to {out}"
     import yaml
 
     docs = [d for d in yaml.safe_load_all(out.read_text()) if d]
-    assert len(docs) == 15 and docs[-1]["kind"] == "RayService"
+    assert len(docs) == 17 and docs[-1]["kind"] == "RayService"
     unknown = cli(tmp_path, "render", "--env", "qa")
     assert unknown.returncode == 1
     assert unknown.stderr.strip() == ("ray-serve-cai: error: unknown environment 'qa'; known: kcl1-dev, kcl1-staging, "

@@ -100,8 +100,9 @@ def test_apply_prunes_what_the_manifests_dropped(tmp_path):
         assert api.store.violations == []
     assert done.returncode == 0, done.stderr
     pruned = sorted(line for line in done.stderr.splitlines() if line.startswith("pruned "))
-    assert pruned == [f"pruned {kind} ray-dev/{name}: no longer in the manifests" for kind, name in [
-        ("ConfigMap", "ray-serve-cai-dashboard"), ("PrometheusRule", "ray-serve-cai"), ("ServiceMonitor", "ray-serve-cai")]]
+    assert pruned == sorted(f"pruned {kind} ray-dev/{name}: no longer in the manifests" for kind, name in [
+        ("ConfigMap", "ray-serve-cai-cluster-dashboard"), ("ConfigMap", "ray-serve-cai-dashboard"),
+        ("PrometheusRule", "ray-serve-cai"), ("PrometheusRule", "ray-serve-cai-cluster"), ("ServiceMonitor", "ray-serve-cai")])
     assert ("servicemonitors", "ray-dev", "ray-serve-cai") not in objects
     assert ("services", "ray-dev", "ray-serve-cai-head-svc") in objects
     assert ("rayservices", "ray-dev", "ray-serve-cai") in objects and ("secrets", "ray-dev", "ray-serve-cai-api-tls") in objects
