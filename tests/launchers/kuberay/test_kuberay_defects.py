@@ -202,3 +202,17 @@ def test_dashboard_ingress_component_is_opt_in_and_valid(tmp_path):
     assert ("ray-serve-cai-dashboard-tls", "tls.crt") in r.required_secrets()
     for doc in (dashboard, r.one("NetworkPolicy", "ray-serve-cai-dashboard")):
         assert problems(doc) == []
+
+
+@pytest.mark.parametrize("env", ["prod", "kcl1-dev"])
+def test_probes_still_answer_under_token_auth(rendered, env):
+    """With authOptions every Ray HTTP endpoint wants the token, except those Ray keeps public: the
+    router pods' liveness probe must ask one of those (the readiness probe asks the router, not Ray)."""
+    from ray.dashboard.http_server_agent import PUBLIC_EXACT_PATHS
+
+    router = next(g for g in cluster(rendered[env])["workerGroupSpecs"] if g["groupName"] == "router")
+    container = router["template"]["spec"]["containers"][0]
+    command = " ".join(container["livenessProbe"]["exec"]["command"])
+    paths = [p for p in PUBLIC_EXACT_PATHS if f"localhost:52365{p}" in command]
+    assert paths == ["/api/local_raylet_healthz"], command
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health"
