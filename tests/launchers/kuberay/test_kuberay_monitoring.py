@@ -18,31 +18,49 @@ MONITORING = ROOT / "k8s" / "monitoring"
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed: run scripts/setup-test-services.sh")
 ALERTS = {"RouterBackendDown", "RouterErrorRateHigh", "RouterTTFTHigh", "RouterAllBreakersOpen"}
+CLUSTER_ALERTS = {"ServeReplicaUnhealthy", "RayServiceNotReady", "RayMetricsTargetDown", "RayMetricsMissing"}
 
 
-def rules_file(tmp_path: Path) -> Path:
-    rule = yaml.safe_load((MONITORING / "prometheusrule.yaml").read_text())
-    path = tmp_path / "rules.yaml"
+def rules_file(tmp_path: Path, source: str = "prometheusrule.yaml", name: str = "rules.yaml") -> Path:
+    """The PrometheusRule's spec as a plain Prometheus rules file (what promtool reads)."""
+    rule = yaml.safe_load((MONITORING / source).read_text())
+    path = tmp_path / name
     path.write_text(yaml.safe_dump(rule["spec"]))
     return path
 
 
-@needs_promtool
-def test_alert_rules_are_valid(tmp_path):
-    done = subprocess.run([PROMTOOL, "check", "rules", str(rules_file(tmp_path))], capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 4 rules found" in done.stdout
-
-
-@needs_promtool
-def test_each_alert_fires_on_its_case_and_not_on_its_near_miss(tmp_path):
-    rules_file(tmp_path)
-    shutil.copy(Path(__file__).with_name("alerts_test.yaml"), tmp_path / "alerts_test.yaml")
-    tested = {case["alertname"] for test in yaml.safe_load((tmp_path / "alerts_test.yaml").read_text())["tests"]
+def promtool_unit_tests(tmp_path: Path, tests: str, alerts: set[str]) -> None:
+    """Run promtool's unit tests ``tests`` (next to this file); they must cover exactly ``alerts``."""
+    shutil.copy(Path(__file__).with_name(tests), tmp_path / tests)
+    tested = {case["alertname"] for test in yaml.safe_load((tmp_path / tests).read_text())["tests"]
               for case in test["alert_rule_test"]}
-    assert tested == ALERTS
-    done = subprocess.run([PROMTOOL, "test", "rules", "alerts_test.yaml"], cwd=tmp_path, capture_output=True, text=True)
+    assert tested == alerts
+    done = subprocess.run([PROMTOOL, "test", "rules", tests], cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# (PrometheusRule file, the rules file its unit tests name, the unit tests, the alerts they cover): the
+# router's alerts and the cluster's (Serve replicas, RayService readiness, scrapes).
+RULE_FILES = [
+    ("prometheusrule.yaml", "rules.yaml", "alerts_test.yaml", ALERTS),
+    ("prometheusrule-cluster.yaml", "rules-cluster.yaml", "alerts_cluster_test.yaml", CLUSTER_ALERTS),
+]
+
+
+@needs_promtool
+@pytest.mark.parametrize("source, name, tests, alerts", RULE_FILES)
+def test_alert_rules_are_valid(tmp_path, source, name, tests, alerts):
+    done = subprocess.run([PROMTOOL, "check", "rules", str(rules_file(tmp_path, source, name))], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"SUCCESS: {len(alerts)} rules found" in done.stdout
+
+
+@needs_promtool
+@pytest.mark.parametrize("source, name, tests, alerts", RULE_FILES)
+def test_each_alert_fires_on_its_case_and_not_on_its_near_miss(tmp_path, source, name, tests, alerts):
+    rules_file(tmp_path, source, name)
+    promtool_unit_tests(tmp_path, tests, alerts)
 
 
 @needs_promtool

@@ -1,6 +1,6 @@
 """Observability beyond the router (k8s/monitoring: prometheusrule-cluster.yaml, cluster-dashboard.json):
-alerts on Serve replica health, RayService readiness and missing scrapes, checked and unit-tested by
-promtool; every Ray metric the dashboard and the alerts read is one the installed Ray defines.
+every Ray metric the dashboard and the alerts read is one the installed Ray defines. (promtool checks
+and unit-tests these alerts in test_kuberay_monitoring.py, alongside the router's.)
 
 Names are checked against Ray's own metric definitions (the strings its Gauge/Counter/Histogram
 objects are created with, exported with the `ray_` prefix, counters with `_total`), not against a live
@@ -12,28 +12,13 @@ from __future__ import annotations
 import functools
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
-import pytest
 import ray
 import yaml
-from kube_schemas import ROOT
-
-MONITORING = ROOT / "k8s" / "monitoring"
-PROMTOOL = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed: run scripts/setup-test-services.sh")
-ALERTS = {"ServeReplicaUnhealthy", "RayServiceNotReady", "RayMetricsTargetDown", "RayMetricsMissing"}
+from test_kuberay_monitoring import MONITORING
 # The KubeRay operator's metrics (ray-operator/pkg/features/metrics, KubeRay >= 1.4): not in Ray's sources.
 KUBERAY_METRICS = {"kuberay_service_condition_ready"}
-
-
-def rules_file(tmp_path: Path) -> Path:
-    rule = yaml.safe_load((MONITORING / "prometheusrule-cluster.yaml").read_text())
-    path = tmp_path / "rules-cluster.yaml"
-    path.write_text(yaml.safe_dump(rule["spec"]))
-    return path
 
 
 @functools.cache
@@ -101,22 +86,3 @@ def test_scrape_alerts_name_the_metrics_service(rendered):
     """Prometheus-operator sets `job` to the scraped Service's name."""
     service = rendered["prod"].one("Service", "ray-serve-cai-metrics")["metadata"]["name"]
     assert all(f'job="{service}"' in expr for expr in cluster_queries() if "up{" in expr)
-
-
-@needs_promtool
-def test_cluster_alert_rules_are_valid(tmp_path):
-    done = subprocess.run([PROMTOOL, "check", "rules", str(rules_file(tmp_path))], capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 4 rules found" in done.stdout
-
-
-@needs_promtool
-def test_each_cluster_alert_fires_on_its_case_and_not_on_its_near_miss(tmp_path):
-    rules_file(tmp_path)
-    shutil.copy(Path(__file__).with_name("alerts_cluster_test.yaml"), tmp_path / "alerts_cluster_test.yaml")
-    tested = {case["alertname"] for test in yaml.safe_load((tmp_path / "alerts_cluster_test.yaml").read_text())["tests"]
-              for case in test["alert_rule_test"]}
-    assert tested == ALERTS
-    done = subprocess.run([PROMTOOL, "test", "rules", "alerts_cluster_test.yaml"], cwd=tmp_path, capture_output=True,
-                          text=True)
-    assert done.returncode == 0, done.stdout + done.stderr
