@@ -17,7 +17,7 @@ from serve_apps.checks import parse_router_args
 from serve_apps.profiles import ROUTER_IMPORT_PATH
 
 if TYPE_CHECKING:
-    from launchers.kuberay.render import Rendered
+    from launchers.kuberay.rendered import Rendered
 
 BODY_SIZE = "nginx.ingress.kubernetes.io/proxy-body-size"
 MULTIPART_MARGIN = 1024 * 1024  # multipart framing and form fields around an uploaded file
