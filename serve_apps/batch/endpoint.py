@@ -4,7 +4,9 @@
 "count": N, "backend": ...}``. A prompt is a string (one user message) or a list of chat messages.
 Every item goes through the router's own ``generate`` in process (the same fallback, breaker and
 metrics as a single request), at most ``endpoint_concurrency`` at a time; an item that fails becomes an
-OpenAI-style error object in its place and never fails the others.
+OpenAI-style error object in its place and never fails the others. An item that no backend can serve
+now (503, 429: engines restarting, breakers open) is retried with backoff for up to
+``endpoint_wait_seconds`` (default 60) before its error is its result (``waiting``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from serve_apps.batch.config import BatchConfig
 from serve_apps.batch.models import CHAT_PATH
 from serve_apps.asgi import JSON_HEADERS, Reply
 from serve_apps.batch.routes import refusal
+from serve_apps.batch.waiting import Gate
 from serve_apps.openai_format import error_reply
 from serve_apps.router.router import Router
 from serve_apps.validation import StrictModel
@@ -58,22 +61,31 @@ class PromptsEndpoint:
         if reserved:
             return error_reply(400, f"params may not set {', '.join(sorted(reserved))}", "invalid_request_error")
         limit = asyncio.Semaphore(self.config.endpoint_concurrency)
-        results = await asyncio.gather(*(self._one(request, prompt, limit) for prompt in request.prompts))
+        gate = Gate(self.config.retries)
+        deadline = gate.clock() + self.config.endpoint_wait_seconds
+        results = await asyncio.gather(*(self._one(request, prompt, limit, gate, deadline) for prompt in request.prompts))
         body = {"results": results, "count": len(results), "backend": request.backend}
         return Reply(200, list(JSON_HEADERS), json.dumps(body).encode())
 
-    async def _one(self, request: BatchPrompts, prompt: str | list[dict[str, Any]], limit: asyncio.Semaphore) -> Any:
+    async def _one(self, request: BatchPrompts, prompt: str | list[dict[str, Any]], limit: asyncio.Semaphore,
+                   gate: Gate, deadline: float) -> Any:
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         payload: dict[str, Any] = {**request.params, "messages": messages}
         if request.model is not None:
             payload["model"] = request.model
-        async with limit:
-            try:
-                reply = await self.router.generate(CHAT_PATH, json.dumps(payload).encode(), request.backend)
-            except Exception as exc:  # one item's failure is that item's error, never the batch's
-                return json.loads(error_reply(500, f"internal error: {exc}", "internal_error").body)  # type: ignore[arg-type]
+        raw = json.dumps(payload).encode()
+
+        async def attempt() -> tuple[int, bytes]:
+            async with limit:  # a waiting item holds no slot
+                reply = await self.router.generate(CHAT_PATH, raw, request.backend)
+            return reply.status, reply.body  # type: ignore[return-value] - a whole body: never a stream
+
         try:
-            return json.loads(reply.body)  # type: ignore[arg-type]
+            answer = await gate.send(attempt, deadline)
+        except Exception as exc:  # one item's failure is that item's error, never the batch's
+            return json.loads(error_reply(500, f"internal error: {exc}", "internal_error").body)  # type: ignore[arg-type]
+        try:
+            return json.loads(answer.body)
         except ValueError:
-            return json.loads(error_reply(502, f"backend answered {reply.status} with a non-JSON body",
+            return json.loads(error_reply(502, f"backend answered {answer.status} with a non-JSON body",
                                           "bad_gateway").body)  # type: ignore[arg-type]

@@ -22,16 +22,25 @@ from serve_apps.batch.lines import numbered_lines, parse_line, scan
 from serve_apps.batch.models import Batch, BatchError, BatchErrors, FileObject, RequestLine, now, output_line
 from serve_apps.batch.sender import GroupedSender
 from serve_apps.batch.storage import ERROR, OUTPUT, Storage
+from serve_apps.batch.waiting import Answer, Gate
 
 logger = logging.getLogger("ray.serve")
 # (path, raw JSON body) -> (HTTP status, response body). Raises when the router cannot be reached.
 Send = Callable[[str, bytes], Awaitable[tuple[int, bytes]]]
-RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
 # A router gone this long (its app deleted?) ends the run; the batch stays resumable in storage and the
-# next router replica that comes up with the same storage picks it up again.
+# next router replica that comes up with the same storage picks it up again. A router that answers
+# "no backend can serve" is waited for until the batch's window ends (``waiting``).
 GIVE_UP_AFTER_S = 600.0
 EXPIRED_ERROR = {"code": "batch_expired",
                  "message": "This request could not be executed before the completion window expired."}
+
+
+def _parsed(answer: Answer) -> tuple[int | None, Any, dict[str, Any] | None]:
+    """(status, JSON body, error) of an output or error line."""
+    try:
+        return answer.status, json.loads(answer.body), None
+    except ValueError:
+        return None, None, {"code": "invalid_response", "message": f"HTTP {answer.status} with a non-JSON body"}
 
 
 class JobRunner:
@@ -50,6 +59,7 @@ class JobRunner:
         self._lock = asyncio.Lock()
         self.batch: Batch | None = None
         self._first_result_at: float | None = None
+        self.gate = Gate(config.retries)  # why the job waits, shown in the batch's metadata (WAITING_KEY)
 
     def _load(self) -> Batch:
         batch = self.storage.get_batch(self.batch_id)
@@ -157,42 +167,25 @@ class JobRunner:
             if not self.cancelled and await asyncio.to_thread(self.storage.cancel_requested, self.batch_id):
                 self.cancelled = True
             await self._flush(force=False)
+            if self.batch is not None and self.batch.noted(self.gate.note()) != self.batch:
+                await self._save_status(self.batch.status)
 
     async def _one(self, number: int, request: RequestLine, limit: asyncio.Semaphore) -> None:
         try:
-            status, body, error = await self._call(request)
+            payload = dict(request.body)
+            if payload.pop("stream", None):  # results are whole responses; a stream has nowhere to go
+                payload.pop("stream_options", None)
+            raw = json.dumps(payload).encode()
+            expires_at = self.batch.expires_at if self.batch is not None else None
+            answer = await self.gate.send(lambda: self.send(request.url, raw), expires_at, GIVE_UP_AFTER_S)
+            if answer.expired:
+                self._record(number, ERROR, output_line(request.custom_id, None, None, EXPIRED_ERROR))
+                return
+            status, body, error = _parsed(answer)
             kind = OUTPUT if status is not None and 200 <= status < 300 else ERROR
             self._record(number, kind, output_line(request.custom_id, status, body, error))
         finally:
             limit.release()
-
-    async def _call(self, request: RequestLine) -> tuple[int | None, Any, dict[str, Any] | None]:
-        payload = dict(request.body)
-        if payload.pop("stream", None):  # results are whole responses; a stream has nowhere to go
-            payload.pop("stream_options", None)
-        raw = json.dumps(payload).encode()
-        attempt, unreachable, since = 0, 0, time.monotonic()
-        while True:
-            try:
-                status, data = await self.send(request.url, raw)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # router replica restarting or gone: wait for it, lose nothing
-                unreachable += 1
-                if time.monotonic() - since > GIVE_UP_AFTER_S:
-                    raise RuntimeError(f"router unreachable for {GIVE_UP_AFTER_S:.0f} s") from exc
-                if unreachable == 1 or unreachable % 20 == 0:
-                    logger.warning("batch %s: router unreachable (%s); retrying", self.batch_id, exc)
-                await asyncio.sleep(min(5.0, 0.2 * 2 ** min(unreachable, 5)))
-                continue
-            if status in RETRYABLE and attempt < self.config.retries:
-                attempt += 1
-                await asyncio.sleep(min(10.0, 0.5 * 2 ** attempt))
-                continue
-            try:
-                return status, json.loads(data), None
-            except ValueError:
-                return None, None, {"code": "invalid_response", "message": f"HTTP {status} with a non-JSON body"}
 
     # ------------------------------------------------------------------ checkpoint
 
@@ -223,6 +216,7 @@ class JobRunner:
         batch = self.batch
         counts = batch.request_counts.model_copy(update={"completed": self._counts[OUTPUT], "failed": self._counts[ERROR]})
         batch = batch.model_copy(update={"request_counts": counts})
+        batch = batch.noted(self.gate.note() if status in ("in_progress", "cancelling") else None)
         if status != batch.status:
             batch = batch.moved_to(status)  # type: ignore[arg-type]
         self.batch = batch
@@ -234,7 +228,7 @@ class JobRunner:
     def _finalise(self, batch: Batch) -> Batch:
         """Merge the parts into the output and error files (deterministic ids: a rerun overwrites)."""
         final = "cancelled" if batch.status == "cancelling" else "completed"
-        if final == "completed" and batch.expires_at is not None and (batch.finalizing_at or 0) > batch.expires_at:
+        if final == "completed" and batch.expires_at is not None and (batch.finalizing_at or 0) >= batch.expires_at:
             final = "expired"  # lines past the window went to the error file as batch_expired
         suffix = batch.id.removeprefix("batch_")
         names = {OUTPUT: (f"file-{suffix}-output", f"{batch.id}_output.jsonl"),

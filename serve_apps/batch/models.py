@@ -21,6 +21,10 @@ COMPLETION_WINDOW = "24h"
 WINDOW_SECONDS = 24 * 3600
 # list pages (`GET /v1/files`, `GET /v1/batches`): default and maximum `limit`
 PAGE_DEFAULT, PAGE_LIMIT = 20, 100
+# OpenAI's limits on a batch's ``metadata``: 16 pairs, keys up to 64 characters, values up to 512.
+METADATA_PAIRS, METADATA_VALUE_CHARS = 16, 512
+# The metadata key under which a batch that waits for a backend says since when and why.
+WAITING_KEY = "waiting_for_backend"
 
 BatchStatus = Literal["validating", "failed", "in_progress", "finalizing", "completed", "expired",
                       "cancelling", "cancelled"]
@@ -98,6 +102,21 @@ class Batch(StrictModel):
             update[stamp] = now()
         return self.model_copy(update=update)
 
+    def waiting(self) -> str | None:
+        """Why the batch waits for a backend (``WAITING_KEY`` in its metadata), if it does."""
+        return (self.metadata or {}).get(WAITING_KEY)
+
+    def noted(self, note: str | None) -> "Batch":
+        """The same batch, its metadata saying ``note`` under ``WAITING_KEY`` (none: not waiting). The
+        client's own pairs stay; with all 16 of OpenAI's pairs taken the note is left out."""
+        note = note[:METADATA_VALUE_CHARS] if note is not None else None
+        if note == self.waiting():
+            return self
+        metadata = {k: v for k, v in (self.metadata or {}).items() if k != WAITING_KEY}
+        if note is not None and len(metadata) < METADATA_PAIRS:
+            metadata[WAITING_KEY] = note
+        return self.model_copy(update={"metadata": metadata or None})
+
 
 class CreateBatch(StrictModel):
     """The body of ``POST /v1/batches``."""
@@ -105,7 +124,7 @@ class CreateBatch(StrictModel):
     input_file_id: str = Field(min_length=1)
     endpoint: str
     completion_window: str
-    metadata: dict[str, str] | None = Field(None, max_length=16)
+    metadata: dict[str, str] | None = Field(None, max_length=METADATA_PAIRS)
 
 
 class RequestLine(BaseModel):
