@@ -11,7 +11,7 @@ answer is final:
 - any other 5xx (500: an internal error; 504: its answer took longer than the router's response
   timeout): the stack answered, about this request;
 - a 503 in which every backend failed *this* request in a way that names the request rather than an
-  outage (the backend answered 500/502 or dropped it mid-answer) while the same stack served other
+  outage (the backend answered it 500/502, or something not its protocol) while the same stack served other
   requests since its last try: one poison request does not hold its batch until the window ends.
 
 A 2xx or any other 4xx (the request's own mistake) is final at once.
@@ -31,8 +31,9 @@ from dataclasses import dataclass
 logger = logging.getLogger("ray.serve")
 Attempt = Callable[[], Awaitable[tuple[int, bytes]]]
 # The router's reasons (``backends.base.Reason`` and a backend's own status) that say the backend is
-# down or busy, whatever the request: never the request's fault.
-OUTAGE_REASONS = frozenset({"starting", "connect", "timeout", "429", "503"})
+# down or busy, whatever the request: never the request's fault. ``disconnect`` is what the requests in
+# flight meet when an engine dies (and the first ones after, on pooled connections to the dead one).
+OUTAGE_REASONS = frozenset({"starting", "connect", "disconnect", "timeout", "429", "503"})
 UNAVAILABLE_PREFIX = "all backends failed: "
 BASE_DELAY_S, MAX_DELAY_S = 0.25, 5.0
 

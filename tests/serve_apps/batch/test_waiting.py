@@ -96,6 +96,22 @@ def waiting_note(storage: Storage, batch_id: str) -> str | None:
     return stored.waiting() if stored else None
 
 
+async def started(job: JobRunner, storage: Storage, batch_id: str) -> asyncio.Task[str]:
+    """``job`` running, with its first results recorded."""
+    task = asyncio.create_task(job.run())
+    await until(lambda: recorded(storage, batch_id) >= 20, 30, "the first results")
+    return task
+
+
+async def waits_failing_nothing(storage: Storage, batch_id: str, why: str) -> None:
+    """The batch says it waits, and why; for longer than a line's old retries it fails no line."""
+    note = await until(lambda: waiting_note(storage, batch_id), 10, "the batch saying why it waits")
+    assert why in note
+    await asyncio.sleep(4)
+    assert storage.get_batch(batch_id).status == "in_progress"
+    assert not any(kind == "e" for _, kind, _ in storage.merged_results(batch_id)), "a line failed"
+
+
 def assert_all_answered(storage: Storage, batch_id: str, count: int) -> None:
     """Completed, nothing failed, every custom_id once, each answer the one its prompt gets undisturbed."""
     done = storage.get_batch(batch_id)
@@ -116,14 +132,9 @@ def test_a_batch_waits_out_its_only_backend_killed_and_restarted(tmp_path, backe
     config = settings(tmp_path)
 
     async def scenario(router: Router) -> None:
-        job = asyncio.create_task(runner(config, storage, batch, router).run())
-        await until(lambda: recorded(storage, batch.id) >= 20, 30, "the first results")
+        job = await started(runner(config, storage, batch, router), storage, batch.id)
         backend.kill()
-        note = await until(lambda: waiting_note(storage, batch.id), 10, "the batch saying why it waits")
-        assert "all backends failed" in note and "a: connect" in note
-        await asyncio.sleep(4)  # longer than a line's old retries
-        assert storage.get_batch(batch.id).status == "in_progress"
-        assert not any(kind == "e" for _, kind, _ in storage.merged_results(batch.id)), "a line failed"
+        await waits_failing_nothing(storage, batch.id, "all backends failed: a: connect")
         backend.start()
         assert await asyncio.wait_for(job, 60) == "completed"
 
@@ -139,18 +150,14 @@ def test_a_resumed_job_waits_while_the_engine_still_starts(tmp_path, backend):
     config = settings(tmp_path)
 
     async def scenario(router: Router) -> None:
-        first = asyncio.create_task(runner(config, storage, batch, router).run())
-        await until(lambda: recorded(storage, batch.id) >= 20, 30, "the first results")
+        first = await started(runner(config, storage, batch, router), storage, batch.id)
         backend.control(mode="status", status=503)
         first.cancel()  # the job host dies; what it had recorded is in storage
         await asyncio.gather(first, return_exceptions=True)
         before = backend.requests()
         second = asyncio.create_task(runner(config, storage, batch, router).run())
-        note = await until(lambda: waiting_note(storage, batch.id), 10, "the batch saying why it waits")
-        assert "a: 503" in note
-        await asyncio.sleep(3)
+        await waits_failing_nothing(storage, batch.id, "all backends failed: a: 503")
         assert backend.requests() > before  # it keeps trying, with backoff
-        assert not any(kind == "e" for _, kind, _ in storage.merged_results(batch.id)), "a line failed"
         backend.control(mode="ok")
         assert await asyncio.wait_for(second, 60) == "completed"
 
@@ -167,8 +174,7 @@ def test_a_backend_that_never_returns_expires_the_batch(tmp_path, backend):
 
     async def scenario(router: Router) -> None:
         storage.save_batch(batch.model_copy(update={"expires_at": now() + 4}))
-        job = asyncio.create_task(runner(config, storage, batch, router).run())
-        await until(lambda: recorded(storage, batch.id) >= 5, 30, "the first results")
+        job = await started(runner(config, storage, batch, router), storage, batch.id)
         backend.kill()
         assert await asyncio.wait_for(job, 30) == "expired"
 
@@ -215,5 +221,40 @@ def test_v1_batch_items_give_up_after_the_documented_wait(tmp_path, backend):
         results = (await post_prompts(PromptsEndpoint(settings(tmp_path, endpoint_wait_seconds=1.5), router), 3))["results"]
         assert 1.5 <= time.monotonic() - started < 15
         assert [r["error"]["type"] for r in results] == ["backend_unavailable"] * 3
+
+    with_router(backend, scenario)
+
+
+def test_only_a_request_that_fails_while_others_are_served_is_failed(backend):
+    """The router's real 503 for a backend that answers 500: while nothing else is served it is an
+    outage (waited for until the deadline); while other requests are served it is this request's own
+    fault, final after ``retries`` more tries. A 404 about the request is final at once."""
+    from serve_apps.batch.waiting import Gate, Verdict, judge
+
+    async def scenario(router: Router) -> None:
+        chat = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}]}).encode()
+        backend.control(mode="status", status=500)
+        broken = await router.generate("/v1/chat/completions", chat, None)
+        backend.kill()
+        down = await router.generate("/v1/chat/completions", chat, None)
+        unknown = await router.generate("/v1/chat/completions", json.dumps({"model": "nope"}).encode(), None)
+        assert judge(broken.status, broken.body) == (Verdict.SUSPECT, "all backends failed: a: 500")
+        assert judge(down.status, down.body)[0] is Verdict.WAIT
+        assert judge(unknown.status, unknown.body)[0] is Verdict.FINAL
+
+        async def answer() -> tuple[int, bytes]:
+            return broken.status, broken.body
+
+        alone = Gate(retries=1)
+        waited = await alone.send(answer, deadline=alone.clock() + 1.5)
+        assert waited.expired and alone.note() and "a: 500" in alone.note()
+        busy = Gate(retries=1)
+
+        async def others_served() -> tuple[int, bytes]:
+            busy.served += 1  # another line of the job was answered meanwhile
+            return await answer()
+
+        failed = await busy.send(others_served, deadline=busy.clock() + 60)
+        assert not failed.expired and failed.status == 503
 
     with_router(backend, scenario)
