@@ -114,12 +114,23 @@ class BatchAPI:
         if len(parts) == 4:
             return await self._content(file_id)
         if method == "DELETE":
-            deleted = await asyncio.to_thread(self.storage.delete_file, file_id)
-            if not deleted:
-                return _not_found("File", file_id)
-            return _json({"id": file_id, "object": "file", "deleted": True})
+            return await asyncio.to_thread(self._delete_file, file_id)
         meta = await asyncio.to_thread(self.storage.get_file, file_id)
         return _json(meta.model_dump()) if meta else _not_found("File", file_id)
+
+    def _delete_file(self, file_id: str) -> Reply:
+        """Delete a file no batch uses: a batch's input, output or error file stays with its batch (409;
+        a running batch reads its input until the end, and a resumed one again)."""
+        if self.storage.get_file(file_id) is None:
+            return _not_found("File", file_id)
+        users = self.storage.batches_using(file_id)
+        if users:
+            named = ", ".join(f"{b.id} ({b.status})" for b in users[:5])
+            return _invalid(f"File {file_id} is used by batch {named}; a batch's files cannot be deleted.",
+                            "file_id", 409, "file_in_use")
+        if not self.storage.delete_file(file_id):
+            return _not_found("File", file_id)
+        return _json({"id": file_id, "object": "file", "deleted": True})
 
     async def _upload(self, scope: Scope, receive: Receive) -> Reply:
         from starlette.requests import Request

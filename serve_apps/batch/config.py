@@ -17,7 +17,8 @@ class BatchConfig(StrictModel):
         DEFAULT_STORAGE,
         description=("a directory or an fsspec URI (file://, s3://bucket/prefix, a CML project path); "
                      "every router replica and job actor must reach it, so use shared storage on a "
-                     "multi-node cluster"))
+                     "multi-node cluster. The default is a directory of this stack's own under it "
+                     "(<app>@<front door host>-<port>, serve_apps/batch/stack.py)"))
     max_file_bytes: int = Field(200 * 1024 * 1024, gt=0, description="upload limit per file (413 above)")
     max_requests: int = Field(50_000, ge=1, description="lines per batch input file")
     max_line_bytes: int = Field(1024 * 1024, gt=0, description="one request line of an input file")

@@ -11,6 +11,7 @@ from serve_apps.batch.api import BatchAPI
 from serve_apps.batch.config import BatchConfig
 from serve_apps.batch.endpoint import PromptsEndpoint
 from serve_apps.batch.jobs import JobSupervisor
+from serve_apps.batch.stack import for_stack
 from serve_apps.batch.storage import Storage
 from serve_apps.asgi import Receive, Scope
 from serve_apps.asgi import Reply
@@ -22,6 +23,8 @@ PREFIXES = ("/v1/batch", "/v1/batches", "/v1/files")
 class BatchService:
     def __init__(self, config: BatchConfig, router: Router, router_app: str, router_deployment: str) -> None:
         self.router = router
+        config = for_stack(config, router_app)  # the default storage is this stack's own
+        self.config = config
         self.storage = Storage(config.storage)
         self.supervisor = JobSupervisor(config, self.storage, router_app, router_deployment)
         self.api = BatchAPI(config, self.storage, self.supervisor)

@@ -123,6 +123,15 @@ class Storage:
         """Every stored batch id, newest first."""
         return sorted((n for n in self._ls(self._path("batches")) if n.startswith("batch_")), reverse=True)
 
+    def batches_using(self, file_id: str) -> list[Batch]:
+        """Every batch whose input, output or error file is ``file_id``."""
+        found = []
+        for batch_id in self.batch_ids():
+            batch = self.get_batch(batch_id)
+            if batch is not None and file_id in (batch.input_file_id, batch.output_file_id, batch.error_file_id):
+                found.append(batch)
+        return found
+
     def request_cancel(self, batch_id: str) -> None:
         self._write_atomic(self._path("batches", batch_id, "cancel"), b"1")
 

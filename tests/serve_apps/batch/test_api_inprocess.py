@@ -146,3 +146,31 @@ def test_content_of_a_file_deleted_under_the_reader_is_a_404(api, tmp_path):
             await client.files.content(uploaded.id)
 
     asyncio.run(run())
+
+
+def test_a_file_a_batch_uses_cannot_be_deleted(api):
+    """Issue #27: deleting a running or finished batch's input, output or error file is a 409 (OpenAI's
+    error JSON naming the batch), and the file and its batch stay whole; a file no batch uses goes."""
+    async def scenario():
+        client, jobs = await api()
+        used = await client.files.create(file=("in.jsonl", lines(3)), purpose="batch")
+        spare = await client.files.create(file=("spare.jsonl", lines(1)), purpose="batch")
+        batch = await client.batches.create(input_file_id=used.id, endpoint="/v1/chat/completions",
+                                            completion_window="24h")
+        with pytest.raises(openai.ConflictError) as refused:  # while it runs (or waits to)
+            await client.files.delete(used.id)
+        error = refused.value.body
+        assert error["code"] == "file_in_use" and error["param"] == "file_id" and batch.id in error["message"]
+        assert error["type"] == "invalid_request_error"
+        await asyncio.gather(*jobs.tasks)
+        done = await client.batches.retrieve(batch.id)
+        assert done.status == "completed"
+        for file_id in (used.id, done.output_file_id):  # finished: its input and its results stay
+            with pytest.raises(openai.ConflictError):
+                await client.files.delete(file_id)
+        assert (await client.files.content(used.id)).content == lines(3)
+        assert len((await client.files.content(done.output_file_id)).text.splitlines()) == 3
+        assert (await client.files.delete(spare.id)).deleted
+        with pytest.raises(openai.NotFoundError):
+            await client.files.delete(spare.id)
+    asyncio.run(scenario())
