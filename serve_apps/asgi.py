@@ -20,6 +20,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _DONE = object()
+ABANDON_GRACE_S = 5.0  # for an app told its client left to wind down before it is cancelled
 
 
 class BodyTooLarge(Exception):
@@ -185,7 +186,15 @@ async def call_asgi(
             await outbox.put(_DONE)
 
     task = asyncio.create_task(run())
-    start = await outbox.get()
+    try:
+        start = await outbox.get()
+    except asyncio.CancelledError:
+        # Our caller gave up before the head: tell the app as a server would (vLLM aborts on
+        # ``http.disconnect``; cancelling its task from outside would orphan the task it generates
+        # in), and cancel it only if it has not finished by itself after a grace period.
+        disconnected.set()
+        asyncio.get_running_loop().call_later(ABANDON_GRACE_S, task.cancel)
+        raise
     if isinstance(start, BaseException):
         raise start
     if start is _DONE or start.get("type") != "http.response.start":

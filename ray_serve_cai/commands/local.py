@@ -100,6 +100,12 @@ def _post_json(url: str, body: dict, headers: dict[str, str]) -> tuple[int, dict
         return 0, {}
 
 
+def _first_app_is_router(config: dict) -> bool:
+    from serve_apps.profiles import ROUTER_IMPORT_PATH
+
+    return (config.get("applications") or [{}])[0].get("import_path") == ROUTER_IMPORT_PATH
+
+
 def _wait_until_generates(base: str, deadline: float, log, check: Callable[[], None] = lambda: None) -> None:
     """A router's /health says the router is up, not that an engine behind it can generate: send
     real one-token generations until one succeeds (a completion, or a chat where no backend serves
@@ -215,6 +221,8 @@ def _up(args: argparse.Namespace) -> int:
         deadline = time.monotonic() + args.timeout
         cluster.wait_ready(f"{base}{route}/health", timeout_s=args.timeout, progress=log)
         _wait_until_generates(f"{base}{route}", deadline, log, cluster.raise_if_crash_looping)
+        if _first_app_is_router(config):  # what a load balancer asks: each model has a backend that can generate
+            cluster.wait_ready(f"{base}{route}/ready", timeout_s=max(1.0, deadline - time.monotonic()), progress=log)
     except ClusterError as exc:
         cluster.stop()
         raise CLIError(str(exc)) from None

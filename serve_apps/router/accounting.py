@@ -43,12 +43,26 @@ def ask_for_usage(raw: bytes, payload: dict[str, Any]) -> tuple[bytes, dict[str,
 
 
 def counts(usage: Any) -> Usage | None:
+    """(prompt, completion) tokens of a ``usage`` object: chat and completions name them
+    ``prompt_tokens``/``completion_tokens``; the Responses and Messages APIs ``input_tokens``/
+    ``output_tokens``; embeddings have only ``prompt_tokens``."""
     if not isinstance(usage, dict):
         return None
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
+    completion = usage.get("completion_tokens", usage.get("output_tokens", 0 if "total_tokens" in usage else None))
     if isinstance(prompt, int) and isinstance(completion, int) and prompt >= 0 and completion >= 0:
         return prompt, completion
     return None
+
+
+def event_usage(event: dict[str, Any]) -> Usage | None:
+    """Usage carried by a stream event: on the chunk itself (chat, completions, Messages' last
+    ``message_delta``), or on the finished response (Responses' ``response.completed``)."""
+    found = counts(event.get("usage"))
+    if found is None:
+        inner = event.get("response")
+        found = counts(inner.get("usage")) if isinstance(inner, dict) else None
+    return found
 
 
 def usage_from_body(data: bytes) -> Usage | None:
@@ -92,7 +106,7 @@ class UsageTap:
             except ValueError:
                 out.append(event + b"\n\n")
                 continue
-            found = counts(payload.get("usage")) if isinstance(payload, dict) else None
+            found = event_usage(payload) if isinstance(payload, dict) else None
             if found is None:
                 out.append(event + b"\n\n")
                 continue

@@ -58,7 +58,7 @@ class MultiBackendRouter:
         self.companions = companions or []  # deployments of this app that call the router by handle
         if listen is not None:
             address = ListenAddress.model_validate(listen)
-            self.listener = await start_listener(self.asgi, address.host, address.port)
+            self.listener = await start_listener(self.asgi, address.host, address.port, cancel_on_disconnect=True)
         freeze_startup_heap()  # a colocated engine freezes again once it is up
 
     def _backend(self, backend: BackendConfig, handles: dict[str, Any], metrics: RouterMetrics) -> Backend:

@@ -1,8 +1,10 @@
 """The router's HTTP face: a bare ASGI callable (no framework on the hot path).
 
-Routes: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``,
+Routes: ``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/responses``, ``/v1/embeddings`` and
+``/v1/messages`` (relayed to the backends that serve each), ``GET /v1/models``,
 ``GET /v1/backends``, ``GET /metrics`` (this replica's Prometheus series, see ``metrics.py``), ``GET /health``
-(503 until every backend had its first probe), the batch routes when configured, ``GET /openapi.json``
+(liveness: 503 only until every backend had its first probe), ``GET /ready`` (readiness: 200 while every
+configured model has a backend that can generate), the batch routes when configured, ``GET /openapi.json``
 and ``GET /docs`` (the API description, see ``openapi.py``). Optional Bearer keys guard every ``/v1/`` route
 and ``/metrics``; errors are OpenAI-style JSON with the right status, never a stack trace. As strict as
 vLLM's own server where the document says so: a generation body must be sent as ``application/json``, and
@@ -16,7 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from serve_apps.asgi import BodyTooLarge, Receive, Scope, Send, lifespan, read_body, route_path, send_response
-from serve_apps.router.backends.base import CHAT_PATH, COMPLETIONS_PATH
+from serve_apps.router.backends.base import GENERATION_ROUTES
 from serve_apps.router import openapi
 from serve_apps.asgi import JSON_HEADERS, Reply
 from serve_apps.openai_format import error_reply, method_not_allowed
@@ -27,12 +29,13 @@ from serve_apps.router.router import Router
 logger = logging.getLogger("ray.serve")
 # Extra routes (batch): (method, path, scope, receive) -> a reply, or None when the path is not theirs.
 RouteHook = Callable[[str, str, Scope, Receive], Awaitable["Reply | None"]]
-GENERATE_PATHS = frozenset({CHAT_PATH, COMPLETIONS_PATH})
+GENERATE_PATHS = GENERATION_ROUTES
 # The API description is public (as on vLLM's own server): no key needed to read it.
 DOCUMENT_PATHS = frozenset({"/openapi.json", "/docs"})
 READ_PATHS = frozenset({"/v1/models", "/v1/backends", "/metrics"})
 GET, READ, POST = ("GET",), ("GET", "HEAD"), ("POST",)
 JSON_ONLY = "Unsupported Media Type: Only 'application/json' is allowed"  # vLLM's own words
+ROUTER_MADE = [(b"x-backend", b"router")]  # on errors the router answers itself (documented in openapi.py)
 
 
 class RouterASGI:
@@ -52,7 +55,21 @@ class RouterASGI:
         except Exception:  # last line of defence: log it, answer OpenAI-style
             logger.exception("router error")
             reply = error_reply(500, "internal router error", "internal_error")
-        await send_response(send, reply.status, reply.headers, reply.body)
+        headers = reply.headers
+        if reply.status >= 400 and not any(name == b"x-backend" for name, _ in headers):
+            headers = headers + ROUTER_MADE  # no backend was asked: the router says so itself
+        await send_response(send, reply.status, headers, reply.body)
+
+    def _ready(self, method: str) -> Reply:
+        """200 only while every configured model has a backend that can generate (a load balancer's or
+        Kubernetes' readiness probe); which models wait, for operators, unless keys guard the app."""
+        if method not in READ:
+            return method_not_allowed(method, "/ready", READ)
+        readiness = self.router.readiness()
+        payload = readiness.payload() if not self._keys.enabled else {"status": readiness.payload()["status"]}
+        if readiness.ready:
+            return Reply(200, JSON_HEADERS, json.dumps(payload).encode())
+        return Reply(503, JSON_HEADERS + [(b"retry-after", b"1")], json.dumps(payload).encode())
 
     async def _dispatch(self, scope: Scope, receive: Receive) -> Reply:
         path = route_path(scope)
@@ -63,6 +80,8 @@ class RouterASGI:
             if not self.router.ready:  # first health round still running (at most one probe timeout)
                 return Reply(503, JSON_HEADERS + [(b"retry-after", b"1")], b'{"status":"starting"}')
             return Reply(200, JSON_HEADERS, b'{"status":"ok"}')
+        if path == "/ready":
+            return self._ready(method)
         if path in DOCUMENT_PATHS:
             return _document(path, method)
         headers = dict(scope["headers"])

@@ -23,14 +23,23 @@ BackendKind = Literal["serve", "openai", "ollama", "anthropic"]
 
 
 class Timeouts(StrictModel):
-    """Seconds. ``first_byte`` bounds the wait for the response head and the first body bytes: a hung
-    backend is abandoned (and the request falls back) after this, while a healthy long generation is
-    bounded only by ``idle`` between chunks (a stream that keeps producing runs as long as it needs;
-    clients bound it with ``max_tokens`` or by disconnecting)."""
+    """Seconds. For a stream, ``first_byte`` bounds the wait for the response head and the first
+    events: a hung backend is abandoned (and the request falls back) after this, while a healthy long
+    generation is bounded only by ``idle`` between chunks. A non-streaming answer's head arrives only
+    with its last token, so it has a budget of its own, ``response``: none by default (as vLLM's own
+    server), since a 2,000-token answer on a busy engine takes minutes; clients bound it with
+    ``max_tokens`` or by going away (which aborts the generation). A set ``response`` that runs out
+    moves the request to the next backend (a hang is then bounded, as ``first_byte`` bounds a stream's)
+    without charging the breaker (slow is not broken); when every backend ran out, the client gets 504."""
 
     connect: float = Field(2.0, gt=0)
     first_byte: float = Field(30.0, gt=0)
     idle: float = Field(30.0, gt=0)
+    response: float | None = Field(None, gt=0, description="non-streaming answers: seconds for the whole answer; unset = no limit")
+
+    def head(self, stream: bool) -> float | None:
+        """How long to wait for a response head (see the class docstring)."""
+        return self.first_byte if stream else self.response
 
 
 class BreakerConfig(StrictModel):

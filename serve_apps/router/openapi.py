@@ -37,6 +37,13 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+class Readiness(BaseModel):
+    status: str = Field(description="`ready` or `not_ready`")
+    models: dict[str, list[str]] | None = Field(None, description="each configured model and the backends that can serve it now")
+    backends_ready: list[str] | None = None
+    models_waiting: list[str] | None = Field(None, description="configured models no backend can serve now")
+
+
 class BackendStatus(BaseModel):
     name: str
     kind: str
@@ -61,15 +68,15 @@ class Health(BaseModel):
 
 
 def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
-    response: dict[str, Any] = {"description": description,
-                                "content": {"application/json": {"schema": {"$ref": REF.format(model="ErrorResponse")}}}}
-    if headers:
-        response["headers"] = headers
-    return response
+    return {"description": description, "headers": {**_X_BACKEND_ERROR, **(headers or {})},
+            "content": {"application/json": {"schema": {"$ref": REF.format(model="ErrorResponse")}}}}
 
 
 _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "string"}}}
 _X_BACKEND = {"x-backend": {"description": "the backend that answered", "schema": {"type": "string"}}}
+_X_BACKEND_ERROR = {"x-backend": {"description": "the backend whose error this is, or `router` when the router "
+                                  "answered itself (no backend was asked, or none could serve)",
+                                  "schema": {"type": "string"}}}
 _BACKEND_PARAM = {"name": "x-backend", "in": "header", "required": False, "schema": {"type": "string"},
                   "description": "pin the request to one backend (same as the body's `backend` field)"}
 _RATE_LIMIT_TEXT = {"limit": "the key's {unit} per minute", "remaining": "{unit} left in the key's current minute",
@@ -86,17 +93,19 @@ _GENERATE_ERRORS = {
     "429": _error("the key's requests or tokens per minute are spent (`code: rate_limit_exceeded`), or every "
                   "candidate backend is rate limited", {**_RETRY_AFTER, **_RATE_LIMIT}),
     "503": _error("no backend can serve the request now (all failed, or still starting)", _RETRY_AFTER),
+    "504": _error("a non-streaming answer took longer than the backend's `timeouts.response` (unset by default)"),
 }
 
 
-def _generate_operation(summary: str, request: str, response: str, chunk: str) -> dict[str, Any]:
+def _generate_operation(summary: str, request: str, response: str, chunk: str,
+                        stream_end: str = "`data: [DONE]`") -> dict[str, Any]:
     return {
         "summary": summary,
         "parameters": [_BACKEND_PARAM],
         "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": REF.format(model=request)}}}},
         "responses": {
             "200": {
-                "description": f"a {response}, or with `stream: true` server-sent events of {chunk} ending in `data: [DONE]`",
+                "description": f"a {response}, or with `stream: true` server-sent events of {chunk} ending in {stream_end}",
                 "headers": {**_X_BACKEND, **_RATE_LIMIT},
                 "content": {"application/json": {"schema": {"$ref": REF.format(model=response)}},
                             "text/event-stream": {"schema": {"type": "string"}}},
@@ -218,6 +227,30 @@ def _batch_models() -> list[tuple[type[BaseModel], Any]]:
             (Batch, "serialization"), (BatchList, "serialization")]
 
 
+def _relayed_models() -> list[tuple[type[BaseModel], Any]]:
+    """vLLM's models of the routes the router relays beside chat and completions."""
+    from vllm.entrypoints.anthropic.protocol import AnthropicMessagesRequest, AnthropicMessagesResponse
+    from vllm.entrypoints.openai.responses.protocol import ResponsesRequest, ResponsesResponse
+    from vllm.entrypoints.pooling.embed.protocol import EmbeddingCompletionRequest, EmbeddingResponse
+
+    return [(ResponsesRequest, "validation"), (ResponsesResponse, "serialization"),
+            (EmbeddingCompletionRequest, "validation"), (EmbeddingResponse, "serialization"),
+            (AnthropicMessagesRequest, "validation"), (AnthropicMessagesResponse, "serialization")]
+
+
+def _ready_operation() -> dict[str, Any]:
+    return {"summary": "readiness: every configured model has a backend that can generate",
+            "description": ("200 while, for each model the backends are configured with, at least one of them passed "
+                            "its last health probe and has no open breaker (with no models configured: any backend). "
+                            "Use it for load balancers and Kubernetes readiness probes; `/health` only says the process "
+                            "serves. The body names the models and backends only when the router has no keys."),
+            "security": [],
+            "responses": {"200": {"description": "ready", "content": {"application/json": {
+                                  "schema": {"$ref": REF.format(model="Readiness")}}}},
+                          "503": {"description": "not ready: a model has no backend that can generate", "headers": _RETRY_AFTER,
+                                  "content": {"application/json": {"schema": {"$ref": REF.format(model="Readiness")}}}}}}
+
+
 def _with_backend_field(schema: dict[str, Any]) -> dict[str, Any]:
     """The router's one request extension: ``backend`` pins a backend and is removed before forwarding."""
     properties = dict(schema.get("properties", {}))
@@ -245,11 +278,12 @@ def build_document() -> dict[str, Any]:
         (ChatCompletionResponse, "serialization"), (ChatCompletionStreamResponse, "serialization"),
         (CompletionResponse, "serialization"), (CompletionStreamResponse, "serialization"),
         (ModelList, "serialization"), (ErrorResponse, "serialization"), (BackendList, "serialization"),
-        (Health, "serialization"), *_batch_models(),
+        (Health, "serialization"), (Readiness, "serialization"), *_batch_models(), *_relayed_models(),
     ]
     _, schema = models_json_schema(models, ref_template=REF)
     schemas = schema["$defs"]
-    for name in ("ChatCompletionRequest", "CompletionRequest"):
+    for name in ("ChatCompletionRequest", "CompletionRequest", "ResponsesRequest", "EmbeddingCompletionRequest",
+                 "AnthropicMessagesRequest"):
         schemas[name] = _with_backend_field(schemas[name])
     return {
         "openapi": "3.1.0",
@@ -266,12 +300,22 @@ def build_document() -> dict[str, Any]:
                 "Create a chat completion", "ChatCompletionRequest", "ChatCompletionResponse", "ChatCompletionStreamResponse")},
             "/v1/completions": {"post": _generate_operation(
                 "Create a completion", "CompletionRequest", "CompletionResponse", "CompletionStreamResponse")},
+            "/v1/responses": {"post": _generate_operation(
+                "Create a model response (OpenAI Responses API)", "ResponsesRequest", "ResponsesResponse",
+                "Responses events", "`response.completed`")},
+            "/v1/embeddings": {"post": _generate_operation(
+                "Create embeddings (backends whose model embeds)", "EmbeddingCompletionRequest", "EmbeddingResponse",
+                "(no streaming)", "-")},
+            "/v1/messages": {"post": _generate_operation(
+                "Create a message (Anthropic Messages API)", "AnthropicMessagesRequest", "AnthropicMessagesResponse",
+                "Messages events", "`message_stop`")},
             "/v1/models": {"get": _get_operation(
                 "the models every backend serves (configured, or as an openai backend without `models` lists them), "
                 "aliases included; `backends` names the backends serving each", "ModelList")},
             "/v1/backends": {"get": _get_operation("each backend's health, breaker and load", "BackendList")},
             "/metrics": {"get": _metrics_operation()},
-            "/health": {"get": _get_operation("the router process is up", "Health", auth=False)},
+            "/health": {"get": _get_operation("liveness: the router process is up", "Health", auth=False)},
+            "/ready": {"get": _ready_operation()},
             **_batch_paths(),
         },
         "components": {

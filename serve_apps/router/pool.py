@@ -119,6 +119,31 @@ class BackendPool:
     def status(self) -> list[dict[str, object]]:
         return [s.status() for s in self.states.values()]
 
+    def readiness(self) -> "Readiness":
+        """Can every configured model be generated right now? A backend counts once its last health
+        probe passed and its breaker is not open; a pool whose backends name no models needs one such
+        backend."""
+        can = {name: s.healthy is True and s.breaker.state is not BreakerState.OPEN for name, s in self.states.items()}
+        models = {model: sorted({r.state.name for r in routes if can[r.state.name]} |
+                                {s.name for s in self._wildcards if can[s.name]})
+                  for model, routes in self._by_model.items()}
+        ready = all(models.values()) if models else any(can.values())
+        return Readiness(ready, models, sorted(name for name, ok in can.items() if ok))
+
+
+@dataclass(slots=True, frozen=True)
+class Readiness:
+    """``ready``: every configured model has a backend that can generate; ``models``: which ones do."""
+
+    ready: bool
+    models: dict[str, list[str]]
+    backends: list[str]
+
+    def payload(self) -> dict[str, object]:
+        waiting = sorted(model for model, names in self.models.items() if not names)
+        return {"status": "ready" if self.ready else "not_ready", "models": self.models,
+                "backends_ready": self.backends, "models_waiting": waiting}
+
 
 def _rank(route: Route) -> tuple[int, float, float]:
     state = route.state
@@ -126,4 +151,4 @@ def _rank(route: Route) -> tuple[int, float, float]:
     return (config.tier, state.outstanding / config.weight, random.random())
 
 
-__all__ = ["BackendPool", "BackendState", "BreakerState", "Route", "UnknownBackend"]
+__all__ = ["BackendPool", "BackendState", "BreakerState", "Readiness", "Route", "UnknownBackend"]

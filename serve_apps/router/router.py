@@ -24,6 +24,7 @@ from serve_apps.router import streaming
 from serve_apps.router.access import allowed_routes
 from serve_apps.router.accounting import USAGE_KEY, Usage, UsageTap, ask_for_usage, insert_member, usage_from_body
 from serve_apps.router.backends.base import (
+    DEADLINE,
     STARTING,
     UNSUPPORTED,
     Backend,
@@ -37,7 +38,7 @@ from serve_apps.router.keys import ANONYMOUS_KEY, ApiKey, KeyTable
 from serve_apps.router.lease import Lease
 from serve_apps.router.limits import Limiter
 from serve_apps.router.metrics import RouterMetrics
-from serve_apps.router.pool import BackendPool, BackendState, Route, UnknownBackend
+from serve_apps.router.pool import BackendPool, BackendState, Readiness, Route, UnknownBackend
 
 logger = logging.getLogger("ray.serve")
 # 429: overloaded. 401/403: the backend refused the router's own credentials (client credentials are
@@ -109,6 +110,10 @@ class Router:
         """Every backend has had its first health probe, so a request gets a considered answer."""
         return self._monitor.first_round_done
 
+    def readiness(self) -> Readiness:
+        """Whether every configured model can be generated now (see ``BackendPool.readiness``)."""
+        return self.pool.readiness()
+
     # ------------------------------------------------------------------ generation
 
     async def generate(self, path: str, raw: bytes, header_backend: str | None, key: ApiKey = ANONYMOUS_KEY) -> Reply:
@@ -159,7 +164,7 @@ class Router:
             limit_headers = decision.headers
         stream = bool(payload.get("stream"))
         charge = Charge(key)
-        if stream and not streaming.wants_usage(payload):
+        if stream and streaming.has_stream_options(path) and not streaming.wants_usage(payload):
             raw, payload = ask_for_usage(raw, payload)  # counted here, removed from the client's stream
             charge.strip_usage = True
         attempt = Attempt()
@@ -221,7 +226,9 @@ class Router:
         if reason == UNSUPPORTED:  # the request, not the backend: no breaker charge, no fallback note
             state.breaker.release()
             return
-        if reason == STARTING:  # not up yet: no breaker charge (it would stay open after start-up)
+        if reason in (STARTING, DEADLINE):
+            # Not up yet, or a non-streaming answer longer than ``timeouts.response``: no breaker charge
+            # (it would stay open after start-up; a long answer is no fault). The next backend is tried.
             state.breaker.release()
             self.metrics.error(state.name, reason)
             attempt.failed.append(state.name)
@@ -251,6 +258,9 @@ class Router:
         if attempt.reasons and all(r.endswith(f": {UNSUPPORTED}") for r in attempt.reasons):
             return error_reply(400, "no backend for this model supports this request: " + "; ".join(attempt.unsupported),
                                "invalid_request_error")
+        if attempt.reasons and all(r.endswith(f": {DEADLINE}") for r in attempt.reasons):
+            return error_reply(504, "no backend finished the answer within its timeouts.response: " +
+                               "; ".join(attempt.reasons), "timeout")
         if attempt.reasons and all(r.endswith(": 429") for r in attempt.reasons):
             retry = str(max(1, round(attempt.retry_after or 1))).encode()
             return error_reply(429, message, "rate_limit_error", headers=[(b"retry-after", retry)])
@@ -281,7 +291,7 @@ class Router:
             while True:
                 name = lease.state.name
                 try:
-                    async for block in streaming.event_blocks(first, lease.response):  # type: ignore[arg-type]
+                    async for block in streaming.event_blocks(first, lease.response, path):  # type: ignore[arg-type]
                         if resumed is not None:
                             block = streaming.rewrite_continuation(block, resumed, rewrite_state)
                         if USAGE_KEY in block:  # once per stream: the rest passes untouched

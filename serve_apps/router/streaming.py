@@ -33,6 +33,14 @@ from serve_apps.router.backends.base import (
 
 ERROR_PREFIX = b'data: {"error"'
 TOKENIZE_PATH = "/tokenize"
+# Streams that end with ``data: [DONE]`` (a stream ending without it broke). The Responses and Messages
+# APIs end with a typed event instead, and are relayed as they come (no resume: ``resumable``).
+DONE_TERMINATED = frozenset({CHAT_PATH, COMPLETIONS_PATH})
+
+
+def has_stream_options(path: str) -> bool:
+    """Whether ``stream_options.include_usage`` exists on this route (chat and completions only)."""
+    return path in DONE_TERMINATED
 
 
 @dataclass(slots=True)
@@ -109,9 +117,9 @@ def resume_payload(payload: dict[str, Any], path: str, sent: Sent) -> dict[str, 
     return new
 
 
-async def event_blocks(first: bytes, response: BackendResponse) -> AsyncIterator[bytes]:
+async def event_blocks(first: bytes, response: BackendResponse, path: str = CHAT_PATH) -> AsyncIterator[bytes]:
     """Complete SSE event blocks from a backend stream; raises ``BackendUnavailable`` if the stream
-    breaks, carries an error event, or ends without ``[DONE]``."""
+    breaks, carries an error event, or (on routes that end with it) ends without ``[DONE]``."""
     buffer = first
     last = b""
     stream = response.stream.__aiter__()
@@ -131,7 +139,10 @@ async def event_blocks(first: bytes, response: BackendResponse) -> AsyncIterator
         except StopAsyncIteration:
             break
         buffer += piece
-    if not last.endswith(SSE_DONE):
+    if path not in DONE_TERMINATED:
+        if buffer.strip():
+            yield buffer  # a last event without its blank line: the client gets it as the backend sent it
+    elif not last.endswith(SSE_DONE):
         raise BackendUnavailable("disconnect", "stream ended without [DONE]")
 
 

@@ -11,7 +11,8 @@ backend that can take them.
 Anthropic -> OpenAI: ``stop_reason`` -> ``finish_reason``; ``usage.input_tokens``/``output_tokens`` ->
 ``usage``; streaming events ``message_start``, ``content_block_*``, ``message_delta``, ``message_stop``
 -> ``chat.completion.chunk`` events and ``[DONE]``; ``ping`` is dropped; an ``error`` event breaks the
-stream (the router resumes elsewhere). Credentials: ``x-api-key`` from ``api_key`` (env or file).
+stream (the router resumes elsewhere). Clients of the Messages API itself (``/v1/messages``) are
+passed through untouched. Credentials: ``x-api-key`` from ``api_key`` (env or file).
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from serve_apps.router.backends import translate
-from serve_apps.router.backends.base import CHAT_PATH, Backend, BackendRequest, BackendResponse, BackendUnavailable
+from serve_apps.router.backends.base import (
+    CHAT_PATH,
+    MESSAGES_PATH,
+    Backend,
+    BackendRequest,
+    BackendResponse,
+    BackendUnavailable,
+)
 from serve_apps.router.backends.http import HTTPClient
 from serve_apps.router.config import BackendConfig
 
@@ -74,7 +82,7 @@ def to_anthropic(payload: dict[str, Any], default_max_tokens: int) -> tuple[dict
 class AnthropicBackend(Backend):
     kind = "anthropic"
     can_resume = True  # prefill continues a trailing assistant message
-    paths = frozenset({CHAT_PATH})
+    paths = frozenset({CHAT_PATH, MESSAGES_PATH})  # Messages requests pass through untouched
 
     def __init__(self, config: BackendConfig) -> None:
         super().__init__(config)
@@ -88,12 +96,16 @@ class AnthropicBackend(Backend):
         return headers
 
     async def send(self, request: BackendRequest) -> BackendResponse:
+        if request.path == MESSAGES_PATH:
+            return await self._client.send("POST", self.config.url + MESSAGES_PATH, self._headers(), request.body,
+                                           request.stream)
         payload = request.payload or {}
         try:
             body, trimmed = to_anthropic(payload, self.config.default_max_tokens)
         except ValueError as exc:
             raise translate.translation_refused(str(exc)) from None
-        response = await self._client.send("POST", self.config.url + "/v1/messages", self._headers(), json.dumps(body).encode())
+        response = await self._client.send("POST", self.config.url + "/v1/messages", self._headers(), json.dumps(body).encode(),
+                                           request.stream)
         if response.status != 200:
             return await self._error(response)
         model = payload.get("model") or ""

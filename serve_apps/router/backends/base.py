@@ -24,15 +24,23 @@ from serve_apps.router.config import BackendConfig, BackendModel
 
 CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
+RESPONSES_PATH = "/v1/responses"  # OpenAI's Responses API
+EMBEDDINGS_PATH = "/v1/embeddings"
+MESSAGES_PATH = "/v1/messages"  # Anthropic's Messages API (vLLM serves it too)
+# Every generation route the router relays; each backend kind says which of them it serves (``paths``).
+GENERATION_ROUTES = frozenset({CHAT_PATH, COMPLETIONS_PATH, RESPONSES_PATH, EMBEDDINGS_PATH, MESSAGES_PATH})
 
 # Why a backend gave no usable answer; also the ``reason`` label of the router's error metric.
 #   connect: never reached it; timeout: no head / no data in time; disconnect: the connection or stream
 #   broke; protocol: it answered something that is not its protocol; unsupported: the request cannot be
 #   expressed for this backend (not the backend's fault: no breaker charge); starting: it has not come up
-#   yet (engine replicas loading; no breaker charge, the client gets 503 + Retry-After at once).
-Reason = Literal["connect", "timeout", "disconnect", "protocol", "unsupported", "starting"]
+#   yet (engine replicas loading; no breaker charge, the client gets 503 + Retry-After at once);
+#   deadline: a non-streaming answer took longer than ``timeouts.response`` (slow, not broken: no breaker
+#   charge; the next backend is tried, and the client gets 504 when none finished in time).
+Reason = Literal["connect", "timeout", "disconnect", "protocol", "unsupported", "starting", "deadline"]
 UNSUPPORTED: Reason = "unsupported"
 STARTING: Reason = "starting"
+DEADLINE: Reason = "deadline"
 
 
 class BackendUnavailable(Exception):

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from serve_apps.router.backends.base import BackendResponse, BackendUnavailable, IdleStream
+from serve_apps.router.backends.base import DEADLINE, BackendResponse, BackendUnavailable, IdleStream
 from serve_apps.router.backends.wire import WireError, WirePool, WireResponse
 from serve_apps.router.config import BackendConfig
 
@@ -106,36 +106,39 @@ class HTTPClient:
         return self._session
 
     async def request(
-        self, method: str, url: str, headers: dict[str, str], body: bytes | None = None
+        self, method: str, url: str, headers: dict[str, str], body: bytes | None = None, stream: bool = True
     ) -> aiohttp.ClientResponse:
-        """Send and wait for the response head within ``timeouts.first_byte``."""
+        """Send and wait for the response head (``timeouts.head``)."""
         try:
-            async with asyncio.timeout(self._config.timeouts.first_byte):
+            async with asyncio.timeout(self._config.timeouts.head(stream)):
                 return await self.session.request(method, url, headers=headers, data=body)
         except TimeoutError:
-            raise BackendUnavailable("timeout", "no response head within first_byte timeout") from None
+            raise head_timeout(stream) from None
         except aiohttp.ClientConnectorError as exc:
             raise BackendUnavailable("connect", type(exc).__name__) from None
         except (aiohttp.ClientError, ConnectionError) as exc:
             raise BackendUnavailable("disconnect", type(exc).__name__) from None
 
-    async def send(self, method: str, url: str, headers: dict[str, str], body: bytes | None) -> BackendResponse:
+    async def send(self, method: str, url: str, headers: dict[str, str], body: bytes | None,
+                   stream: bool = True) -> BackendResponse:
+        """``stream``: whether the answer streams (it picks the head timeout, see ``Timeouts``)."""
         if self._wire_target is not None and url.startswith(self._base):
-            return await self._send_wire(method, self._prefix + url[len(self._base):], headers, body or b"")
-        response = await self.request(method, url, headers, body)
+            return await self._send_wire(method, self._prefix + url[len(self._base):], headers, body or b"", stream)
+        response = await self.request(method, url, headers, body, stream)
         head = [(k.lower(), v) for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP]
         return BackendResponse(response.status, head, AiohttpStream(response, self._config.timeouts.idle))
 
-    async def _send_wire(self, method: str, path: str, headers: dict[str, str], body: bytes) -> BackendResponse:
+    async def _send_wire(self, method: str, path: str, headers: dict[str, str], body: bytes,
+                         stream: bool) -> BackendResponse:
         timeouts = self._config.timeouts
         if self._wire is None:
             self._wire = WirePool(*self._wire_target, self._config.max_connections)  # type: ignore[misc]
         lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         head = f"{method} {path} HTTP/1.1\r\nhost: {self._host_header}\r\n{lines}content-length: {len(body)}\r\n\r\n"
         try:
-            response = await self._wire.request(head.encode("latin-1"), body, timeouts.connect, timeouts.first_byte)
+            response = await self._wire.request(head.encode("latin-1"), body, timeouts.connect, timeouts.head(stream))
         except TimeoutError:
-            raise BackendUnavailable("timeout", "no response head within first_byte timeout") from None
+            raise head_timeout(stream) from None
         except WireError as exc:
             raise BackendUnavailable("disconnect", str(exc)) from None
         except OSError as exc:
@@ -162,6 +165,14 @@ class HTTPClient:
             self._wire.close()
         if self._session is not None and not self._session.closed:
             await self._session.close()
+
+
+def head_timeout(stream: bool) -> BackendUnavailable:
+    """The failure of a response head that did not come in time: for a stream the backend is hung
+    (fall back); a non-streaming answer simply took longer than ``timeouts.response`` allows."""
+    if stream:
+        return BackendUnavailable("timeout", "no response head within first_byte timeout")
+    return BackendUnavailable(DEADLINE, "the answer was not complete within timeouts.response")
 
 
 def bearer_headers(token_factory: Callable[[], str | None]) -> dict[str, str]:

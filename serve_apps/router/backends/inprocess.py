@@ -13,6 +13,7 @@ from typing import Protocol
 
 from serve_apps.asgi import ASGIApp, call_asgi
 from serve_apps.router.backends.base import (
+    GENERATION_ROUTES,
     STARTING,
     Backend,
     BackendRequest,
@@ -37,6 +38,7 @@ class InProcessEngine(Protocol):
 class InProcessBackend(Backend):
     kind = "serve"
     can_resume = True  # vLLM honours continue_final_message
+    paths = GENERATION_ROUTES
 
     def __init__(self, config: BackendConfig, engine: InProcessEngine) -> None:
         super().__init__(config)

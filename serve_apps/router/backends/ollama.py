@@ -61,7 +61,8 @@ class OllamaBackend(Backend):
             body = to_ollama(payload)
         except ValueError as exc:
             raise translate.translation_refused(str(exc)) from None
-        response = await self._client.send("POST", self.config.url + "/api/chat", self._headers, json.dumps(body).encode())
+        response = await self._client.send("POST", self.config.url + "/api/chat", self._headers, json.dumps(body).encode(),
+                                           request.stream)
         if response.status != 200:
             return await self._error(response)
         if not request.stream:

@@ -1,6 +1,6 @@
 """``kind: openai`` -- any OpenAI-compatible server (vLLM, SGLang, LM Studio, llama.cpp server).
 
-Pure pass-through: the request body and the response bytes (JSON or SSE) are forwarded untouched.
+Pure pass-through (chat, completions, Responses, embeddings, Anthropic Messages): the request body and the response bytes (JSON or SSE) are forwarded untouched.
 vLLM continues a final assistant message with ``continue_final_message``, so these backends are
 mid-stream resume targets unless ``resume_on_failure: false``. Configured without ``models``, the
 backend is asked for its ``GET /v1/models`` after each passing health probe, so the router's
@@ -13,7 +13,7 @@ import logging
 
 from pydantic import BaseModel, ValidationError
 
-from serve_apps.router.backends.base import Backend, BackendRequest, BackendResponse
+from serve_apps.router.backends.base import GENERATION_ROUTES, Backend, BackendRequest, BackendResponse
 from serve_apps.router.backends.http import HTTPClient, bearer_headers
 from serve_apps.router.config import BackendConfig
 
@@ -34,6 +34,7 @@ class ModelListing(BaseModel):
 class OpenAIBackend(Backend):
     kind = "openai"
     can_resume = True
+    paths = GENERATION_ROUTES  # pass-through: what the server does not serve, it answers 404 itself
 
     def __init__(self, config: BackendConfig) -> None:
         super().__init__(config)
@@ -43,7 +44,7 @@ class OpenAIBackend(Backend):
 
     async def send(self, request: BackendRequest) -> BackendResponse:
         body = request.body if request.method == "POST" else None
-        return await self._client.send(request.method, self.config.url + request.path, self._headers, body)
+        return await self._client.send(request.method, self.config.url + request.path, self._headers, body, request.stream)
 
     async def check_health(self) -> bool:
         return await self._client.get_ok(self._health_url, self._headers)

@@ -27,6 +27,7 @@ from serve_apps.router.affinity import PrefixAffinity
 from serve_apps.router.backends.base import (
     CHAT_PATH,
     COMPLETIONS_PATH,
+    GENERATION_ROUTES,
     Backend,
     BackendRequest,
     BackendResponse,
@@ -34,7 +35,7 @@ from serve_apps.router.backends.base import (
     ByteStream,
     IteratorStream,
 )
-from serve_apps.router.backends.http import HTTPClient
+from serve_apps.router.backends.http import HTTPClient, head_timeout
 from serve_apps.router.config import BackendConfig
 from serve_apps.router.metrics import RouterMetrics
 
@@ -62,6 +63,7 @@ class HandleStream(IteratorStream):
 class ServeBackend(Backend):
     kind = "serve"
     can_resume = True  # the replica runs vLLM, which honours continue_final_message
+    paths = GENERATION_ROUTES  # vLLM's own app answers each (404 where the model does not serve it)
 
     def __init__(self, config: BackendConfig, handle: Any, metrics: RouterMetrics | None = None) -> None:
         super().__init__(config)
@@ -96,14 +98,20 @@ class ServeBackend(Backend):
             facts["affinity"] = self._affinity.describe()
         return facts
 
-    async def _open(self, method: str, path: str, body: bytes, wait: float) -> BackendResponse:
+    async def _open(self, method: str, path: str, body: bytes, wait: float | None,
+                    late: BackendUnavailable | None = None) -> BackendResponse:
+        """The head of ``forward`` through the handle within ``wait`` (None: no limit); ``late`` is
+        the failure when it does not come."""
         generator = self._stream_handle.forward.remote(method, path, FORWARD_HEADERS, body)
         try:
             async with asyncio.timeout(wait):
                 head = await generator.__anext__()
         except TimeoutError:
             generator.cancel()
-            raise BackendUnavailable("timeout", "no response head within first_byte timeout") from None
+            raise late or BackendUnavailable("timeout", "no response head within the probe timeout") from None
+        except asyncio.CancelledError:
+            generator.cancel()  # the caller's client left: Serve cancels the replica's call (vLLM aborts)
+            raise
         except StopAsyncIteration:
             raise BackendUnavailable("protocol", "replica sent no response head") from None
         except Exception as exc:
@@ -136,7 +144,7 @@ class ServeBackend(Backend):
             endpoint.requests += 1
             try:
                 response = await endpoint.client.send(request.method, endpoint.url + request.path,
-                                                      endpoint.headers, request.body)
+                                                      endpoint.headers, request.body, request.stream)
             except BackendUnavailable as exc:
                 endpoint.outstanding -= 1
                 if exc.reason == "disconnect":
@@ -155,7 +163,8 @@ class ServeBackend(Backend):
             raise broken
         if not self._up:
             raise BackendUnavailable("starting", "engine replicas are still starting")
-        return await self._open(request.method, request.path, request.body, self.config.timeouts.first_byte)
+        return await self._open(request.method, request.path, request.body,
+                                self.config.timeouts.head(request.stream), head_timeout(request.stream))
 
     def _pick(self, keys: list[int] | None, tried: set[str]) -> "_Endpoint | None":
         endpoints = self._endpoints

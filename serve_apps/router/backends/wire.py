@@ -236,25 +236,29 @@ class WirePool:
         self._open.add(connection)
         return connection
 
-    async def request(self, head: bytes, body: bytes, connect_timeout: float, head_timeout: float) -> WireResponse:
+    async def request(self, head: bytes, body: bytes, connect_timeout: float, head_timeout: float | None) -> WireResponse:
         """Send a request (``head`` ends with the blank line) and wait for the response head.
 
-        ``head_timeout`` counts from the call, connecting included; on expiry the connection is dropped
+        ``head_timeout`` (None: no limit) counts from the call, connecting included; on expiry the connection is dropped
         (its late answer must not be taken for the next request's) and ``TimeoutError`` raised. A plain
         timer rather than ``asyncio.timeout``: this runs once per routed request, and the context
         manager's task lookups cost several times more."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + head_timeout
-        connection = self._take_idle() or await self._open_connection(min(connect_timeout, head_timeout))
+        connect = connect_timeout if head_timeout is None else min(connect_timeout, head_timeout)
+        deadline = None if head_timeout is None else loop.time() + head_timeout
+        connection = self._take_idle() or await self._open_connection(connect)
         head_future = connection.send(head + body)
-        timer = loop.call_at(deadline, _expire, head_future)
+        timer = None if deadline is None else loop.call_at(deadline, _expire, head_future)
         try:
             return await head_future
-        except TimeoutError:
+        except (TimeoutError, asyncio.CancelledError):
+            # No head in time, or the caller gave up (its client left): the server is still working
+            # on the request, and closing the connection is how it learns to stop (vLLM aborts).
             connection.abort()
             raise
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
 
     def close(self) -> None:
         for connection in list(self._open):

@@ -17,7 +17,10 @@ import pytest
 from tests.serve_apps.router.conftest import ANTHROPIC_KEY
 from tests.serve_apps.router.helpers import backends, chat_body, expected_text, stream, wait_for
 
-FAST = {"timeouts": {"connect": 1, "first_byte": 1.5, "idle": 1.5}, "health": {"interval": 0.5, "timeout": 0.5}}
+# ``response`` bounds a non-streaming answer (unset by default: a long answer is not a hang); set here,
+# a hung backend's non-streaming request falls back after it, as a stream's does after first_byte
+FAST = {"timeouts": {"connect": 1, "first_byte": 1.5, "idle": 1.5, "response": 1.5},
+        "health": {"interval": 0.5, "timeout": 0.5}}
 
 
 def openai_backend(name: str, url: str, tier: int, **extra):
@@ -137,7 +140,7 @@ def test_fallback_is_invisible(routers, fakes, fault, streaming):
         headers = response.headers
     assert headers["x-backend"] == "b"
     assert headers["x-fallback-from"] == "a"
-    assert time.monotonic() - started < 5  # a hang costs first_byte (1.5 s), not the client's patience
+    assert time.monotonic() - started < 5  # a hang costs first_byte or response (1.5 s), not the client's patience
 
 
 def test_fallback_on_connection_refused(routers, fakes):
