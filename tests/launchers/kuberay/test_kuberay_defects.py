@@ -215,4 +215,4 @@ def test_probes_still_answer_under_token_auth(rendered, env):
     command = " ".join(container["livenessProbe"]["exec"]["command"])
     paths = [p for p in PUBLIC_EXACT_PATHS if f"localhost:52365{p}" in command]
     assert paths == ["/api/local_raylet_healthz"], command
-    assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"  # the router's readiness: 200 only while its models can be generated

@@ -96,7 +96,7 @@ def test_front_door_is_one_parameter_used_everywhere(rendered, layout, env):
     front_door = yaml.safe_load((layout.overlay(env) / "front-door.yaml").read_text())
     assert port == int(front_door["data"]["port"])
     router = groups(r)["router"]["template"]["spec"]["containers"][0]
-    assert router["readinessProbe"]["httpGet"] == {"path": "/health", "port": port}
+    assert router["readinessProbe"]["httpGet"] == {"path": "/ready", "port": port}
     assert {"name": "api", "containerPort": port} in router["ports"]  # the pods declare the front door
     api_policy = r.one("NetworkPolicy", "ray-serve-cai-api")["spec"]["ingress"]
     assert api_policy[0]["ports"] == [{"protocol": "TCP", "port": port}]
