@@ -19,7 +19,7 @@ from functools import partial
 from typing import Any
 
 from serve_apps.asgi import JSON_HEADERS, Reply
-from serve_apps.openai_format import SSE_DONE, error_event, error_reply
+from serve_apps.openai_format import SSE_DONE, error_body, error_event, error_reply
 from serve_apps.router import streaming
 from serve_apps.router.access import allowed_routes
 from serve_apps.router.accounting import USAGE_KEY, Usage, UsageTap, ask_for_usage, insert_member, usage_from_body
@@ -219,6 +219,11 @@ class Router:
         if response.status == 200 and data[:1] == b"{":
             self._account(charge, routed_model(request), state.name, usage_from_body(data))
             data = insert_member(data, b'"_backend":' + json.dumps(state.name).encode())
+        elif response.status >= 400 and not _is_openai_error(data):
+            # e.g. vLLM's framework 404 ``{"detail": "Not Found"}`` for a route its model does not serve:
+            # every error a client gets keeps OpenAI's shape; the backend's own words stay in the message
+            detail = data[:300].decode("utf-8", "replace")
+            data, headers = error_body(response.status, f"backend {state.name} answered {response.status}: {detail}"), JSON_HEADERS
         return Reply(response.status, headers + self._meta(state, attempt), data)
 
     def _failed(self, attempt: Attempt, state: BackendState, reason: str, response: BackendResponse | None = None) -> None:
@@ -434,6 +439,14 @@ def _wrong_type(payload: dict[str, Any]) -> str | None:
         if value is not None and not isinstance(value, kind):
             return f"`{name}` must be {spelled}"
     return None
+
+
+def _is_openai_error(data: bytes) -> bool:
+    try:
+        payload = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(payload, dict) and isinstance(payload.get("error"), dict)
 
 
 def routed_model(request: BackendRequest) -> str:
