@@ -38,6 +38,7 @@ from serve_apps.router.keys import ANONYMOUS_KEY, ApiKey, KeyTable
 from serve_apps.router.lease import Lease
 from serve_apps.router.limits import Limiter
 from serve_apps.router.metrics import RouterMetrics
+from serve_apps.router.payload import is_openai_error, retry_after, routed_model, wrong_type
 from serve_apps.router.pool import BackendPool, BackendState, Readiness, Route, UnknownBackend
 
 logger = logging.getLogger("ray.serve")
@@ -139,7 +140,7 @@ class Router:
             return error_reply(400, "`model` must be a string", "invalid_request_error")
         if explicit is not None and not isinstance(explicit, str):
             return error_reply(400, "`backend` must be a string", "invalid_request_error")
-        wrong = _wrong_type(payload)
+        wrong = wrong_type(payload)
         if wrong is not None:
             return error_reply(400, wrong, "invalid_request_error")
         if not self.pool.knows_model(model):
@@ -219,7 +220,7 @@ class Router:
         if response.status == 200 and data[:1] == b"{":
             self._account(charge, routed_model(request), state.name, usage_from_body(data))
             data = insert_member(data, b'"_backend":' + json.dumps(state.name).encode())
-        elif response.status >= 400 and not _is_openai_error(data):
+        elif response.status >= 400 and not is_openai_error(data):
             # e.g. vLLM's framework 404 ``{"detail": "Not Found"}`` for a route its model does not serve:
             # every error a client gets keeps OpenAI's shape; the backend's own words stay in the message
             detail = data[:300].decode("utf-8", "replace")
@@ -243,7 +244,7 @@ class Router:
         if response is not None:
             self.metrics.request(state.name, response.status, None)
             if response.status == 429:
-                retry = _retry_after(response.headers)
+                retry = retry_after(response.headers)
                 seconds = min(retry if retry is not None else state.backend.config.breaker.open_seconds,
                               self.config.max_retry_after)
                 state.breaker.trip(seconds)
@@ -422,44 +423,3 @@ async def _first_chunk(response: BackendResponse) -> bytes:
         if chunk:
             return chunk
     raise BackendUnavailable("disconnect", "empty stream")
-
-
-# Fields an engine reads as an object or a list before validating them: vLLM 0.32 answers 500 to
-# ``"structured_outputs": [...]`` (found by the fuzz test). Checked here, where the body is parsed
-# anyway, so a wrong type is the client's 400 on every backend.
-_CONTAINER_FIELDS: tuple[tuple[str, type, str], ...] = (
-    ("messages", list, "an array"), ("structured_outputs", dict, "an object"), ("response_format", dict, "an object"),
-    ("stream_options", dict, "an object"), ("kv_transfer_params", dict, "an object"), ("tools", list, "an array"),
-)
-
-
-def _wrong_type(payload: dict[str, Any]) -> str | None:
-    for name, kind, spelled in _CONTAINER_FIELDS:
-        value = payload.get(name)
-        if value is not None and not isinstance(value, kind):
-            return f"`{name}` must be {spelled}"
-    return None
-
-
-def _is_openai_error(data: bytes) -> bool:
-    try:
-        payload = json.loads(data)
-    except ValueError:
-        return False
-    return isinstance(payload, dict) and isinstance(payload.get("error"), dict)
-
-
-def routed_model(request: BackendRequest) -> str:
-    """The model as a request names it to its backend (a metric label; "" if the request names none)."""
-    model = (request.payload or {}).get("model")
-    return model if isinstance(model, str) else ""
-
-
-def _retry_after(headers: list[tuple[str, str]]) -> float | None:
-    for key, value in headers:
-        if key == "retry-after":
-            try:
-                return max(0.0, float(value))
-            except ValueError:
-                return None
-    return None
