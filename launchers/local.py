@@ -121,7 +121,7 @@ class LocalCluster:
             }
         return self._haproxy_cache
 
-    def start(self, timeout_s: float = 120) -> "LocalCluster":
+    def start(self, timeout_s: float = 120) -> LocalCluster:
         cmd = [_bin("ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
                "--port", str(self.gcs_port), "--dashboard-host", "127.0.0.1",
                "--dashboard-port", str(self.dashboard_port), "--metrics-export-port", str(self.metrics_port),

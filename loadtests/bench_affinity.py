@@ -28,9 +28,20 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from bench_router_lib import (
+    ROOT,
+    Connection,
+    LocalCluster,
+    cpu_seconds,
+    free_port,
+    split_url,
+    stop_on_sigterm,
+    vllm_counters,
+    wait_http,
+    worker_endpoints,
+    write_result,
+)
 
-from bench_router_lib import (ROOT, Connection, LocalCluster, cpu_seconds, free_port, split_url, stop_on_sigterm,
-                              vllm_counters, wait_http, worker_endpoints, write_result)
 from launchers.polling import PollTimeout, poll_until
 
 MODES = {"affinity": "prefix_affinity", "least": "least_outstanding"}

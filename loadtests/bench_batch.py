@@ -32,8 +32,8 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from loadtests.bench_router_lib import ROOT, Connection, run_contained, stop_on_sigterm, write_result  # noqa: E402
-from loadtests.upstack import UpStack, moved_to_free_ports  # noqa: E402
+from loadtests.bench_router_lib import ROOT, Connection, run_contained, stop_on_sigterm, write_result
+from loadtests.upstack import UpStack, moved_to_free_ports
 
 LOCAL_CONFIG = ROOT / "serve_configs" / "local-tiny.yaml"  # what the README starts (`ray-serve-cai up`), on the tiny model
 

@@ -39,10 +39,22 @@ import httpx
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_router_lib import (ROOT, StreamTally, chat_body, closed_loop, interleaved, lean_streams,  # noqa: E402
-                              process_cpu_seconds, start_vllm, stop_on_sigterm, timed_streams, write_result)
-from launchers.procs import descendants  # noqa: E402
-from upstack import UpStack, moved_to_free_ports, process_name  # noqa: E402
+from bench_router_lib import (
+    ROOT,
+    StreamTally,
+    chat_body,
+    closed_loop,
+    interleaved,
+    lean_streams,
+    process_cpu_seconds,
+    start_vllm,
+    stop_on_sigterm,
+    timed_streams,
+    write_result,
+)
+from upstack import UpStack, moved_to_free_ports, process_name
+
+from launchers.procs import descendants
 
 if TYPE_CHECKING:
     from ray_serve_cai.bench.results import BenchOutput, BenchSettings
@@ -259,17 +271,17 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     return result
 
 
-def run(settings: "BenchSettings") -> "BenchOutput":
+def run(settings: BenchSettings) -> BenchOutput:
     """``ray-serve-cai bench --only p1``: the README's door on the tiny model against stock vLLM."""
     return _run(settings, ROOT / "serve_configs" / "local-tiny.yaml")
 
 
-def run_real(settings: "BenchSettings") -> "BenchOutput":
+def run_real(settings: BenchSettings) -> BenchOutput:
     """``ray-serve-cai bench --only p1-real``: the same on the quick-start model (``up``'s default config)."""
     return _run(settings, ROOT / "serve_configs" / "local.yaml")
 
 
-def _run(settings: "BenchSettings", config: Path) -> "BenchOutput":
+def _run(settings: BenchSettings, config: Path) -> BenchOutput:
     from ray_serve_cai.bench.results import BenchOutput, Row, headline
 
     tiny = dict(streams=8, per_worker=1, tokens=16, seconds=2.0) if settings.tiny else {}

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from loadtests.bench_router_lib import ROOT, free_port, start_router, start_vllm, stop_on_sigterm, write_output  # noqa: E402
-from ray_serve_cai.bench.results import BenchOutput, BenchSettings, Row, TimelinePoint, headline  # noqa: E402
+from loadtests.bench_router_lib import ROOT, free_port, start_router, start_vllm, stop_on_sigterm, write_output
+from ray_serve_cai.bench.results import BenchOutput, BenchSettings, Row, TimelinePoint, headline
 
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
 TTFT = "TTFT"

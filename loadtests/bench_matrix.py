@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from bench_router_lib import ROOT, LocalCluster, free_port, poll_until, stop_on_sigterm, wait_http, write_result
 from matrix_people import Person
 from matrix_synapse import SERVER_NAME, Synapse
@@ -272,7 +271,7 @@ def bot_steps(ray_temp_dir: Path) -> dict[str, float]:
             if "answered by" not in line or "ms: " not in line:
                 continue
             words = line.split("ms: ", 1)[1].rstrip(")").split()
-            for name, value in zip(words[::2], words[1::2]):
+            for name, value in zip(words[::2], words[1::2], strict=False):
                 found.setdefault(name, []).append(float(value.rstrip(")")))
             sends = line.split(" sends;")[0].rsplit(" ", 1)[-1]
             found.setdefault("sends", []).append(float(sends))

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from loadtests.bench_router_lib import (  # noqa: E402
+from loadtests.bench_router_lib import (
     bench_body,
     closed_loop,
     cpu_seconds,
@@ -38,7 +38,7 @@ from loadtests.bench_router_lib import (  # noqa: E402
     stop_on_sigterm,
     write_result,
 )
-from ray_serve_cai.bench.results import BenchOutput, BenchSettings, Row, headline  # noqa: E402
+from ray_serve_cai.bench.results import BenchOutput, BenchSettings, Row, headline
 
 # Processes whose CPU per request each c=64 run reports (matched on the command line).
 CPU_WATCH = {"router": "ServeReplica:router", "backend": "vllm.entrypoints.openai.api_server"}

@@ -24,9 +24,17 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from loadtests.bench_router_lib import (Connection, cdf_sample, free_port, split_url, start_router, start_vllm,  # noqa: E402
-                                        stop_on_sigterm, write_result)
-from ray_serve_cai.bench.results import BenchOutput, BenchSettings, Row, TimelinePoint, headline  # noqa: E402
+from loadtests.bench_router_lib import (
+    Connection,
+    cdf_sample,
+    free_port,
+    split_url,
+    start_router,
+    start_vllm,
+    stop_on_sigterm,
+    write_result,
+)
+from ray_serve_cai.bench.results import BenchOutput, BenchSettings, Row, TimelinePoint, headline
 
 
 async def one(url: str, index: int, t0: float) -> dict:

@@ -24,9 +24,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from launchers.local import LocalCluster, free_port  # noqa: E402
-from serve_apps.config import EngineConfig  # noqa: E402
 from launchers.polling import PollTimeout, poll_until  # noqa: E402
 from launchers.procs import read as read_proc  # noqa: E402
+from serve_apps.config import EngineConfig  # noqa: E402
 
 RESULTS = ROOT / "loadtests" / "results"
 LITELLM_VENV = ROOT / "loadtests" / ".venv-litellm"
@@ -382,7 +382,7 @@ def start_litellm(backend_urls: list[str], workdir: Path, provider: str = "hoste
     config = {
         "model_list": [{"model_name": name, "litellm_params": {"model": f"{provider}/tiny-chat", "api_base": url + "/v1",
                                                                  "api_key": "none"}}
-                       for name, url in zip(names, backend_urls)],
+                       for name, url in zip(names, backend_urls, strict=False)],
         "router_settings": {"fallbacks": [{"tiny-chat": names[1:]}]} if len(names) > 1 else {},
         "general_settings": {"master_key": "sk-bench-master"},
         "litellm_settings": {"drop_params": True},

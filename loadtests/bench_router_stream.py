@@ -28,10 +28,19 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from launchers.polling import PollTimeout, poll_until  # noqa: E402
-from loadtests.bench_router_lib import (ROOT, LocalCluster, free_port, lean_streams, progress,  # noqa: E402
-                                        stop_on_sigterm, wait_http, worker_token, write_result)
-from ray_serve_cai.bench.results import BenchOutput, BenchSettings, Row, headline  # noqa: E402
+from launchers.polling import PollTimeout, poll_until
+from loadtests.bench_router_lib import (
+    ROOT,
+    LocalCluster,
+    free_port,
+    lean_streams,
+    progress,
+    stop_on_sigterm,
+    wait_http,
+    worker_token,
+    write_result,
+)
+from ray_serve_cai.bench.results import BenchOutput, BenchSettings, Row, headline
 
 
 def _engine_endpoint(cluster: LocalCluster, router: str, timeout: float) -> tuple[str, dict[str, str]]:

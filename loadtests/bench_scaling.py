@@ -25,11 +25,23 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from loadtests.bench_router_lib import (LITELLM_VENV, ROOT, LocalCluster, bench_body, closed_loop, cpu_seconds,  # noqa: E402
-                                        free_port, progress, start_litellm, start_vllm, stop_on_sigterm,
-                                        wait_http, write_output)
-from loadtests.streamload import run_load  # noqa: E402
-from ray_serve_cai.bench.results import BenchOutput, BenchSettings, Row, headline  # noqa: E402
+from loadtests.bench_router_lib import (
+    LITELLM_VENV,
+    ROOT,
+    LocalCluster,
+    bench_body,
+    closed_loop,
+    cpu_seconds,
+    free_port,
+    progress,
+    start_litellm,
+    start_vllm,
+    stop_on_sigterm,
+    wait_http,
+    write_output,
+)
+from loadtests.streamload import run_load
+from ray_serve_cai.bench.results import BenchOutput, BenchSettings, Row, headline
 
 LEVELS = (1, 4, 16, 64, 128)
 BACKEND_COUNTS = (1, 2, 4)

@@ -174,7 +174,7 @@ def measure(rounds: int, config: Path, workdir: Path, pause_s: float = 5.0) -> d
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
-def run(settings: "BenchSettings") -> "BenchOutput":
+def run(settings: BenchSettings) -> BenchOutput:
     """``ray-serve-cai bench --only startup``."""
     from ray_serve_cai.bench.results import BenchOutput, Row, headline
 

@@ -70,7 +70,7 @@ class Synapse:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 60) -> "Synapse":
+    def start(self, timeout: float = 60) -> Synapse:
         if not SYNAPSE_PYTHON.exists():
             raise RuntimeError(f"{SYNAPSE_PYTHON} missing: run scripts/setup-test-services.sh")
         self.directory.mkdir(parents=True, exist_ok=True)

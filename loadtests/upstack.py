@@ -16,8 +16,8 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from launchers.local import free_port  # noqa: E402
-from launchers.procs import descendants, running  # noqa: E402
+from launchers.local import free_port
+from launchers.procs import descendants, running
 
 
 class UpStack:

@@ -53,7 +53,7 @@ class EngineResponse:
         return b"".join([chunk async for chunk in self.body])
 
     @classmethod
-    def complete(cls, status: int, content_type: str, payload: bytes) -> "EngineResponse":
+    def complete(cls, status: int, content_type: str, payload: bytes) -> EngineResponse:
         """A response whose whole body is already in hand (JSON, or a finished SSE stream)."""
         return cls(status, [("content-type", content_type)], _single(payload))
 

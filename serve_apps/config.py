@@ -27,7 +27,7 @@ class AutoscalingConfig(StrictModel):
     downscale_delay_s: float = Field(300, ge=0)
 
     @model_validator(mode="after")
-    def _bounds(self) -> "AutoscalingConfig":
+    def _bounds(self) -> AutoscalingConfig:
         if self.max_replicas < self.min_replicas:
             raise ValueError("max_replicas must be >= min_replicas")
         return self

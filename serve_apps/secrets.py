@@ -30,7 +30,7 @@ class SecretRef(StrictModel):
         return None
 
     @model_validator(mode="after")
-    def _one_source(self) -> "SecretRef":
+    def _one_source(self) -> SecretRef:
         if not self.env and self.file is None:
             raise ValueError("give env or file")
         return self

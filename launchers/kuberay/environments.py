@@ -9,10 +9,9 @@ serve-config profile its ``serveConfigV2`` is generated from, where its batch fi
 from __future__ import annotations
 
 from pathlib import Path
-
-import yaml
 from typing import Annotated
 
+import yaml
 from pydantic import AfterValidator, Field, RootModel, ValidationError, field_validator
 
 from launchers.kuberay.errors import KubeRayError

@@ -31,6 +31,7 @@ from launchers.kuberay.rendered import (  # noqa: F401 - re-exported: the launch
 from launchers.kuberay.serve_config import environment_config, patched_value, serve_config_v2
 from serve_apps.checks import listener_addresses
 
+
 def open_ports(serve_config: dict[str, Any]) -> dict[int, str]:
     """Port -> bind host of every door the serve config opens: Serve's proxy and router listeners."""
     http = serve_config.get("http_options") or {}

@@ -50,7 +50,7 @@ def latency_cdf(results: BenchResults, path: Path) -> Path | None:
         return None
     plt = _pyplot()
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3.2 * len(panels)), squeeze=False)
-    for ax, (record, by_target) in zip(axes[:, 0], panels):
+    for ax, (record, by_target) in zip(axes[:, 0], panels, strict=False):
         for target, values in sorted(by_target.items()):
             if values:
                 ordered = sorted(values)
@@ -79,7 +79,7 @@ def scaling(results: BenchResults, path: Path) -> Path | None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for target, by_c in sorted(cells.items()):
         levels = sorted(by_c)
-        med = lambda key, c: statistics.median(m[key] for m in by_c[c] if m.get(key) is not None)  # noqa: E731
+        med = lambda key, c, by_c=by_c: statistics.median(m[key] for m in by_c[c] if m.get(key) is not None)  # noqa: E731
         left.plot(levels, [med("rps", c) for c in levels], marker="o", label=target)
         line, = right.plot(levels, [med("ttft_p50_ms", c) for c in levels], marker="o", label=f"{target} p50")
         right.plot(levels, [med("ttft_p95_ms", c) for c in levels], marker="x", linestyle="--",
@@ -107,7 +107,7 @@ def failover_timeline(results: BenchResults, path: Path) -> Path | None:
         return None
     plt = _pyplot()
     fig, axes = plt.subplots(len(records), 1, figsize=(9, 3.2 * len(records)), squeeze=False)
-    for ax, record in zip(axes[:, 0], records):
+    for ax, record in zip(axes[:, 0], records, strict=False):
         points = record.output.timeline
         # a bar covers its second [t, t + 1): the kill line falls inside the second it happened in
         ax.bar([p.t for p in points], [p.requests - p.errors for p in points], width=0.9, align="edge",

@@ -131,7 +131,7 @@ class MemorySampler:
         while not self._stop.wait(self.interval):
             self.sample()
 
-    def start(self) -> "MemorySampler":
+    def start(self) -> MemorySampler:
         self._thread = threading.Thread(target=self._loop, name="bench-memory", daemon=True)
         self._thread.start()
         return self

@@ -22,15 +22,22 @@ from pathlib import Path
 from ray_serve_cai.bench.machine import git_commit, machine_facts
 from ray_serve_cai.bench.procs import MemorySampler, kill_session
 from ray_serve_cai.bench.registry import Benchmark
-from ray_serve_cai.bench.results import (BenchmarkRecord, BenchOutput, BenchResults, BenchSettings, Status,
-                                         read_results, write_results)
+from ray_serve_cai.bench.results import (
+    BenchmarkRecord,
+    BenchOutput,
+    BenchResults,
+    BenchSettings,
+    Status,
+    read_results,
+    write_results,
+)
 
 STOP_GRACE_S = 120.0
 LEFTOVER_GRACE_S = 2.0  # processes SIGKILLed by the benchmark's own cleanup take a moment to be gone  # a benchmark stopping its clusters on SIGTERM needs up to a minute or two
 
 
 def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
 class Runner:

@@ -148,10 +148,9 @@ def _wait_until_generates(base: str, deadline: float, log, check: Callable[[], N
 def _build_models(config: dict) -> None:
     """Build the config's ``builtin:`` models before Ray starts, with progress here rather than in a
     replica's log (and once, not per replica)."""
+    from ray_serve_cai.cli import CLIError
     from serve_apps.checks import builtin_models
     from serve_apps.models import ModelBuildError, get_builtin
-
-    from ray_serve_cai.cli import CLIError
 
     for name in builtin_models(config):
         builtin = get_builtin(name)

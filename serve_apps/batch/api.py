@@ -17,7 +17,7 @@ from urllib.parse import parse_qs
 
 from pydantic import ValidationError
 
-from serve_apps.asgi import BodyTooLarge, Receive, Scope, read_body
+from serve_apps.asgi import JSON_HEADERS, BodyTooLarge, Receive, Reply, Scope, read_body
 from serve_apps.batch.config import BatchConfig
 from serve_apps.batch.jobs import JobSupervisor
 from serve_apps.batch.models import (
@@ -36,7 +36,6 @@ from serve_apps.batch.models import (
 from serve_apps.batch.routes import refusal
 from serve_apps.batch.storage import Storage
 from serve_apps.openai_format import error_body
-from serve_apps.asgi import JSON_HEADERS, Reply
 
 JSON_LIMIT = 1024 * 1024
 _INTEGER = re.compile(r"[+-]?[0-9]+")

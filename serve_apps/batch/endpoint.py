@@ -17,10 +17,9 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
-from serve_apps.asgi import BodyTooLarge, Receive, read_body
+from serve_apps.asgi import JSON_HEADERS, BodyTooLarge, Receive, Reply, read_body
 from serve_apps.batch.config import BatchConfig
 from serve_apps.batch.models import CHAT_PATH
-from serve_apps.asgi import JSON_HEADERS, Reply
 from serve_apps.batch.routes import refusal
 from serve_apps.batch.waiting import Gate
 from serve_apps.openai_format import error_reply

@@ -92,7 +92,7 @@ class Batch(StrictModel):
     request_counts: RequestCounts = Field(default_factory=RequestCounts)
     metadata: dict[str, str] | None = None
 
-    def moved_to(self, status: BatchStatus) -> "Batch":
+    def moved_to(self, status: BatchStatus) -> Batch:
         """The same batch in ``status``, with that status's ``<status>_at`` stamped."""
         stamp = {"in_progress": "in_progress_at", "finalizing": "finalizing_at", "completed": "completed_at",
                  "failed": "failed_at", "expired": "expired_at", "cancelling": "cancelling_at",
@@ -106,7 +106,7 @@ class Batch(StrictModel):
         """Why the batch waits for a backend (``WAITING_KEY`` in its metadata), if it does."""
         return (self.metadata or {}).get(WAITING_KEY)
 
-    def noted(self, note: str | None) -> "Batch":
+    def noted(self, note: str | None) -> Batch:
         """The same batch, its metadata saying ``note`` under ``WAITING_KEY`` (none: not waiting). The
         client's own pairs stay; with all 16 of OpenAI's pairs taken the note is left out."""
         note = note[:METADATA_VALUE_CHARS] if note is not None else None

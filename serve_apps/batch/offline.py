@@ -20,7 +20,6 @@ import fsspec
 
 from serve_apps.batch.lines import scan
 
-
 MAX_BLOCKS = 10_000  # past this, blocks hold several engine calls' worth: fewer, larger writes
 
 

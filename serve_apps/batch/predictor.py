@@ -125,10 +125,10 @@ class Predictor:
             prompt = body["messages"] if request["url"] == CHAT_PATH else body["prompt"]
             groups.setdefault(request["url"], []).append((position, prompt, params))
         for path, items in groups.items():
-            for position, result in zip([i[0] for i in items], self._generate(path, items)):
+            for position, result in zip([i[0] for i in items], self._generate(path, items), strict=False):
                 results[position] = result
         lines, tokens, ok = [], [], []
-        for request, (status, body, error) in zip(requests, results):
+        for request, (status, body, error) in zip(requests, results, strict=False):
             lines.append(json.dumps(output_line(request["custom_id"], status, body, error), separators=(",", ":")))
             tokens.append(body["usage"]["completion_tokens"] if status == 200 else 0)
             ok.append(status == 200)

@@ -7,14 +7,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+from serve_apps.asgi import Receive, Reply, Scope
 from serve_apps.batch.api import BatchAPI
 from serve_apps.batch.config import BatchConfig
 from serve_apps.batch.endpoint import PromptsEndpoint
 from serve_apps.batch.jobs import JobSupervisor
 from serve_apps.batch.stack import for_stack
 from serve_apps.batch.storage import Storage
-from serve_apps.asgi import Receive, Scope
-from serve_apps.asgi import Reply
 from serve_apps.router.router import Router
 
 PREFIXES = ("/v1/batch", "/v1/batches", "/v1/files")

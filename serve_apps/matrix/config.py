@@ -13,8 +13,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, model_validator
 
-from serve_apps.validation import StrictModel
 from serve_apps.secrets import SecretRef
+from serve_apps.validation import StrictModel
 
 
 def _user_pattern(pattern: str) -> str:
@@ -108,7 +108,7 @@ class MatrixConfig(StrictModel):
     num_cpus: float = Field(0.0, ge=0)
 
     @model_validator(mode="after")
-    def _credentials(self) -> "MatrixConfig":
+    def _credentials(self) -> MatrixConfig:
         if (self.access_token is None) == (self.password is None):
             raise ValueError("give exactly one of access_token or password (as env/file references)")
         if self.max_tokens > self.max_tokens_limit:

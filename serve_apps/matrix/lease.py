@@ -68,7 +68,7 @@ class Lease:
             return False
         try:
             holder = await asyncio.wait_for(self._actor.whois.remote(), self.check_every * 2)
-        except (ray.exceptions.RayError, asyncio.TimeoutError):
+        except (TimeoutError, ray.exceptions.RayError):
             logger.warning("matrix bot: %s lost the lease %s", self.holder, self.name)
             self._actor = None
             return False

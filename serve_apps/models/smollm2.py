@@ -27,7 +27,7 @@ import time
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from serve_apps.models.tiny import default_cache_dir
@@ -204,7 +204,7 @@ def build_smollm2_model(out_dir: Path) -> Path:
                        "wheel_sha256": WHEEL_SHA256, "gguf": Path(GGUF_MEMBER).name, "license": "Apache-2.0"},
             "dtype": "bfloat16",
             "transformers": transformers.__version__,
-            "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "build_seconds": round(time.monotonic() - started, 1),
         }
         (staging / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")

@@ -17,9 +17,9 @@ from serve_apps.batch.config import BatchConfig
 from serve_apps.batch.routes import without_batch
 from serve_apps.batch.service import BatchService
 from serve_apps.checks import parse_router_args
+from serve_apps.config import EngineConfig
 from serve_apps.heap import freeze_startup_heap
 from serve_apps.listener import Listener, start_listener
-from serve_apps.config import EngineConfig
 from serve_apps.router.asgi import RouterASGI
 from serve_apps.router.backends import Backend, create_backend
 from serve_apps.router.backends.inprocess import InProcessBackend

@@ -17,11 +17,21 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 
-from serve_apps.asgi import BodyTooLarge, Receive, Scope, Send, lifespan, read_body, route_path, send_response
-from serve_apps.router.backends.base import GENERATION_ROUTES
-from serve_apps.router import openapi
-from serve_apps.asgi import JSON_HEADERS, Reply
+from serve_apps.asgi import (
+    JSON_HEADERS,
+    BodyTooLarge,
+    Receive,
+    Reply,
+    Scope,
+    Send,
+    lifespan,
+    read_body,
+    route_path,
+    send_response,
+)
 from serve_apps.openai_format import error_reply, method_not_allowed
+from serve_apps.router import openapi
+from serve_apps.router.backends.base import GENERATION_ROUTES
 from serve_apps.router.keys import ANONYMOUS_KEY
 from serve_apps.router.metrics import CONTENT_TYPE
 from serve_apps.router.router import Router

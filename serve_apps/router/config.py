@@ -112,7 +112,7 @@ class BackendConfig(StrictModel):
     anthropic_version: str = "2023-06-01"
 
     @model_validator(mode="after")
-    def _target(self) -> "BackendConfig":
+    def _target(self) -> BackendConfig:
         if self.kind == "serve":
             if bool(self.engine) == bool(self.app):
                 raise ValueError("kind serve needs exactly one of `engine` (an entry of engines) or `app`")
@@ -155,7 +155,7 @@ class AuthConfig(StrictModel):
     redis: RedisConfig | None = None
 
     @model_validator(mode="after")
-    def _names(self) -> "AuthConfig":
+    def _names(self) -> AuthConfig:
         names = _unique_names([k.name for k in self.keys], "keys: duplicate key names")
         reserved = {ANONYMOUS} | ({LEGACY} if self.api_keys is not None else set())
         for index, name in enumerate(names):
@@ -182,7 +182,7 @@ class RouterConfig(StrictModel):
     max_retry_after: float = Field(60.0, ge=0, description="cap on a backend's Retry-After cool-down")
 
     @model_validator(mode="after")
-    def _unique(self) -> "RouterConfig":
+    def _unique(self) -> RouterConfig:
         names = _unique_names([b.name for b in self.backends], "duplicate backend names")
         for index, key in enumerate(self.auth.keys):
             unknown = sorted(set(key.backends or ()) - set(names))
@@ -223,7 +223,7 @@ class RouterAppArgs(RouterConfig):
     matrix: MatrixConfig | None = Field(None, description="a Matrix chat bot answering through this router")
 
     @model_validator(mode="after")
-    def _engines_exist(self) -> "RouterAppArgs":
+    def _engines_exist(self) -> RouterAppArgs:
         known = {e.name for e in self.engines}
         for backend in self.backends:
             if backend.kind == "serve" and backend.engine and backend.engine not in known:

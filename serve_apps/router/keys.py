@@ -83,7 +83,7 @@ class ApiKey:
         return self.requests_per_minute is not None or self.tokens_per_minute is not None
 
     @classmethod
-    def from_config(cls, config: KeyConfig) -> "ApiKey":
+    def from_config(cls, config: KeyConfig) -> ApiKey:
         return cls(config.name, config.requests_per_minute, config.tokens_per_minute,
                    frozenset(config.models) if config.models is not None else None,
                    frozenset(config.backends) if config.backends is not None else None)
@@ -106,7 +106,7 @@ class KeyTable:
         return bool(self._by_digest)
 
     @classmethod
-    def load(cls, api_keys: SecretRef | None, keys: list[KeyConfig]) -> "KeyTable":
+    def load(cls, api_keys: SecretRef | None, keys: list[KeyConfig]) -> KeyTable:
         """Read every referenced key; a configured reference that yields nothing, or one key value
         under two names, fails here (at replica start), naming the entry but never the value."""
         entries: dict[str, ApiKey] = {}

@@ -24,8 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from serve_apps.openai_format import error_reply
 from serve_apps.asgi import Reply
+from serve_apps.openai_format import error_reply
 from serve_apps.router.keys import ApiKey, RedisConfig
 from serve_apps.router.metrics import RouterMetrics
 
@@ -162,7 +162,7 @@ class Limiter:
         self._pending: set[asyncio.Task[None]] = set()
 
     @classmethod
-    def build(cls, redis: RedisConfig | None, metrics: RouterMetrics) -> "Limiter":
+    def build(cls, redis: RedisConfig | None, metrics: RouterMetrics) -> Limiter:
         if redis is None:
             return cls(MemoryStore(), metrics)
         return cls(RedisStore(redis), metrics, redis.retry_interval)

@@ -119,7 +119,7 @@ class BackendPool:
     def status(self) -> list[dict[str, object]]:
         return [s.status() for s in self.states.values()]
 
-    def readiness(self) -> "Readiness":
+    def readiness(self) -> Readiness:
         """Can every configured model be generated right now? A backend counts once its last health
         probe passed and its breaker is not open; a pool whose backends name no models needs one such
         backend."""

@@ -11,6 +11,7 @@ import asyncio
 import socket
 
 import httpx
+
 from serve_apps.listener import _CoalescingTransport, start_listener
 
 

@@ -166,7 +166,7 @@ class ServeBackend(Backend):
         return await self._open(request.method, request.path, request.body,
                                 self.config.timeouts.head(request.stream), head_timeout(request.stream))
 
-    def _pick(self, keys: list[int] | None, tried: set[str]) -> "_Endpoint | None":
+    def _pick(self, keys: list[int] | None, tried: set[str]) -> _Endpoint | None:
         endpoints = self._endpoints
         if tried:
             endpoints = {url: e for url, e in endpoints.items() if url not in tried}
@@ -238,7 +238,7 @@ class _CountedStream(ByteStream):
     """Keeps its request counted against the endpoint until the body is read or closed, so "least
     outstanding" sees running streams, not only requests still waiting for their response head."""
 
-    def __init__(self, inner: ByteStream, endpoint: "_Endpoint") -> None:
+    def __init__(self, inner: ByteStream, endpoint: _Endpoint) -> None:
         self._inner = inner
         self._endpoint: _Endpoint | None = endpoint
 

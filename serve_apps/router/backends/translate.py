@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from serve_apps.openai_format import SSE_DONE, error_body, sse_event  # noqa: F401 - SSE_DONE for the kinds
-from serve_apps.router.backends.base import UNSUPPORTED, BackendResponse, BackendUnavailable, ByteStream, BytesStream
+from serve_apps.router.backends.base import UNSUPPORTED, BackendResponse, BackendUnavailable, BytesStream, ByteStream
+
 
 def json_response(status: int, payload: Any) -> BackendResponse:
     return BackendResponse(status, [("content-type", "application/json")], BytesStream(json.dumps(payload).encode()))

@@ -25,7 +25,7 @@ class WireError(ConnectionError):
 
 
 class WireResponse:
-    def __init__(self, status: int, headers: list[tuple[str, str]], connection: "_Connection") -> None:
+    def __init__(self, status: int, headers: list[tuple[str, str]], connection: _Connection) -> None:
         self.status = status
         self.headers = headers
         self._connection = connection
@@ -110,7 +110,7 @@ class WireResponse:
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self, pool: "WirePool", loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, pool: WirePool, loop: asyncio.AbstractEventLoop) -> None:
         self._pool = pool
         self.loop = loop
         self._transport: asyncio.Transport | None = None

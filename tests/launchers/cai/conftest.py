@@ -12,6 +12,7 @@ from cml_emulator.store import Timing
 from launchers.cai.client import CMLClient
 from launchers.cai.http import RetryPolicy
 
+
 @pytest.fixture
 def emulator(tmp_path: Path) -> Iterator[CMLEmulator]:
     with CMLEmulator(tmp_path / "cml", timing=Timing(app_start=0.1, run_schedule=0.1, clone=0.2, stop_grace=3)) as cml:

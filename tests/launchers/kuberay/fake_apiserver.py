@@ -30,6 +30,7 @@ from urllib.parse import parse_qs, urlparse
 import yaml
 from kube_schemas import problems
 
+
 @dataclass(frozen=True)
 class Resource:
     group: str

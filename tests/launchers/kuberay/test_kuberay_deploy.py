@@ -192,9 +192,8 @@ def test_stale_overlay_patch_is_replaced_with_a_warning(tmp_path):
     assert f"{patch} is stale: using profile 'dev' as generated now" in done.stderr
     import yaml
 
-    from launchers.kuberay.serve_config import serve_config_v2
-
     from launchers.kuberay.environments import Layout
+    from launchers.kuberay.serve_config import serve_config_v2
 
     rayservice = [d for d in yaml.safe_load_all(done.stdout) if d and d["kind"] == "RayService"][0]
     assert rayservice["spec"]["serveConfigV2"] == serve_config_v2(Layout().environment("dev"))

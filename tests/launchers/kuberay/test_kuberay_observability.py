@@ -17,6 +17,7 @@ from pathlib import Path
 import ray
 import yaml
 from test_kuberay_monitoring import MONITORING
+
 # The KubeRay operator's metrics (ray-operator/pkg/features/metrics, KubeRay >= 1.4): not in Ray's sources.
 KUBERAY_METRICS = {"kuberay_service_condition_ready"}
 

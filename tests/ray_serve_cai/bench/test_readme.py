@@ -10,8 +10,15 @@ from pathlib import Path
 import pytest
 
 from ray_serve_cai.bench.readme import END, ROOT, START, TABLES, latest_runs, render, replace_block, update
-from ray_serve_cai.bench.results import (BenchmarkRecord, BenchOutput, BenchResults, BenchSettings, Machine, headline,
-                                         write_results)
+from ray_serve_cai.bench.results import (
+    BenchmarkRecord,
+    BenchOutput,
+    BenchResults,
+    BenchSettings,
+    Machine,
+    headline,
+    write_results,
+)
 
 DOCS = [ROOT / "README.md", ROOT / "loadtests" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
@@ -41,7 +48,7 @@ def record(name: str, started: dt.datetime, value: float, *, status: str = "ok",
 
 
 def test_latest_full_run_per_benchmark_rendered_with_links(tmp_path: Path) -> None:
-    day1 = dt.datetime(2026, 11, 29, 9, tzinfo=dt.timezone.utc)
+    day1 = dt.datetime(2026, 11, 29, 9, tzinfo=dt.UTC)
     day2 = day1 + dt.timedelta(days=1)
     results = tmp_path / "loadtests" / "results"
     write_results(run("aaaaaaa", day1, record("p2", day1, 0.5), record("p3", day1, 0.2)), results)

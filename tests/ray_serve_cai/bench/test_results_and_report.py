@@ -14,10 +14,20 @@ from pydantic import ValidationError
 from ray_serve_cai.bench.machine import machine_facts
 from ray_serve_cai.bench.plots import render_all
 from ray_serve_cai.bench.report import markdown
-from ray_serve_cai.bench.results import (BenchmarkRecord, BenchOutput, BenchResults, BenchSettings, MemoryPeak, Row,
-                                         TimelinePoint, headline, read_results, write_results)
+from ray_serve_cai.bench.results import (
+    BenchmarkRecord,
+    BenchOutput,
+    BenchResults,
+    BenchSettings,
+    MemoryPeak,
+    Row,
+    TimelinePoint,
+    headline,
+    read_results,
+    write_results,
+)
 
-START = dt.datetime(2026, 11, 29, 18, 0, tzinfo=dt.timezone.utc)
+START = dt.datetime(2026, 11, 29, 18, 0, tzinfo=dt.UTC)
 
 
 def record(name: str, output: BenchOutput | None, status: str = "ok", error: str | None = None) -> BenchmarkRecord:

@@ -22,8 +22,8 @@ from serve_apps.batch.config import DEFAULT_STORAGE, BatchConfig
 from serve_apps.batch.stack import for_stack, stack_storage
 from tests.serve_apps.batch.conftest import pids_titled, sigkill
 from tests.serve_apps.router.conftest import ROOT, FakeBackend
-from tests.serve_apps.router.helpers import wait_for
 from tests.serve_apps.router.fake_backend import MODEL
+from tests.serve_apps.router.helpers import wait_for
 
 
 def test_the_default_storage_is_per_app_and_front_door():

@@ -97,7 +97,7 @@ def test_streamed_edits_respect_the_interval_and_long_answers_split(bot_stack, r
     edits = sum(len(stamps) - 1 for stamps in answer.edit_ts.values())
     assert edits >= 3, "the answer was streamed by edits, not posted once"
     for stamps in answer.edit_ts.values():
-        gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+        gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
         # every edit but a message's last (the final one goes out at once) waits out the interval
         assert all(gap >= EDIT_INTERVAL_MS - 100 for gap in gaps[:-1]), gaps
 

@@ -9,7 +9,6 @@ import stat
 import pytest
 from pydantic import ValidationError
 
-from serve_apps.validation import format_validation_error
 from serve_apps.matrix.config import MatrixConfig
 from serve_apps.matrix.inference import Generation, InferenceError
 from serve_apps.matrix.policy import RateLimiter
@@ -17,6 +16,7 @@ from serve_apps.matrix.replies import DONE_KEY, ReplyStream, split_text, txn_id
 from serve_apps.matrix.store import BotStore
 from serve_apps.openai_format import error_event, sse_event
 from serve_apps.router.config import RouterAppArgs
+from serve_apps.validation import format_validation_error
 
 BASE = {"homeserver": "http://127.0.0.1:8008/", "user_id": "@bot:example.org",
         "access_token": {"env": "BOT_TOKEN"}, "store_path": "/tmp/bot"}

@@ -52,7 +52,7 @@ class FakeBackend:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "FakeBackend":
+    def start(self) -> FakeBackend:
         env = {**os.environ, "FAKE_ANTHROPIC_KEY": ANTHROPIC_KEY}
         self.process = subprocess.Popen([sys.executable, str(FAKE), "--protocol", self.protocol, "--port", str(self.port)],
                                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -62,7 +62,7 @@ class FakeBackend:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def ensure(self) -> "FakeBackend":
+    def ensure(self) -> FakeBackend:
         """Running, healthy and fault-free (restarted on the same port if a test killed it)."""
         if not self.alive():
             self.start()

@@ -219,7 +219,7 @@ def test_affinity_with_colocated_engines_is_refused():
 class _UnusedHandle:
     """Stands in for the DeploymentHandle, which these requests never reach (endpoints are known)."""
 
-    def options(self, **_: Any) -> "_UnusedHandle":
+    def options(self, **_: Any) -> _UnusedHandle:
         return self
 
 

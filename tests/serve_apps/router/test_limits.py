@@ -71,7 +71,7 @@ def test_requests_per_minute_exact_count_headers_and_openai_shaped_429(monkeypat
 
     answers = asyncio.run(run())
     assert [status for status, _, _ in answers] == [200, 200, 200, 429]
-    for (_, headers, _), remaining in zip(answers, ("2", "1", "0", "0")):
+    for (_, headers, _), remaining in zip(answers, ("2", "1", "0", "0"), strict=False):
         assert ratelimit(headers) == {"limit-requests": "3", "remaining-requests": remaining, "reset-requests": "59.5s"}
     status, headers, body = answers[3]
     assert headers["retry-after"] == "60" and headers["content-type"] == "application/json"

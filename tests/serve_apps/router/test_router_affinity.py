@@ -106,7 +106,7 @@ def test_burst_of_one_prefix_spills_to_the_other_replica(stack):
     def one() -> None:
         try:
             ask(url, "spilly", shared, max_tokens=160, ignore_eos=True)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=one) for _ in range(8)]

@@ -58,7 +58,7 @@ def healthy(fakes, routers):
     for fake in fakes.values():
         fake.ensure()
     for url in routers.values():
-        wait_for(lambda: all(b["healthy"] for b in backends(url).values()), message=f"{url} backends healthy")
+        wait_for(lambda url=url: all(b["healthy"] for b in backends(url).values()), message=f"{url} backends healthy")
 
 
 def post(url: str, body: dict, headers: dict | None = None, timeout: float = 30) -> httpx.Response:

@@ -119,7 +119,7 @@ def test_router_metrics_reach_prometheus(router_cluster, fakes, prometheus):
     # token accounting: exactly the usage b's one answer carried, under the anonymous key and the model
     for kind in ("prompt", "completion"):
         tokens = wait_series(prometheus, f'ray_router_{kind}_tokens_total{{application="metrics",key="anonymous",'
-                                         f'model="tiny-chat",backend="b"}}', lambda r: value(r) >= usage[f"{kind}_tokens"])
+                                         f'model="tiny-chat",backend="b"}}', lambda r, kind=kind: value(r) >= usage[f"{kind}_tokens"])
         assert value(tokens) == usage[f"{kind}_tokens"] > 0
     a.kill()
     wait_series(prometheus, 'ray_backend_health_status{backend="a"}', lambda r: value(r) == 0)

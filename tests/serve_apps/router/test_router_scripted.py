@@ -8,9 +8,9 @@ import json
 
 import pytest
 
+from serve_apps.asgi import Reply
 from serve_apps.router.config import RouterConfig
 from serve_apps.router.health import BreakerState
-from serve_apps.asgi import Reply
 from serve_apps.router.router import Router
 from tests.serve_apps.router.scripted import ANSWER, PROMPT_TOKENS, TOKENS, ScriptedBackend, Step
 
@@ -23,7 +23,7 @@ def make_router(*scripts: list[Step], resumable: tuple[bool, ...] = (), **router
                 "breaker": {"failure_threshold": 2, "open_seconds": 30}} for i in range(len(scripts))]
     config = RouterConfig.model_validate({"backends": configs, **router_options})
     backends = [ScriptedBackend(c, list(s), resumable[i] if i < len(resumable) else True)
-                for i, (c, s) in enumerate(zip(config.backends, scripts))]
+                for i, (c, s) in enumerate(zip(config.backends, scripts, strict=False))]
     return Router(config, backends), backends
 
 

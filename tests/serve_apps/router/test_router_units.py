@@ -9,6 +9,7 @@ import json
 import pytest
 
 from serve_apps.checks import parse_router_args
+from serve_apps.router.accounting import insert_member
 from serve_apps.router.backends.anthropic import to_anthropic
 from serve_apps.router.backends.base import BackendResponse, BackendUnavailable, BytesStream, ByteStream
 from serve_apps.router.backends.ollama import to_ollama
@@ -17,7 +18,6 @@ from serve_apps.router.backends.serve import _CountedStream, _Endpoint
 from serve_apps.router.config import BackendConfig, BreakerConfig, RouterConfig
 from serve_apps.router.health import BreakerState, CircuitBreaker
 from serve_apps.router.pool import BackendPool, BackendState, UnknownBackend
-from serve_apps.router.accounting import insert_member
 from serve_apps.router.streaming import Sent, event_blocks, resume_payload, rewrite_continuation, summarise
 
 
