@@ -118,15 +118,16 @@ class BatchAPI:
         return _json(meta.model_dump()) if meta else _not_found("File", file_id)
 
     def _delete_file(self, file_id: str) -> Reply:
-        """Delete a file no batch uses: a batch's input, output or error file stays with its batch (409;
-        a running batch reads its input until the end, and a resumed one again)."""
+        """Delete a file unless a batch that has not ended uses it (409: a running batch reads its input
+        until the end, and a resumed one again). Once its batch ended, a file may go, as at OpenAI: with
+        no batch delete, refusing then would keep every batch's files forever."""
         if self.storage.get_file(file_id) is None:
             return _not_found("File", file_id)
-        users = self.storage.batches_using(file_id)
+        users = [b for b in self.storage.batches_using(file_id) if b.status not in TERMINAL]
         if users:
             named = ", ".join(f"{b.id} ({b.status})" for b in users[:5])
-            return _invalid(f"File {file_id} is used by batch {named}; a batch's files cannot be deleted.",
-                            "file_id", 409, "file_in_use")
+            return _invalid(f"File {file_id} is used by batch {named}, which has not ended; delete it once the "
+                            "batch has ended.", "file_id", 409, "file_in_use")
         if not self.storage.delete_file(file_id):
             return _not_found("File", file_id)
         return _json({"id": file_id, "object": "file", "deleted": True})

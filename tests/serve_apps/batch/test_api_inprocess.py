@@ -149,8 +149,9 @@ def test_content_of_a_file_deleted_under_the_reader_is_a_404(api, tmp_path):
 
 
 def test_a_file_a_batch_uses_cannot_be_deleted(api):
-    """Issue #27: deleting a running or finished batch's input, output or error file is a 409 (OpenAI's
-    error JSON naming the batch), and the file and its batch stay whole; a file no batch uses goes."""
+    """Issue #27: deleting the input of a batch that has not ended is a 409 (OpenAI's error JSON naming
+    the batch), and the file and its batch stay whole; once the batch ended its files may go, as at
+    OpenAI; a file no batch uses goes."""
     async def scenario():
         client, jobs = await api()
         used = await client.files.create(file=("in.jsonl", lines(3)), purpose="batch")
@@ -165,11 +166,10 @@ def test_a_file_a_batch_uses_cannot_be_deleted(api):
         await asyncio.gather(*jobs.tasks)
         done = await client.batches.retrieve(batch.id)
         assert done.status == "completed"
-        for file_id in (used.id, done.output_file_id):  # finished: its input and its results stay
-            with pytest.raises(openai.ConflictError):
-                await client.files.delete(file_id)
-        assert (await client.files.content(used.id)).content == lines(3)
+        assert (await client.files.content(used.id)).content == lines(3)  # kept whole while it ran
         assert len((await client.files.content(done.output_file_id)).text.splitlines()) == 3
+        for file_id in (used.id, done.output_file_id):  # ended: its files are the owner's to delete
+            assert (await client.files.delete(file_id)).deleted
         assert (await client.files.delete(spare.id)).deleted
         with pytest.raises(openai.NotFoundError):
             await client.files.delete(spare.id)
