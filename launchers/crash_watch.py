@@ -10,6 +10,7 @@ file; the same error seen ``limit`` times is a crash loop worth stopping for.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,7 +78,7 @@ class CrashWatch:
 
     def check(self) -> str | None:
         """A description of the fatal error seen ``limit`` times so far, else None."""
-        for path in sorted(self.log_dir.glob("**/*.err")):
+        for path in self._err_files():
             for error in parse_fatal_errors(self._complete_text(path), path):
                 self._seen[error.message] += 1
                 self._last[error.message] = error
@@ -85,6 +86,12 @@ class CrashWatch:
             if times >= self.limit:
                 return self._last[message].describe(times)
         return None
+
+    def _err_files(self) -> list[Path]:
+        """Every ``*.err`` below the log directory. ``os.walk`` rather than ``Path.glob``: Ray removes
+        directories of its session logs (``events``) while we look, and glob then raises."""
+        found = [Path(root) / name for root, _, names in os.walk(self.log_dir) for name in names if name.endswith(".err")]
+        return sorted(found)
 
     def _complete_text(self, path: Path) -> str:
         """New text of ``path`` since the last call. The last fatal error in a chunk is held back until
