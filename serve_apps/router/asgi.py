@@ -39,12 +39,12 @@ from serve_apps.router.router import Router
 logger = logging.getLogger("ray.serve")
 # Extra routes (batch): (method, path, scope, receive) -> a reply, or None when the path is not theirs.
 RouteHook = Callable[[str, str, Scope, Receive], Awaitable["Reply | None"]]
-GENERATE_PATHS = GENERATION_ROUTES
 # The API description is public (as on vLLM's own server): no key needed to read it.
 DOCUMENT_PATHS = frozenset({"/openapi.json", "/docs"})
 READ_PATHS = frozenset({"/v1/models", "/v1/backends", "/metrics"})
 GET, READ, POST = ("GET",), ("GET", "HEAD"), ("POST",)
 JSON_ONLY = "Unsupported Media Type: Only 'application/json' is allowed"  # vLLM's own words
+RETRY_SOON = JSON_HEADERS + [(b"retry-after", b"1")]  # a probe's 503: not yet, ask again in a second
 ROUTER_MADE = [(b"x-backend", b"router")]  # on errors the router answers itself (documented in openapi.py)
 
 
@@ -76,10 +76,11 @@ class RouterASGI:
         if method not in READ:
             return method_not_allowed(method, "/ready", READ)
         readiness = self.router.readiness()
-        payload = readiness.payload() if not self._keys.enabled else {"status": readiness.payload()["status"]}
-        if readiness.ready:
-            return Reply(200, JSON_HEADERS, json.dumps(payload).encode())
-        return Reply(503, JSON_HEADERS + [(b"retry-after", b"1")], json.dumps(payload).encode())
+        payload = readiness.payload()
+        if self._keys.enabled:
+            payload = {"status": payload["status"]}
+        body = json.dumps(payload).encode()
+        return Reply(200, JSON_HEADERS, body) if readiness.ready else Reply(503, RETRY_SOON, body)
 
     async def _dispatch(self, scope: Scope, receive: Receive) -> Reply:
         path = route_path(scope)
@@ -88,7 +89,7 @@ class RouterASGI:
             if method not in READ:
                 return method_not_allowed(method, path, READ)
             if not self.router.ready:  # first health round still running (at most one probe timeout)
-                return Reply(503, JSON_HEADERS + [(b"retry-after", b"1")], b'{"status":"starting"}')
+                return Reply(503, RETRY_SOON, b'{"status":"starting"}')
             return Reply(200, JSON_HEADERS, b'{"status":"ok"}')
         if path == "/ready":
             return self._ready(method)
@@ -102,7 +103,7 @@ class RouterASGI:
                 return error_reply(401, "Incorrect or missing API key. Send it as `Authorization: Bearer <key>`.",
                                    "invalid_request_error", "invalid_api_key")
             key = found
-        if path in GENERATE_PATHS:
+        if path in GENERATION_ROUTES:
             if method != "POST":
                 return method_not_allowed(method, path, POST)
             if not _is_json(headers.get(b"content-type")):
