@@ -4,6 +4,10 @@
 ``DELETE /v1/files/{id}``, ``POST /v1/batches``, ``GET /v1/batches/{id}``, ``GET /v1/batches``
 (``after``, ``limit``), ``POST /v1/batches/{id}/cancel``. The HTTP request only records intent in
 storage; the work happens in the batch's job actor.
+
+Every file and batch belongs to the key that created it (``Owned``), as at OpenAI: another key gets
+404 on it and does not see it in lists, and a batch's lines run as its owner. A batch's output and
+error files are its owner's.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from serve_apps.batch.models import (
 from serve_apps.batch.routes import refusal
 from serve_apps.batch.storage import Storage
 from serve_apps.openai_format import error_body
+from serve_apps.router.keys import ApiKey
 
 JSON_LIMIT = 1024 * 1024
 _INTEGER = re.compile(r"[+-]?[0-9]+")
@@ -100,28 +105,33 @@ class BatchAPI:
         self.storage = storage
         self.supervisor = supervisor
 
-    async def files(self, method: str, path: str, scope: Scope, receive: Receive) -> Reply:
+    async def files(self, method: str, path: str, scope: Scope, receive: Receive, key: ApiKey) -> Reply:
         parts = path.strip("/").split("/")  # v1, files, [id, [content]]
         refused = refusal(method, path)
         if refused is not None:
             return refused
         if len(parts) == 2:
             if method == "GET":
-                return await asyncio.to_thread(self._list_files, scope.get("query_string", b"").decode())
-            return await self._upload(scope, receive)
+                return await asyncio.to_thread(self._list_files, scope.get("query_string", b"").decode(), key)
+            return await self._upload(scope, receive, key)
         file_id = parts[2]
         if len(parts) == 4:
-            return await self._content(file_id)
+            return await self._content(file_id, key)
         if method == "DELETE":
-            return await asyncio.to_thread(self._delete_file, file_id)
-        meta = await asyncio.to_thread(self.storage.get_file, file_id)
+            return await asyncio.to_thread(self._delete_file, file_id, key)
+        meta = await asyncio.to_thread(self._file, file_id, key)
         return _json(meta.model_dump()) if meta else _not_found("File", file_id)
 
-    def _delete_file(self, file_id: str) -> Reply:
+    def _file(self, file_id: str, key: ApiKey) -> FileObject | None:
+        """The stored file, if ``key`` may see it."""
+        meta = self.storage.get_file(file_id)
+        return meta if meta is not None and meta.visible_to(key.name) else None
+
+    def _delete_file(self, file_id: str, key: ApiKey) -> Reply:
         """Delete a file unless a batch that has not ended uses it (409: a running batch reads its input
         until the end, and a resumed one again). Once its batch ended, a file may go, as at OpenAI: with
         no batch delete, refusing then would keep every batch's files forever."""
-        if self.storage.get_file(file_id) is None:
+        if self._file(file_id, key) is None:
             return _not_found("File", file_id)
         users = [b for b in self.storage.batches_using(file_id) if b.status not in TERMINAL]
         if users:
@@ -132,7 +142,7 @@ class BatchAPI:
             return _not_found("File", file_id)
         return _json({"id": file_id, "object": "file", "deleted": True})
 
-    async def _upload(self, scope: Scope, receive: Receive) -> Reply:
+    async def _upload(self, scope: Scope, receive: Receive, key: ApiKey) -> Reply:
         from starlette.requests import Request
 
         request = Request(scope, _limited(receive, self.config.max_file_bytes + 64 * 1024))
@@ -150,7 +160,7 @@ class BatchAPI:
             if upload is None or isinstance(upload, str):
                 return _invalid("Missing the file part ('file') of the multipart body.", "file")
             meta = FileObject(id=new_id("file-"), bytes=0, created_at=now(), filename=upload.filename or "upload.jsonl",
-                              purpose="batch")
+                              purpose="batch", owner=key.name)
             meta = await asyncio.to_thread(self.storage.save_file, meta, upload.file)
             if meta.bytes > self.config.max_file_bytes:
                 await asyncio.to_thread(self.storage.delete_file, meta.id)
@@ -159,8 +169,8 @@ class BatchAPI:
         finally:
             await form.close()
 
-    async def _content(self, file_id: str) -> Reply:
-        if await asyncio.to_thread(self.storage.get_file, file_id) is None:
+    async def _content(self, file_id: str, key: ApiKey) -> Reply:
+        if await asyncio.to_thread(self._file, file_id, key) is None:
             return _not_found("File", file_id)
         try:
             stream = await asyncio.to_thread(self.storage.open_file, file_id)
@@ -178,21 +188,21 @@ class BatchAPI:
 
     # ------------------------------------------------------------------ batches
 
-    async def batches(self, method: str, path: str, scope: Scope, receive: Receive) -> Reply:
+    async def batches(self, method: str, path: str, scope: Scope, receive: Receive, key: ApiKey) -> Reply:
         parts = path.strip("/").split("/")  # v1, batches, [id, [cancel]]
         refused = refusal(method, path)
         if refused is not None:
             return refused
         if len(parts) == 2:
             if method == "POST":
-                return await self._create(receive)
-            return await asyncio.to_thread(self._list, scope.get("query_string", b"").decode())
+                return await self._create(receive, key)
+            return await asyncio.to_thread(self._list, scope.get("query_string", b"").decode(), key)
         if len(parts) == 3:
-            batch = await asyncio.to_thread(self._view, parts[2])
+            batch = await asyncio.to_thread(self._view, parts[2], key)
             return _json(batch.model_dump()) if batch else _not_found("Batch", parts[2])
-        return await asyncio.to_thread(self._cancel, parts[2])
+        return await asyncio.to_thread(self._cancel, parts[2], key)
 
-    async def _create(self, receive: Receive) -> Reply:
+    async def _create(self, receive: Receive, key: ApiKey) -> Reply:
         try:
             raw = await read_body(receive, JSON_LIMIT)
             body = json.loads(raw)
@@ -211,41 +221,45 @@ class BatchAPI:
         if request.completion_window != COMPLETION_WINDOW:
             return _invalid(f"Invalid completion_window {request.completion_window!r}; only '24h' is supported.",
                             "completion_window")
-        source = await asyncio.to_thread(self.storage.get_file, request.input_file_id)
+        source = await asyncio.to_thread(self._file, request.input_file_id, key)
         if source is None:
             return _invalid(f"No such File object: {request.input_file_id}", "input_file_id", 404, "not_found")
         if source.purpose != "batch":
             return _invalid(f"File {source.id} has purpose {source.purpose!r}, not 'batch'.", "input_file_id")
         created = now()
         batch = Batch(id=new_id("batch_"), endpoint=request.endpoint, input_file_id=request.input_file_id,
-                      created_at=created, expires_at=created + WINDOW_SECONDS, metadata=request.metadata)
+                      created_at=created, expires_at=created + WINDOW_SECONDS, metadata=request.metadata,
+                      owner=key.name)
         await asyncio.to_thread(self.storage.save_batch, batch)
         await asyncio.to_thread(self.supervisor.ensure, batch.id)
         return _json(batch.model_dump())
 
-    def _view(self, batch_id: str) -> Batch | None:
-        """The stored batch; a cancel the job has not yet picked up already shows as ``cancelling``."""
+    def _view(self, batch_id: str, key: ApiKey) -> Batch | None:
+        """The stored batch, if ``key`` may see it; a cancel the job has not yet picked up already shows
+        as ``cancelling``."""
         batch = self.storage.get_batch(batch_id)
-        if batch is not None and batch.status not in TERMINAL and batch.status != "cancelling" \
+        if batch is None or not batch.visible_to(key.name):
+            return None
+        if batch.status not in TERMINAL and batch.status != "cancelling" \
                 and self.storage.cancel_requested(batch_id):
             batch = batch.moved_to("cancelling")
         return batch
 
-    def _list(self, query: str) -> Reply:
-        return _page(query, self.storage.batch_ids(), self._view)
+    def _list(self, query: str, key: ApiKey) -> Reply:
+        return _page(query, self.storage.batch_ids(), lambda batch_id: self._view(batch_id, key))
 
-    def _list_files(self, query: str) -> Reply:
+    def _list_files(self, query: str, key: ApiKey) -> Reply:
         purpose = parse_qs(query).get("purpose", [None])[-1]
         ids = self.storage.file_ids()
 
         def view(file_id: str) -> FileObject | None:
-            meta = self.storage.get_file(file_id)
+            meta = self._file(file_id, key)
             return meta if meta is not None and purpose in (None, meta.purpose) else None
 
         return _page(query, ids, view)
 
-    def _cancel(self, batch_id: str) -> Reply:
-        batch = self._view(batch_id)
+    def _cancel(self, batch_id: str, key: ApiKey) -> Reply:
+        batch = self._view(batch_id, key)
         if batch is None:
             return _not_found("Batch", batch_id)
         if batch.status in TERMINAL:

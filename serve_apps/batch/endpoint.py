@@ -2,10 +2,12 @@
 
 ``{"prompts": [...], "backend": "...", "model": "...", "params": {...}}`` -> ``{"results": [...],
 "count": N, "backend": ...}``. A prompt is a string (one user message) or a list of chat messages.
-Every item goes through the router's own ``generate`` in process (the same fallback, breaker and
-metrics as a single request), at most ``endpoint_concurrency`` at a time; an item that fails becomes an
-OpenAI-style error object in its place and never fails the others. An item that no backend can serve
-now (503, 429: engines restarting, breakers open) is retried with backoff for up to
+Every item goes through the router's own ``generate`` in process, acting for the caller's key (the
+same allow-lists, limits, token accounting, fallback, breaker and metrics as a single request; a
+model or backend the key may not use is refused as a whole, 404 or 403, before any item runs), at
+most ``endpoint_concurrency`` at a time; an item that fails becomes an OpenAI-style error object in
+its place and never fails the others. An item that no backend can serve now (503, 429: engines
+restarting, breakers open, the key's own rate limit) is retried with backoff for up to
 ``endpoint_wait_seconds`` (default 60) before its error is its result (``waiting``).
 """
 
@@ -23,6 +25,7 @@ from serve_apps.batch.models import CHAT_PATH
 from serve_apps.batch.routes import refusal
 from serve_apps.batch.waiting import Gate
 from serve_apps.openai_format import error_reply
+from serve_apps.router.keys import ApiKey
 from serve_apps.router.router import Router
 from serve_apps.validation import StrictModel
 
@@ -39,7 +42,7 @@ class PromptsEndpoint:
         self.config = config
         self.router = router
 
-    async def __call__(self, method: str, receive: Receive) -> Reply:
+    async def __call__(self, method: str, receive: Receive, key: ApiKey) -> Reply:
         refused = refusal(method, "/v1/batch")
         if refused is not None:
             return refused
@@ -59,15 +62,20 @@ class PromptsEndpoint:
         reserved = {"messages", "stream", "backend"} & set(request.params)
         if reserved:
             return error_reply(400, f"params may not set {', '.join(sorted(reserved))}", "invalid_request_error")
+        if key.models is not None or key.backends is not None:
+            refused = self.router.refusal(key, CHAT_PATH, request.model, request.backend)
+            if refused is not None:
+                return refused
         limit = asyncio.Semaphore(self.config.endpoint_concurrency)
         gate = Gate(self.config.retries)
         deadline = gate.clock() + self.config.endpoint_wait_seconds
-        results = await asyncio.gather(*(self._one(request, prompt, limit, gate, deadline) for prompt in request.prompts))
+        results = await asyncio.gather(*(self._one(request, prompt, key, limit, gate, deadline)
+                                         for prompt in request.prompts))
         body = {"results": results, "count": len(results), "backend": request.backend}
         return Reply(200, list(JSON_HEADERS), json.dumps(body).encode())
 
-    async def _one(self, request: BatchPrompts, prompt: str | list[dict[str, Any]], limit: asyncio.Semaphore,
-                   gate: Gate, deadline: float) -> Any:
+    async def _one(self, request: BatchPrompts, prompt: str | list[dict[str, Any]], key: ApiKey,
+                   limit: asyncio.Semaphore, gate: Gate, deadline: float) -> Any:
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         payload: dict[str, Any] = {**request.params, "messages": messages}
         if request.model is not None:
@@ -76,7 +84,7 @@ class PromptsEndpoint:
 
         async def attempt() -> tuple[int, bytes]:
             async with limit:  # a waiting item holds no slot
-                reply = await self.router.generate(CHAT_PATH, raw, request.backend)
+                reply = await self.router.generate(CHAT_PATH, raw, request.backend, key)
             return reply.status, reply.body  # type: ignore[return-value] - a whole body: never a stream
 
         try:

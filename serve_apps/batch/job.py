@@ -20,13 +20,14 @@ from typing import Any
 from serve_apps.batch.config import BatchConfig
 from serve_apps.batch.lines import numbered_lines, parse_line, scan
 from serve_apps.batch.models import Batch, BatchError, BatchErrors, FileObject, RequestLine, now, output_line
-from serve_apps.batch.sender import GroupedSender
+from serve_apps.batch.sender import Call, GroupedSender
 from serve_apps.batch.storage import ERROR, OUTPUT, Storage
 from serve_apps.batch.waiting import Answer, Gate
 
 logger = logging.getLogger("ray.serve")
-# (path, raw JSON body) -> (HTTP status, response body). Raises when the router cannot be reached.
-Send = Callable[[str, bytes], Awaitable[tuple[int, bytes]]]
+# (path, raw JSON body, the name of the key it acts for) -> (HTTP status, response body). Raises when
+# the router cannot be reached.
+Send = Callable[[str, bytes, str | None], Awaitable[tuple[int, bytes]]]
 # A router gone this long (its app deleted?) ends the run; the batch stays resumable in storage and the
 # next router replica that comes up with the same storage picks it up again. A router that answers
 # "no backend can serve" is waited for until the batch's window ends (``waiting``).
@@ -177,7 +178,8 @@ class JobRunner:
                 payload.pop("stream_options", None)
             raw = json.dumps(payload).encode()
             expires_at = self.batch.expires_at if self.batch is not None else None
-            answer = await self.gate.send(lambda: self.send(request.url, raw), expires_at, GIVE_UP_AFTER_S)
+            owner = self.batch.owner if self.batch is not None else None  # every line acts for its creator
+            answer = await self.gate.send(lambda: self.send(request.url, raw, owner), expires_at, GIVE_UP_AFTER_S)
             if answer.expired:
                 self._record(number, ERROR, output_line(request.custom_id, None, None, EXPIRED_ERROR))
                 return
@@ -251,7 +253,7 @@ class JobRunner:
         for kind in writers:
             file_id, filename = names[kind]
             self.storage.save_file(FileObject(id=file_id, bytes=sizes[kind], created_at=now(), filename=filename,
-                                              purpose="batch_output"))
+                                              purpose="batch_output", owner=batch.owner))
             ids[kind] = file_id
         request_counts = batch.request_counts.model_copy(update={"completed": counts[OUTPUT], "failed": counts[ERROR]})
         batch = batch.model_copy(update={"output_file_id": ids[OUTPUT], "error_file_id": ids[ERROR],
@@ -287,7 +289,7 @@ class BatchJobs:
         self._reaper: asyncio.Task[None] | None = None
         self._idle_exit = max(self.IDLE_EXIT_S, 10 * self.config.supervise_seconds)
 
-    def _group_call(self, requests: list[tuple[str, bytes]]) -> AsyncIterator[list[tuple[int, int, bytes]]]:
+    def _group_call(self, requests: list[Call]) -> AsyncIterator[list[tuple[int, int, bytes]]]:
         if self._streaming is None:
             self._streaming = self._router().options(stream=True)
         return self._streaming.batch_calls.remote(requests)

@@ -6,12 +6,15 @@ input file is parsed leniently and checked field by field so every problem gets 
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
 
+from serve_apps.router.keys import ANONYMOUS
 from serve_apps.validation import StrictModel
 
 CHAT_PATH = "/v1/chat/completions"
@@ -40,7 +43,24 @@ def now() -> int:
     return int(time.time())
 
 
-class FileObject(StrictModel):
+class Owned(StrictModel):
+    """An object that belongs to the key that created it, as at OpenAI: ``owner`` is that key's name
+    (never the key itself), kept in storage and left out of every answer and of the API document."""
+
+    owner: SkipJsonSchema[str | None] = Field(None, exclude=True)
+
+    def visible_to(self, key: str) -> bool:
+        """Whether the key called ``key`` may see (and act on) this. With auth off every caller is
+        ``anonymous`` and sees everything, as before keys; an object stored without an owner (from
+        before owners were kept) is then nobody's."""
+        return key == ANONYMOUS or self.owner == key
+
+    def stored(self) -> bytes:
+        """The JSON kept in storage: the object with its owner."""
+        return json.dumps({**self.model_dump(mode="json"), "owner": self.owner}).encode()
+
+
+class FileObject(Owned):
     id: str
     object: Literal["file"] = "file"
     bytes: int
@@ -70,7 +90,7 @@ class BatchErrors(StrictModel):
     data: list[BatchError] = Field(default_factory=list)
 
 
-class Batch(StrictModel):
+class Batch(Owned):
     id: str
     object: Literal["batch"] = "batch"
     endpoint: str

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from serve_apps.asgi import Receive, Reply, Scope
 from serve_apps.openai_format import error_reply, method_not_allowed
+from serve_apps.router.keys import ApiKey
 
 
 def methods(path: str) -> tuple[str, ...]:
@@ -30,7 +31,7 @@ def refusal(method: str, path: str) -> Reply | None:
     return None if method in allowed else method_not_allowed(method, path, allowed)
 
 
-async def without_batch(method: str, path: str, scope: Scope, receive: Receive) -> Reply | None:
+async def without_batch(method: str, path: str, scope: Scope, receive: Receive, key: ApiKey) -> Reply | None:
     """The route hook of a router whose app has batch off: the batch routes answer 404 (405 for a
     method they never answer); every other path is not theirs."""
     if not methods(path):

@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 
+# One request of a job: (path, raw JSON body, the name of the key it acts for: its batch's owner).
+Call = tuple[str, bytes, str | None]
 # The router's side: run these requests, yield lists of (index in the group, status, body) as they finish.
-GroupCall = Callable[[list[tuple[str, bytes]]], AsyncIterator[list[tuple[int, int, bytes]]]]
-Pending = tuple[tuple[str, bytes], "asyncio.Future[tuple[int, bytes]]"]
+GroupCall = Callable[[list[Call]], AsyncIterator[list[tuple[int, int, bytes]]]]
+Pending = tuple[Call, "asyncio.Future[tuple[int, bytes]]"]
 
 
 class GroupedSender:
@@ -30,10 +32,10 @@ class GroupedSender:
         self._timer: asyncio.TimerHandle | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
 
-    async def __call__(self, path: str, raw: bytes) -> tuple[int, bytes]:
+    async def __call__(self, path: str, raw: bytes, key: str | None) -> tuple[int, bytes]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[int, bytes]] = loop.create_future()
-        self._pending.append(((path, raw), future))
+        self._pending.append(((path, raw, key), future))
         if len(self._pending) >= self.max_group:
             self._ship()
         elif self._timer is None:

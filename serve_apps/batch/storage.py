@@ -79,7 +79,7 @@ class Storage:
                     size += len(block)
             self.fs.mv(tmp, self._path("files", f"{meta.id}.jsonl"))
             meta = meta.model_copy(update={"bytes": size})
-        self._write_atomic(self._path("files", f"{meta.id}.json"), meta.model_dump_json().encode())
+        self._write_atomic(self._path("files", f"{meta.id}.json"), meta.stored())
         return meta
 
     def file_writer(self, file_id: str) -> IO[bytes]:
@@ -111,7 +111,7 @@ class Storage:
     # ------------------------------------------------------------------ batches
 
     def save_batch(self, batch: Batch) -> None:
-        self._write_atomic(self._path("batches", batch.id, "batch.json"), batch.model_dump_json().encode())
+        self._write_atomic(self._path("batches", batch.id, "batch.json"), batch.stored())
 
     def get_batch(self, batch_id: str) -> Batch | None:
         if not _safe_id(batch_id):

@@ -44,6 +44,25 @@ class AllowList(StrictModel):
         return not self.rooms or any(fnmatchcase(room_id, pattern) for pattern in self.rooms)
 
 
+class KeyRule(StrictModel):
+    """Commands from ``room`` and/or by ``user`` (IDs or glob patterns, as in ``allow``) act for the
+    auth key named ``key`` instead of the bot's own ``key``."""
+
+    room: Annotated[str, AfterValidator(_room_pattern)] | None = None
+    user: Annotated[str, AfterValidator(_user_pattern)] | None = None
+    key: str = Field(min_length=1, description="a key name of the router's auth.keys")
+
+    @model_validator(mode="after")
+    def _some_match(self) -> KeyRule:
+        if self.room is None and self.user is None:
+            raise ValueError("give room, user or both: a rule that matches every command is the bot's own `key`")
+        return self
+
+    def matches(self, room_id: str, sender: str) -> bool:
+        return ((self.room is None or fnmatchcase(room_id, self.room))
+                and (self.user is None or fnmatchcase(sender, self.user)))
+
+
 class RateLimit(StrictModel):
     """Per-user limit: at most ``requests`` commands in any ``per_seconds`` window."""
 
@@ -96,6 +115,11 @@ class MatrixConfig(StrictModel):
     streaming: StreamingConfig = Field(default_factory=StreamingConfig)
     sync: SyncConfig = Field(default_factory=SyncConfig)
     lease: LeaseConfig = Field(default_factory=LeaseConfig)
+    key: str | None = Field(None, min_length=1, description=(
+        "the auth key (a name in the router's auth.keys) the bot's requests act for: its allow-lists, "
+        "limits and token account; required when the router has keys"))
+    keys: list[KeyRule] = Field(default_factory=list, description=(
+        "per room or user, another key to act for; the first rule that matches wins, else `key`"))
     command_prefix: str = Field("!", min_length=1, max_length=4)
     model: str | None = Field(None, description="model asked for when a command names none (default: the first served)")
     max_tokens: int = Field(256, ge=1, description="default max_tokens of !infer")
@@ -115,3 +139,12 @@ class MatrixConfig(StrictModel):
             raise ValueError("max_tokens must not exceed max_tokens_limit")
         self.homeserver = self.homeserver.rstrip("/")
         return self
+
+    def key_for(self, room_id: str, sender: str) -> str | None:
+        """The key name a command from ``sender`` in ``room_id`` acts for."""
+        return next((rule.key for rule in self.keys if rule.matches(room_id, sender)), self.key)
+
+    def key_names(self) -> list[tuple[str, str]]:
+        """(where, name) of every key name this config uses, for checking against the router's keys."""
+        named = [("matrix.key", self.key)] if self.key is not None else []
+        return named + [(f"matrix.keys.{index}.key", rule.key) for index, rule in enumerate(self.keys)]

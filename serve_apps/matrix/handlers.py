@@ -51,7 +51,7 @@ class CommandHandler:
             elif command.name == "backends":
                 await self.say(origin, self._backends_text(await self.inference.backends()))
             elif command.name == "models":
-                models = await self.inference.models()
+                models = await self.inference.models(self.config.key_for(origin.room_id, origin.sender))
                 await self.say(origin, "models: " + (", ".join(m["id"] for m in models) or "none"))
             else:
                 await self.say(origin, help_text(self.config.command_prefix, self.config.max_tokens_limit))
@@ -75,12 +75,13 @@ class CommandHandler:
         await self.send(origin.room_id, "m.room.message", content, txn_id(origin.event_id, role))
 
     async def _infer(self, command: Command, origin: Origin, request_id: str) -> None:
-        model = command.model or self._default_model or await self._first_model()
+        key = self.config.key_for(origin.room_id, origin.sender)
+        model = command.model or self._default_model or await self._first_model(key)
         body: dict[str, Any] = {**self.config.request_defaults, "model": model, "messages": self._messages(origin.thread_root, command.prompt),
                                 "max_tokens": command.max_tokens or self.config.max_tokens,
                                 "stream_options": {"include_usage": True}}
-        logger.info("matrix bot [%s] !infer from %s in %s (model %s, backend %s)", request_id, origin.sender,
-                    origin.room_id, model, command.backend or "any")
+        logger.info("matrix bot [%s] !infer from %s in %s (model %s, backend %s, key %s)", request_id, origin.sender,
+                    origin.room_id, model, command.backend or "any", key)
         streaming = self.config.streaming
         stream = ReplyStream(self.send, origin.room_id, origin.event_id, origin.thread_root, streaming.edit_interval,
                              streaming.max_edits, streaming.max_message_chars, streaming.first_post_after)
@@ -91,7 +92,7 @@ class CommandHandler:
         timer = asyncio.get_running_loop().call_later(streaming.first_post_after, busy.start)
         marks = {"start": time.perf_counter()}
         try:
-            generation = await self.inference.chat(body, command.backend)
+            generation = await self.inference.chat(body, command.backend, key)
             marks["head"] = time.perf_counter()
             text = ""
             async for delta in generation.deltas():
@@ -124,8 +125,8 @@ class CommandHandler:
         system = [{"role": "system", "content": self.config.system_prompt}] if self.config.system_prompt else []
         return system + history + [{"role": "user", "content": prompt}]
 
-    async def _first_model(self) -> str | None:
-        models = await self.inference.models()
+    async def _first_model(self, key: str | None) -> str | None:
+        models = await self.inference.models(key)
         self._default_model = models[0]["id"] if models else None
         return self._default_model
 

@@ -1,6 +1,7 @@
 """The bot's one seam to the router: ``RouterClient`` over the ``MultiBackendRouter`` deployment's
-handle. Requests go through the router's own ``generate`` (fallback, breaker, ``backend`` selection and
-mid-stream resume all apply); the bot only reads the OpenAI SSE stream that comes back.
+handle. Requests go through the router's own ``generate`` acting for an auth key by name (its
+allow-lists, limits and token account, fallback, breaker, ``backend`` selection and mid-stream resume
+all apply); the bot only reads the OpenAI SSE stream that comes back.
 """
 
 from __future__ import annotations
@@ -79,9 +80,11 @@ class Generation:
 
 
 class Inference(Protocol):
-    async def chat(self, body: dict[str, Any], backend: str | None) -> Generation: ...
+    """``key``: the name of the auth key a request acts for (None: the router has no keys)."""
+
+    async def chat(self, body: dict[str, Any], backend: str | None, key: str | None) -> Generation: ...
     async def backends(self) -> list[dict[str, Any]]: ...
-    async def models(self) -> list[dict[str, Any]]: ...
+    async def models(self, key: str | None) -> list[dict[str, Any]]: ...
 
 
 class RouterClient:
@@ -91,8 +94,9 @@ class RouterClient:
         self._stream = handle.options(stream=True).generate_stream
         self._handle = handle
 
-    async def chat(self, body: dict[str, Any], backend: str | None) -> Generation:
-        chunks = self._stream.remote(CHAT_PATH, json.dumps({**body, "stream": True}).encode(), backend).__aiter__()
+    async def chat(self, body: dict[str, Any], backend: str | None, key: str | None) -> Generation:
+        raw = json.dumps({**body, "stream": True}).encode()
+        chunks = self._stream.remote(CHAT_PATH, raw, backend, key).__aiter__()
         head = await chunks.__anext__()
         status, headers = head["status"], dict(head["headers"])
         if status != 200:
@@ -104,8 +108,8 @@ class RouterClient:
     async def backends(self) -> list[dict[str, Any]]:
         return (await self._handle.backends_status.remote())["data"]
 
-    async def models(self) -> list[dict[str, Any]]:
-        return (await self._handle.model_list.remote())["data"]
+    async def models(self, key: str | None) -> list[dict[str, Any]]:
+        return (await self._handle.model_list.remote(key))["data"]
 
 
 def _error_message(raw: bytes) -> str:

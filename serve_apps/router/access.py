@@ -32,3 +32,14 @@ def allowed_routes(key: ApiKey, routes: list[Route], model: str | None, explicit
                                f"(allowed: {', '.join(sorted(key.backends)) or 'none'})", "permission_error",
                                "backend_not_allowed")
     return routes
+
+
+def unknown_key(name: str | None) -> Reply:
+    """401 for a caller inside the app (a batch job, the Matrix bot) acting for a key this router does
+    not have: removed from ``auth.keys`` since, or never named. Such a caller is refused, never let in
+    as ``anonymous`` (which has no limits)."""
+    if name is None:
+        message = "This request acts for no key, and this router has auth keys: every caller must act for one."
+    else:
+        message = f"This request acts for key {name!r}, which is not (or no longer) in this router's auth keys."
+    return error_reply(401, message, "invalid_request_error", "invalid_api_key")

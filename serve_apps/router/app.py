@@ -13,8 +13,10 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
+from serve_apps.asgi import Reply
 from serve_apps.batch.config import BatchConfig
 from serve_apps.batch.routes import without_batch
+from serve_apps.batch.sender import Call
 from serve_apps.batch.service import BatchService
 from serve_apps.checks import parse_router_args
 from serve_apps.config import EngineConfig
@@ -58,7 +60,8 @@ class MultiBackendRouter:
         self.companions = companions or []  # deployments of this app that call the router by handle
         if listen is not None:
             address = ListenAddress.model_validate(listen)
-            self.listener = await start_listener(self.asgi, address.host, address.port, cancel_on_disconnect=True)
+            self.listener = await start_listener(self.asgi, address.host, address.port, cancel_on_disconnect=True,
+                                                 limits=address)
         freeze_startup_heap()  # a colocated engine freezes again once it is up
 
     def _backend(self, backend: BackendConfig, handles: dict[str, Any], metrics: RouterMetrics) -> Backend:
@@ -76,26 +79,21 @@ class MultiBackendRouter:
 
     # ---------------------------------------------------------------- for other deployments (by handle)
 
-    async def generate_stream(self, path: str, raw: bytes, backend: str | None = None) -> AsyncIterator[Any]:
-        """``Router.generate`` over a streaming handle: first ``{"status", "headers"}``, then body bytes."""
-        reply = await self.router.generate(path, raw, backend)
-        yield {"status": reply.status, "headers": [(k.decode(), v.decode()) for k, v in reply.headers]}
-        if isinstance(reply.body, bytes):
-            yield reply.body
-            return
-        try:
-            async for chunk in reply.body:
-                yield chunk
-        finally:
-            await reply.body.aclose()  # type: ignore[attr-defined]
+    async def generate_stream(self, path: str, raw: bytes, backend: str | None = None,
+                              key: str | None = None) -> AsyncIterator[Any]:
+        """``Router.generate_as`` (acting for the key called ``key``) over a streaming handle: see
+        ``reply_frames``."""
+        async for frame in reply_frames(await self.router.generate_as(path, raw, backend, key)):
+            yield frame
 
     async def backends_status(self) -> dict[str, Any]:
         return self.router.backends()
 
-    async def model_list(self) -> dict[str, Any]:
-        return self.router.models()
+    async def model_list(self, key: str | None = None) -> dict[str, Any]:
+        """The models the key called ``key`` may use."""
+        return self.router.models_as(key)
 
-    async def batch_calls(self, requests: list[tuple[str, bytes]]) -> AsyncIterator[list[tuple[int, int, bytes]]]:
+    async def batch_calls(self, requests: list[Call]) -> AsyncIterator[list[tuple[int, int, bytes]]]:
         """A group of a batch job's requests (job actors call this through a streaming deployment handle):
         lists of ``(index, status, body)`` as they finish (``BatchService.calls``)."""
         if self.batch is None:
@@ -117,6 +115,19 @@ class MultiBackendRouter:
         await self.router.aclose()
         for engine in self.local_engines.values():
             await engine.aclose()
+
+
+async def reply_frames(reply: Reply) -> AsyncIterator[Any]:
+    """A reply as a streaming handle carries it: first ``{"status", "headers"}``, then body bytes."""
+    yield {"status": reply.status, "headers": [(k.decode(), v.decode()) for k, v in reply.headers]}
+    if isinstance(reply.body, bytes):
+        yield reply.body
+        return
+    try:
+        async for chunk in reply.body:
+            yield chunk
+    finally:
+        await reply.body.aclose()  # type: ignore[attr-defined]
 
 
 def build_router_app(args: dict[str, Any]) -> Application:

@@ -32,13 +32,14 @@ from serve_apps.asgi import (
 from serve_apps.openai_format import error_reply, method_not_allowed
 from serve_apps.router import openapi
 from serve_apps.router.backends.base import GENERATION_ROUTES
-from serve_apps.router.keys import ANONYMOUS_KEY
+from serve_apps.router.keys import ANONYMOUS_KEY, ApiKey
 from serve_apps.router.metrics import CONTENT_TYPE
 from serve_apps.router.router import Router
 
 logger = logging.getLogger("ray.serve")
-# Extra routes (batch): (method, path, scope, receive) -> a reply, or None when the path is not theirs.
-RouteHook = Callable[[str, str, Scope, Receive], Awaitable["Reply | None"]]
+# Extra routes (batch): (method, path, scope, receive, the caller's key) -> a reply, or None when the
+# path is not theirs. The key is resolved here, once, and acted for by everything the route does.
+RouteHook = Callable[[str, str, Scope, Receive, ApiKey], Awaitable["Reply | None"]]
 # The API description is public (as on vLLM's own server): no key needed to read it.
 DOCUMENT_PATHS = frozenset({"/openapi.json", "/docs"})
 READ_PATHS = frozenset({"/v1/models", "/v1/backends", "/metrics"})
@@ -123,7 +124,7 @@ class RouterASGI:
             return Reply(200, JSON_HEADERS, json.dumps(payload).encode())
         if self.hook is not None:
             try:
-                reply = await self.hook(method, path, scope, receive)
+                reply = await self.hook(method, path, scope, receive, key)
             except BodyTooLarge:
                 return error_reply(413, "request body too large", "invalid_request_error")
             if reply is not None:

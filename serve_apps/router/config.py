@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 
 from serve_apps.batch.config import BatchConfig
 from serve_apps.config import EngineConfig
+from serve_apps.connection_limits import ConnectionLimits
 from serve_apps.matrix.config import MatrixConfig
 from serve_apps.router.keys import ANONYMOUS, LEGACY, KeyConfig, RedisConfig, secret_values
 from serve_apps.secrets import SecretRef
@@ -164,6 +165,10 @@ class AuthConfig(StrictModel):
                                  f"{'callers when auth is off' if name == ANONYMOUS else 'the keys in api_keys'})")
         return self
 
+    def key_names(self) -> set[str]:
+        """The names callers act for: every named key, and ``default`` for the keys of ``api_keys``."""
+        return {k.name for k in self.keys} | ({LEGACY} if self.api_keys is not None else set())
+
     def load_keys(self) -> frozenset[str]:
         """The unnamed keys of ``api_keys``."""
         if self.api_keys is None:
@@ -192,8 +197,9 @@ class RouterConfig(StrictModel):
         return self
 
 
-class ListenAddress(StrictModel):
-    """The router's own data-plane port (see ``serve_apps.listener``)."""
+class ListenAddress(ConnectionLimits):
+    """The router's own data-plane port (see ``serve_apps.listener``), and the bounds on a slow client
+    there (``serve_apps.connection_limits``)."""
 
     host: str = "127.0.0.1"
     port: int = Field(ge=1, le=65535)
@@ -221,6 +227,22 @@ class RouterAppArgs(RouterConfig):
     router: RouterDeploymentOptions = Field(default_factory=RouterDeploymentOptions)
     batch: BatchConfig = Field(default_factory=BatchConfig, description="/v1/batch and the OpenAI Batch API")
     matrix: MatrixConfig | None = Field(None, description="a Matrix chat bot answering through this router")
+
+    @model_validator(mode="after")
+    def _matrix_acts_for_a_key(self) -> RouterAppArgs:
+        """The bot's requests act for configured keys only: a key it names must exist, and with keys
+        on it must name one (else it would be ``anonymous``: no allow-list, no limit, no account)."""
+        if self.matrix is None:
+            return self
+        known = self.auth.key_names()
+        for where, name in self.matrix.key_names():
+            if name not in known:
+                raise ValueError(f"{where}: no auth key is named {name!r} "
+                                 f"(known: {', '.join(sorted(known)) or 'none: auth is off'})")
+        if known and self.matrix.key is None:
+            raise ValueError(f"matrix.key: the router has auth keys, so the bot must act for one of them "
+                             f"({', '.join(sorted(known))})")
+        return self
 
     @model_validator(mode="after")
     def _engines_exist(self) -> RouterAppArgs:

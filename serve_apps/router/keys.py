@@ -95,11 +95,12 @@ ANONYMOUS_KEY = ApiKey(ANONYMOUS)
 class KeyTable:
     """Authorization header -> ``ApiKey``. Empty table: auth is off, every caller is ``anonymous``."""
 
-    __slots__ = ("_by_digest", "names")
+    __slots__ = ("_by_digest", "_by_name", "names")
 
     def __init__(self, entries: dict[str, ApiKey]) -> None:
         self._by_digest = {_digest(secret.encode()): key for secret, key in entries.items()}
-        self.names = sorted({key.name for key in entries.values()})
+        self._by_name = {key.name: key for key in entries.values()}
+        self.names = sorted(self._by_name)
 
     @property
     def enabled(self) -> bool:
@@ -131,6 +132,14 @@ class KeyTable:
         if not authorization or authorization[:7].lower() != b"bearer ":
             return None
         return self._by_digest.get(_digest(authorization[7:].strip()))
+
+    def named(self, name: str | None) -> ApiKey | None:
+        """The key called ``name``, for a caller inside the app that acts for a key (a batch job, the
+        Matrix bot): it carries the key's name, never its secret. Auth off: every caller is
+        ``anonymous``. None: auth is on and no key has that name (or none was named)."""
+        if not self._by_digest:
+            return ANONYMOUS_KEY
+        return self._by_name.get(name) if name is not None else None
 
     def __repr__(self) -> str:
         return f"KeyTable(names={self.names})"

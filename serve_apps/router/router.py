@@ -21,7 +21,7 @@ from typing import Any
 from serve_apps.asgi import JSON_HEADERS, Reply
 from serve_apps.openai_format import SSE_DONE, error_body, error_event, error_reply
 from serve_apps.router import streaming
-from serve_apps.router.access import allowed_routes
+from serve_apps.router.access import allowed_routes, unknown_key
 from serve_apps.router.accounting import USAGE_KEY, Usage, UsageTap, ask_for_usage, insert_member, usage_from_body
 from serve_apps.router.backends.base import (
     DEADLINE,
@@ -126,6 +126,34 @@ class Router:
             # depth at which it happens depends on the caller's stack, so catch it wherever it is.
             return error_reply(400, "request body is nested too deeply", "invalid_request_error")
 
+    async def generate_as(self, path: str, raw: bytes, backend: str | None, key_name: str | None) -> Reply:
+        """``generate`` for a caller inside the app that acts for the key called ``key_name`` (a batch
+        job line, the Matrix bot): the same allow-lists, limits and accounting as over HTTP."""
+        key = self.keys.named(key_name)
+        if key is None:
+            return unknown_key(key_name)
+        return await self.generate(path, raw, backend, key)
+
+    def refusal(self, key: ApiKey, path: str, model: str | None, explicit: str | None) -> Reply | None:
+        """The error a request of ``key`` for ``model`` (on backend ``explicit``) gets before any backend
+        is asked (an unknown or forbidden model or backend); None when it may go ahead."""
+        routes = self._routes(key, path, model, explicit)
+        return routes if isinstance(routes, Reply) else None
+
+    def _routes(self, key: ApiKey, path: str, model: str | None, explicit: str | None) -> list[Route] | Reply:
+        if not self.pool.knows_model(model):
+            return error_reply(404, f"The model `{model}` does not exist.", "invalid_request_error", "model_not_found")
+        try:
+            routes = self.pool.plan(model, path, explicit)
+        except UnknownBackend:
+            known = ", ".join(self.pool.states)
+            return error_reply(400, f"unknown backend {explicit!r}; known: {known}", "invalid_request_error")
+        if not routes:
+            return error_reply(404, f"no backend serves {path} for model `{model}`", "invalid_request_error")
+        if key.models is not None or key.backends is not None:
+            return allowed_routes(key, routes, model, explicit)
+        return routes
+
     async def _generate(self, path: str, raw: bytes, header_backend: str | None, key: ApiKey) -> Reply:
         try:
             payload = json.loads(raw)
@@ -143,20 +171,9 @@ class Router:
         wrong = wrong_type(payload)
         if wrong is not None:
             return error_reply(400, wrong, "invalid_request_error")
-        if not self.pool.knows_model(model):
-            return error_reply(404, f"The model `{model}` does not exist.", "invalid_request_error", "model_not_found")
-        try:
-            routes = self.pool.plan(model, path, explicit)
-        except UnknownBackend:
-            known = ", ".join(self.pool.states)
-            return error_reply(400, f"unknown backend {explicit!r}; known: {known}", "invalid_request_error")
-        if not routes:
-            return error_reply(404, f"no backend serves {path} for model `{model}`", "invalid_request_error")
-        if key.models is not None or key.backends is not None:
-            routes_or_error = allowed_routes(key, routes, model, explicit)
-            if isinstance(routes_or_error, Reply):
-                return routes_or_error
-            routes = routes_or_error
+        routes = self._routes(key, path, model, explicit)
+        if isinstance(routes, Reply):
+            return routes
         limit_headers: list[tuple[bytes, bytes]] = []
         if key.limited:
             decision = await self.limiter.admit(key)
@@ -411,6 +428,12 @@ class Router:
                         card["alias_of"] = entry.name
                     card["backends"].append(state.name)
         return {"object": "list", "data": list(seen.values())}
+
+    def models_as(self, key_name: str | None) -> dict[str, Any]:
+        """``models`` for a caller inside the app acting for the key called ``key_name`` (none for a
+        key this router does not have)."""
+        key = self.keys.named(key_name)
+        return self.models(key) if key is not None else {"object": "list", "data": []}
 
     def backends(self) -> dict[str, Any]:
         return {"object": "list", "data": self.pool.status()}

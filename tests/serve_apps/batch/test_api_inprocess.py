@@ -27,7 +27,7 @@ class InlineJobs:
         self.config, self.storage, self.loop = config, storage, loop
         self.tasks: list[asyncio.Task] = []
 
-    async def send(self, path: str, raw: bytes) -> tuple[int, bytes]:
+    async def send(self, path: str, raw: bytes, key: str | None) -> tuple[int, bytes]:
         await asyncio.sleep(0.01)
         return 200, json.dumps({"object": "chat.completion", "echo": json.loads(raw)["messages"][0]["content"]}).encode()
 
@@ -47,11 +47,11 @@ def api(tmp_path):
         jobs = InlineJobs(config, storage, asyncio.get_running_loop())
         batch_api = BatchAPI(config, storage, jobs)  # type: ignore[arg-type]
 
-        async def hook(method, path, scope, receive):
+        async def hook(method, path, scope, receive, key):
             if path.startswith("/v1/files"):
-                return await batch_api.files(method, path, scope, receive)
+                return await batch_api.files(method, path, scope, receive, key)
             if path.startswith("/v1/batches"):
-                return await batch_api.batches(method, path, scope, receive)
+                return await batch_api.batches(method, path, scope, receive, key)
             return None
 
         router = Router(RouterConfig.model_validate({"backends": [{"name": "a", "kind": "openai", "url": "http://127.0.0.1:9"}]}), [])

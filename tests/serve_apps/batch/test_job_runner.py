@@ -41,7 +41,7 @@ class Router:
         self.calls: list[str] = []
         self.delay = delay
 
-    async def __call__(self, path: str, raw: bytes) -> tuple[int, bytes]:
+    async def __call__(self, path: str, raw: bytes, key: str | None = None) -> tuple[int, bytes]:
         body = json.loads(raw)
         prompt = body["messages"][0]["content"]
         self.calls.append(prompt)
@@ -189,7 +189,7 @@ class Handle:
         assert stream
         return self
 
-    async def remote(self, requests: list[tuple[str, bytes]]):
+    async def remote(self, requests: list[tuple[str, bytes, str | None]]):
         answers = await asyncio.gather(*(self.router(*request) for request in requests))
         yield [(index, status, body) for index, (status, body) in enumerate(answers)]
 

@@ -18,14 +18,14 @@ class GroupCalls:
         self.delays = delays or {}
         self.fail_after, self.stop_after = fail_after, stop_after
 
-    async def __call__(self, requests: list[tuple[str, bytes]]):
-        self.groups.append([raw for _, raw in requests])
+    async def __call__(self, requests: list[tuple[str, bytes, str | None]]):
+        self.groups.append([raw for _, raw, _ in requests])
 
         async def one(index: int, raw: bytes) -> tuple[int, int, bytes]:
             await asyncio.sleep(self.delays.get(raw, 0))
             return index, 200, b"answer " + raw
 
-        tasks = [asyncio.create_task(one(i, raw)) for i, (_, raw) in enumerate(requests)]
+        tasks = [asyncio.create_task(one(i, raw)) for i, (_, raw, _) in enumerate(requests)]
         try:
             for count, finished in enumerate(asyncio.as_completed(tasks)):
                 result = await finished
@@ -44,7 +44,7 @@ def test_requests_made_together_share_calls_and_each_gets_its_own_answer():
 
     async def run():
         sender = GroupedSender(calls, max_group=16)
-        return await asyncio.gather(*(sender("/v1/completions", str(i).encode()) for i in range(40)))
+        return await asyncio.gather(*(sender("/v1/completions", str(i).encode(), None) for i in range(40)))
 
     answers = asyncio.run(run())
     assert answers == [(200, b"answer " + str(i).encode()) for i in range(40)]
@@ -56,8 +56,8 @@ def test_a_slow_request_holds_up_nobody_in_its_group():
 
     async def run():
         sender = GroupedSender(calls)
-        slow = asyncio.create_task(sender("/v1/completions", b"slow"))
-        fast = [asyncio.create_task(sender("/v1/completions", str(i).encode())) for i in range(5)]
+        slow = asyncio.create_task(sender("/v1/completions", b"slow", None))
+        fast = [asyncio.create_task(sender("/v1/completions", str(i).encode(), None)) for i in range(5)]
         done, _ = await asyncio.wait(fast, timeout=0.5)
         answered_before_slow = len(done) if not slow.done() else -1
         await slow
@@ -73,7 +73,7 @@ def test_a_broken_call_fails_only_its_unanswered_requests(fault, error):
 
     async def run():
         sender = GroupedSender(calls)
-        return await asyncio.gather(*(sender("/v1/completions", str(i).encode()) for i in range(5)),
+        return await asyncio.gather(*(sender("/v1/completions", str(i).encode(), None) for i in range(5)),
                                     return_exceptions=True)
 
     answers = asyncio.run(run())
@@ -86,7 +86,7 @@ def test_a_cancelled_caller_leaves_the_others_answered():
 
     async def run():
         sender = GroupedSender(calls)
-        tasks = [asyncio.create_task(sender("/v1/completions", str(i).encode())) for i in range(3)]
+        tasks = [asyncio.create_task(sender("/v1/completions", str(i).encode(), None)) for i in range(3)]
         await asyncio.sleep(0.02)
         tasks[0].cancel()
         return await asyncio.gather(*tasks, return_exceptions=True)

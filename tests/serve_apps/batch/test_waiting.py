@@ -26,6 +26,7 @@ from serve_apps.batch.service import BatchService
 from serve_apps.batch.storage import Storage
 from serve_apps.router.backends import create_backend
 from serve_apps.router.config import RouterConfig
+from serve_apps.router.keys import ANONYMOUS_KEY
 from serve_apps.router.router import Router
 from tests.serve_apps.batch.test_job_runner import make_batch, read_file
 from tests.serve_apps.router.conftest import FakeBackend
@@ -195,7 +196,7 @@ async def post_prompts(endpoint: PromptsEndpoint, count: int) -> dict[str, Any]:
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": raw, "more_body": False}
 
-    reply = await endpoint("POST", receive)
+    reply = await endpoint("POST", receive, ANONYMOUS_KEY)
     assert reply.status == 200
     return json.loads(reply.body)
 
