@@ -114,6 +114,12 @@ class Operator:
         self.observe_lag_s, self.upgrade_s, self.upgrade_ok = observe_lag_s, upgrade_s, upgrade_ok
         self.state: dict[str, dict[str, Any]] = {}
 
+    def read(self, namespace: str, name: str) -> None:
+        """A client read this RayService's status (see ``_reconcile``)."""
+        state = self.state.get(f"{namespace}/{name}")
+        if state is not None and "reads" in state:
+            state["reads"] += 1
+
     def reconcile(self) -> None:
         with self.store.lock:
             for (plural, namespace, name), service in list(self.store.objects.items()):
@@ -129,8 +135,10 @@ class Operator:
                                        "clusters": 1, "cluster_spec": service["spec"]["rayClusterConfig"],
                                        "pending": None}
         if generation != state["observed"] and state.get("seen_gen") != generation:
-            state["seen_gen"], state["changed"] = generation, now
-        if generation != state["observed"] and now - state["changed"] >= self.observe_lag_s:
+            state["seen_gen"], state["changed"], state["reads"] = generation, now, 0
+        # observed after the lag AND after one read of the old status: on a loaded machine kubectl's own
+        # requests can outlast the lag, and a client must be able to see "not yet observed" at least once
+        if generation != state["observed"] and now - state["changed"] >= self.observe_lag_s and state["reads"] > 0:
             state["observed"] = generation
             new_spec = service["spec"]["rayClusterConfig"]
             strategy = (service["spec"].get("upgradeStrategy") or {}).get("type", "NewCluster")
@@ -262,6 +270,8 @@ class Handler(BaseHTTPRequestHandler):
                 if key not in store.objects:
                     raise APIError(404, "NotFound", f'{resource.plural}.{resource.group or "core"} "{name}" not found'
                                    .replace(".core", ""))
+                if resource.plural == "rayservices":
+                    self.server.operator.read(namespace, name)
                 return store.objects[key]
         if self.command == "DELETE":
             with store.lock:
