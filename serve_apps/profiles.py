@@ -99,7 +99,8 @@ def _kcl1_profile(router_replicas: int, where: str) -> dict[str, Any]:
             "matrix": {"homeserver": "http://srv1:8008", "user_id": "@ray-bot:srv1.local",
                        "access_token": {"env": "MATRIX_ACCESS_TOKEN"}, "store_path": "/mnt/shared/matrix",
                        "allow": {"users": ["*:srv1.local"], "rooms": ["!UCEurIvKNNMvYlrntC:srv1.local"]},
-                       "model": "default"},
+                       # the router has keys: the bot's commands act for the api_keys' key (`default`)
+                       "key": "default", "model": "default"},
         },
     }
 
