@@ -18,6 +18,7 @@ ERROR_TYPES = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    408: "timeout",
     413: "request_too_large",
     422: "invalid_request_error",
     429: "rate_limit_error",
