@@ -2,7 +2,8 @@
 
 A request fails only for its own fault. The router answers 503 ``backend_unavailable`` when no backend
 could serve a request (engine replicas starting, connection refused, breakers open, the backends' own
-5xx) and 429 when every backend is rate-limited. A request that meets one of those, or a router it
+5xx) and 429 when every backend is rate-limited, or when the key the request acts for is over its
+requests- or tokens-per-minute limit (``router/limits.py``: its window ends within a minute). A request that meets one of those, or a router it
 cannot reach, waits with backoff (jittered, 0.25 s doubling to 5 s) and is sent again until the stack
 serves it or its deadline passes: the batch's completion window for a job, ``endpoint_wait_seconds``
 for a ``/v1/batch`` item. Counted against the request itself, at most ``retries`` times, after which its
