@@ -19,7 +19,7 @@ connection for ever. The defaults follow the servers in front of which this one 
   client pools' own idle expiry (httpx 5 s, aiohttp 15 s, the router's wire pool 4 s), so a client
   never sends on a connection the server is closing; uvicorn's 5 s would race httpx's 5 s.
 - ``max_connections`` 4096: open connections at once; one more is answered at once with a 503
-  (OpenAI-style JSON, ``Connection: close``, ``Retry-After: 1``) without reading its request. Capped at
+  (OpenAI-style JSON, ``Connection: close``, ``Retry-After: 1``), its request unhandled. Capped at
   half the process's open-file limit (each routed request also opens a backend connection), so a
   crowd meets 503s instead of ``accept()`` failing with ``EMFILE`` for everyone.
 """
@@ -35,7 +35,7 @@ class ConnectionLimits(StrictModel):
     """Seconds, and connections; see the module docstring for the defaults."""
 
     header_timeout: float = Field(10.0, gt=0, description="seconds for a whole request head, from its first byte "
-                                  "(from accept on a new connection); then 408 and close")
+                                  "(from accept on a new connection); then 408 and close (no answer if nothing came)")
     body_timeout: float = Field(60.0, gt=0, description="seconds between two reads of a request body (not the "
                                 "whole body: a slow upload that moves is never cut); then 408 and close")
     keep_alive_timeout: float = Field(75.0, gt=0, description="seconds an idle kept-alive connection stays open "
