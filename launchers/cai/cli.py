@@ -32,7 +32,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    status = _manager(args).status()
+    status = _manager(args).status(serve_config=args.serve_config)
     print(status.model_dump_json(indent=2))
     if args.check and not status.running:
         from launchers.cai.errors import ClusterNotRunning
@@ -151,6 +151,8 @@ def add_cluster_commands(actions: Any) -> None:
     start.set_defaults(func=cmd_start)
     status = actions.add_parser("status", help="show the cluster's applications and address")
     status.add_argument("--check", action="store_true", help="exit 3 unless every node is up")
+    status.add_argument("--serve-config", default=None,
+                        help="serve config deployed on the cluster: show its front door, metrics and proxy URLs")
     status.set_defaults(func=cmd_status)
     stop = actions.add_parser("stop", help="stop and delete every application of the cluster")
     stop.set_defaults(func=cmd_stop)

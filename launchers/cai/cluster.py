@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from launchers.cai import nodes
 from launchers.cai.client import CMLClient
 from launchers.cai.config import ClusterConfig, load_config
+from launchers.cai.endpoints import ServeEndpoints, serve_addresses, serve_endpoints
 from launchers.cai.errors import CAIError, CAITimeoutError, CMLNotFoundError
 from launchers.cai.models import APP_FAILED, APP_RUNNING, APP_STARTING, APP_STOPPED, Application
 from launchers.cai.runtimes import choose_runtime
@@ -42,6 +43,7 @@ class ClusterStatus(BaseModel):
     head_address: str | None = None
     dashboard_url: str | None = None
     nodes: list[NodeState] = []
+    serve: ServeEndpoints | None = None  # where the deployed serve config answers (endpoints.py)
 
 
 class ClusterInfo(ClusterStatus):
@@ -52,6 +54,20 @@ class ClusterInfo(ClusterStatus):
     started_at: str
     head_resources: dict[str, float]
     worker_resources: dict[str, float]
+
+
+def _locations(status: ClusterStatus) -> list[str]:
+    """What ``ray-serve-cai up`` prints next to ``ready:``, in its words: front door, metrics, dashboard."""
+    lines = []
+    if status.serve is not None:
+        for door in status.serve.front_doors:
+            lines += [f"front door: {door.url}  (app {door.app}; the rollout: serve status --address "
+                      f"{status.dashboard_url})", f"  metrics:   {door.metrics_url} (the router's series)"]
+        if status.serve.serve_proxy_url:
+            lines.append(f"  also Serve's HTTP proxy (slower, one more hop): {status.serve.serve_proxy_url}")
+    if status.dashboard_url:
+        lines.append(f"  dashboard: {status.dashboard_url}")
+    return lines
 
 
 def _stderr(line: str) -> None:
@@ -86,6 +102,9 @@ class CAIClusterManager:
         whose create answered with an error although CML made it (found by its nonce).
         """
         cfg, created = self.config, []
+        serve_path = serve_config or cfg.serve.config
+        if serve_path:
+            serve_addresses(serve_path)  # a config that cannot deploy fails before anything starts
         self._nonces.clear()
         self.progress(f"Starting Ray cluster '{cfg.cai.cluster_name}' on {cfg.cai.host} "
                       f"(project {self.project_id})")
@@ -101,18 +120,27 @@ class CAIClusterManager:
         info = self._info(apps, head_info, reused=reused)
         self.progress(f"Ray cluster ready: head {info.head_address}, {len(apps)} node(s)"
                       + (" (found running)" if reused and not created else ""))
+        self._write_info(info, info_file)
+        if serve_path:
+            from launchers.cai.serve import serve_deploy
+
+            serve_deploy(serve_path, info.dashboard_url, progress=self.progress)
+            info.serve = serve_endpoints(serve_path, head_info["ip"])
+            for line in _locations(info):
+                self.progress(f"   {line}")
+            self._write_info(info, info_file)
+        return info
+
+    def _write_info(self, info: ClusterInfo, info_file: str | Path | None) -> None:
         if info_file is not None:
             Path(info_file).write_text(info.model_dump_json(indent=2) + "\n")
             self.progress(f"   cluster info written to {info_file}")
-        if serve_config or cfg.serve.config:
-            from launchers.cai.serve import serve_deploy
 
-            serve_deploy(serve_config or cfg.serve.config, info.dashboard_url, progress=self.progress)
-        return info
-
-    def status(self) -> ClusterStatus:
+    def status(self, serve_config: str | None = None) -> ClusterStatus:
+        """The cluster's applications and addresses; with a serve config (``serve_config`` or the
+        config's ``serve.config``), where it answers once deployed."""
         owned = self._owned()
-        states, head_address, dashboard = [], None, None
+        states, head_address, dashboard, head_ip = [], None, None, None
         for spec in nodes.desired_specs(self.config):
             app = owned.get(spec.name)
             if app is None:
@@ -121,10 +149,12 @@ class CAIClusterManager:
             states.append(NodeState(node=spec.node, app_id=app.id, name=app.name, status=app.status,
                                     ready=published is not None))
             if spec.role == "head" and published:
-                head_address, dashboard = published["address"], self._dashboard(published)
+                head_address, dashboard, head_ip = published["address"], self._dashboard(published), published["ip"]
         running = len(states) == self.config.cai.num_workers + 1 and all(s.ready for s in states)
+        serve_path = serve_config or self.config.serve.config
         return ClusterStatus(cluster_name=self.config.cai.cluster_name, project_id=self.project_id,
-                             running=running, head_address=head_address, dashboard_url=dashboard, nodes=states)
+                             running=running, head_address=head_address, dashboard_url=dashboard, nodes=states,
+                             serve=serve_endpoints(serve_path, head_ip) if serve_path and head_ip else None)
 
     def stop_cluster(self, timeout_s: float = 300) -> list[str]:
         """Stop and delete every application of this cluster, workers first. Returns their ids.
