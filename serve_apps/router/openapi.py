@@ -149,7 +149,8 @@ def _batch_operation(summary: str, model: str, errors: tuple[str, ...], body: di
     responses: dict[str, Any] = {"200": _json_response(summary, model), "401": _GENERATE_ERRORS["401"],
                                  "404": _error("unknown id, or batch not configured")}
     for status in errors:
-        responses[status] = _error({"400": "invalid request", "409": "not in a state that allows this",
+        responses[status] = _error({"400": "invalid request", "403": "the API key may not use this backend",
+                                    "409": "not in a state that allows this",
                                     "413": "body or file over the configured limit"}[status])
     operation: dict[str, Any] = {"summary": summary, "description": summary + "." + _BATCH_NOTE, "responses": responses}
     if body is not None:
@@ -175,7 +176,7 @@ def _batch_paths() -> dict[str, Any]:
     content = {"description": "the file's bytes (JSONL)", "content": {"application/octet-stream": {"schema": {"type": "string"}}}}
     return {
         "/v1/batch": {"post": _batch_operation("Run many prompts through the router, answered in input order",
-                                               "BatchPromptsResponse", ("400", "413"),
+                                               "BatchPromptsResponse", ("400", "403", "413"),
                                                {"application/json": {"schema": {"$ref": REF.format(model="BatchPrompts")}}})},
         "/v1/files": {"post": _batch_operation("Upload a batch input file", "FileObject", ("400", "413"), upload),
                       "get": _batch_operation("List files", "FileList", ("400",), parameters=_PAGING)},
