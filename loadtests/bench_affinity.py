@@ -11,7 +11,9 @@ seen. Rounds alternate which mode goes first. Per phase: prefix-cache hit rate f
 TTFT p50/p95 (time to the first streamed bytes), router CPU per request (``/proc``), and how the
 requests split over the replicas (the engines' ``vllm:request_success``).
 
-    .venv/bin/python loadtests/bench_affinity.py [--rounds 6] [--tiny]
+    .venv/bin/python -m loadtests.bench_affinity [--rounds 6] [--tiny]
+
+``run`` is the same measurement for ``ray-serve-cai bench`` (benchmark ``affinity``).
 """
 
 from __future__ import annotations
@@ -24,11 +26,14 @@ import statistics
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
-from bench_router_lib import (
+
+from launchers.polling import PollTimeout, poll_until
+from loadtests.bench_router_lib import (
     ROOT,
     Connection,
     LocalCluster,
@@ -41,8 +46,7 @@ from bench_router_lib import (
     worker_endpoints,
     write_result,
 )
-
-from launchers.polling import PollTimeout, poll_until
+from ray_serve_cai.bench.results import BenchOutput, BenchSettings, Row, headline
 
 MODES = {"affinity": "prefix_affinity", "least": "least_outstanding"}
 ROUTER_PROCESS = "ServeReplica:router:MultiBackendRouter"
@@ -167,7 +171,7 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=6, help="alternating rounds (each: one phase per mode)")
     parser.add_argument("--conversations", type=int, default=32, help="concurrent conversations per phase")
@@ -185,12 +189,22 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true",
                         help="smoke setting: 1 round, 4 conversations x 2 turns, 200-token system prompt")
     parser.add_argument("--output", default="bench_affinity", help="results file name under loadtests/results/")
-    args = parser.parse_args()
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
     if args.tiny:
         args.rounds, args.conversations, args.turns, args.system_tokens = 1, 4, 2, 200
         if args.output == "bench_affinity":
             args.output = "bench_affinity_tiny"
-    stop_on_sigterm()
+    return args
+
+
+def measure(args: argparse.Namespace, workdir: Path, on_round: Callable[[int, list[dict[str, Any]]], Any] | None = None
+            ) -> tuple[list[dict[str, Any]], int]:
+    """Start the cluster, run the rounds, stop it: every round's phases and the model's context length;
+    ``on_round(context, rounds)`` after every round (a late failure keeps what was measured)."""
     from tokenizers import Tokenizer
 
     from serve_apps.models import ensure_tiny_model
@@ -198,7 +212,6 @@ def main() -> None:
     model_dir = Path(ensure_tiny_model())
     context = check_context(args, model_dir)
     tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-    workdir = Path(tempfile.mkdtemp(prefix="bench-affinity-"))
     cluster = LocalCluster(extra_env={"PYTHONPATH": str(ROOT)}, log_path=workdir / "ray.log")
     port, listen = free_port(), free_port()
     router = f"http://127.0.0.1:{listen}"
@@ -243,12 +256,44 @@ def main() -> None:
                       f"p95 {_fmt(r['ttft_p95_ms'])} ms  router CPU {_fmt(r['router_cpu_ms_per_request'], 3)} ms/req  "
                       f"replicas {r['per_replica_requests']}  errors {r['errors']}", flush=True)
             rounds.append(result)
-            path = save(args, context, rounds)  # after every round: a late failure keeps what was measured
+            if on_round is not None:
+                on_round(context, rounds)
     finally:
         cluster.stop()
+    return rounds, context
+
+
+def main() -> None:
+    args = parse_args()
+    stop_on_sigterm()
+    rounds, context = measure(args, Path(tempfile.mkdtemp(prefix="bench-affinity-")),
+                              on_round=lambda context, rounds: save(args, context, rounds))
     for key, value in summarise(rounds).items():
         print(f"{key}: {value}")
-    print(f"wrote {path}")
+    print(f"wrote {save(args, context, rounds)}")
+
+
+def run(settings: BenchSettings) -> BenchOutput:
+    """The standalone defaults (``--tiny``'s with ``settings.tiny``) over ``settings.rounds`` rounds."""
+    args = parse_args(["--tiny"] if settings.tiny else ["--rounds", str(settings.rounds)])
+    rounds, context = measure(args, settings.workdir)
+    summary = summarise(rounds)
+    rows = [Row(round=r["round"], target=MODES[mode], metrics={
+        k: v for k, v in r[mode].items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        for r in rounds for mode in MODES]
+    vs = "prefix_affinity / least_outstanding"
+    return BenchOutput(rows=rows, headlines=[
+        headline(f"prefix-cache hit rate, {vs}", summary["hit_rate_ratio_rounds"], at_least=2.0),
+        headline(f"TTFT p50, {vs}", summary["ttft_p50_ms_ratio_rounds"], at_most=1.0),
+        headline(f"TTFT p95, {vs}", summary["ttft_p95_ms_ratio_rounds"]),
+        headline(f"router CPU per request, {vs}", summary["router_cpu_ms_per_request_ratio_rounds"], at_most=1.1),
+        headline("prefix_affinity prefix-cache hit rate", summary["affinity_hit_rate_median"]),
+        headline("least_outstanding prefix-cache hit rate", summary["least_hit_rate_median"]),
+        headline("prefix_affinity TTFT p50", summary["affinity_ttft_p50_ms_median"], "ms"),
+        headline("least_outstanding TTFT p50", summary["least_ttft_p50_ms_median"], "ms")],
+        details={"conversations": args.conversations, "turns": args.turns, "system_tokens": args.system_tokens,
+                 "max_tokens": args.max_tokens, "context_tokens": context,
+                 "errors": {mode: summary[f"{mode}_errors"] for mode in MODES}})
 
 
 def _fmt(value: float | None, digits: int = 0) -> str:

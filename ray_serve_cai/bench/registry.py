@@ -57,6 +57,9 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
               "loadtests.bench_router_failover:run", 900),
     Benchmark("stream", "router streams to an engine replica: HTTP vs handle", "the engine worker's port",
               "loadtests.bench_router_stream:run", 1500),
+    Benchmark("affinity", "router prefix_affinity vs least_outstanding on two engine replicas: prefix-cache hit "
+              "rate, TTFT, router CPU", "least_outstanding, same replicas and conversations",
+              "loadtests.bench_affinity:run", 2400),
     Benchmark("p4", "P4 batch: batch run vs LLM.generate; OpenAI batch vs c=64 client", "LLM.generate / c=64 client",
               "loadtests.bench_scripts:run_batch", 3600),
     Benchmark("matrix", "Matrix bot !infer vs straight to the router", "the same prompts over HTTP",
