@@ -32,20 +32,14 @@ from typing import Any
 
 import yaml
 
+from launchers.local import LocalCluster, free_port
 from launchers.polling import PollTimeout, poll_until
-from loadtests.bench_router_lib import (
-    ROOT,
-    Connection,
-    LocalCluster,
-    cpu_seconds,
-    free_port,
-    split_url,
-    stop_on_sigterm,
-    vllm_counters,
-    wait_http,
-    worker_endpoints,
-    write_result,
-)
+from loadtests.client import Connection, split_url
+from loadtests.engine_workers import vllm_counters, worker_endpoints
+from loadtests.output import write_result
+from loadtests.paths import ROOT
+from loadtests.processes import cpu_seconds, stop_on_sigterm
+from loadtests.servers import wait_http
 from ray_serve_cai.bench.results import BenchOutput, BenchSettings, Row, headline
 
 MODES = {"affinity": "prefix_affinity", "least": "least_outstanding"}

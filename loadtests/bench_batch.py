@@ -8,13 +8,13 @@ fixed cost the baseline does not pay inside its timer; the CLI's end-to-end rate
 
 Online: the stack a README user starts (``ray-serve-cai up --tiny``: ``serve_configs/local-tiny.yaml``, batch at
 its defaults) and its URL, the router's listener. The same prompts as an OpenAI batch vs the same
-prompts sent at concurrency 64 by two clients: the lean keep-alive one of ``bench_router_lib`` and
+prompts sent at concurrency 64 by two clients: the lean keep-alive one of ``loadtests.client`` and
 ``httpx`` (one ``AsyncClient`` per worker, the transport the ``openai`` SDK uses). While the batch
 runs, one interactive client sends small requests back to back; its p50 latency is reported next to
 its p50 on the idle router.
 
-    .venv/bin/python loadtests/bench_batch.py                       # P4 defaults: 2000 x 32, 6 rounds
-    .venv/bin/python loadtests/bench_batch.py --prompts 64 --rounds 1 --name bench_batch_tiny
+    .venv/bin/python -m loadtests.bench_batch                       # P4 defaults: 2000 x 32, 6 rounds
+    .venv/bin/python -m loadtests.bench_batch --prompts 64 --rounds 1 --name bench_batch_tiny
 """
 
 from __future__ import annotations
@@ -31,8 +31,10 @@ from typing import Any
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from loadtests.bench_router_lib import ROOT, Connection, run_contained, stop_on_sigterm, write_result
+from loadtests.client import Connection
+from loadtests.output import write_result
+from loadtests.paths import ROOT
+from loadtests.processes import run_contained, stop_on_sigterm
 from loadtests.upstack import UpStack, moved_to_free_ports
 
 LOCAL_CONFIG = ROOT / "serve_configs" / "local-tiny.yaml"  # what the README starts (`ray-serve-cai up`), on the tiny model

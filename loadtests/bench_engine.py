@@ -23,14 +23,13 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from launchers.local import LocalCluster, free_port  # noqa: E402
-from loadtests.bench_router_lib import start_vllm, stop_on_sigterm  # noqa: E402
-from loadtests.streamload import run_load  # noqa: E402
-from ray_serve_cai.bench.results import BenchOutput, BenchSettings, Row, headline  # noqa: E402
-from serve_apps.models import ensure_tiny_model  # noqa: E402
+from launchers.local import LocalCluster, free_port
+from loadtests.paths import RESULTS
+from loadtests.processes import stop_on_sigterm
+from loadtests.servers import start_vllm
+from loadtests.streamload import completion_streams
+from ray_serve_cai.bench.results import BenchOutput, BenchSettings, Row, headline
+from serve_apps.models import ensure_tiny_model
 
 MODEL = "tiny-chat"
 
@@ -69,18 +68,18 @@ def measure(workdir: Path, rounds: int, concurrency: int, per_worker: int, max_t
             raise
     try:
         targets = {"stock": f"http://127.0.0.1:{stock_port}", "serve": f"http://127.0.0.1:{serve_port}"}
-        for label, url in targets.items():  # warm both (JIT, allocator, connection setup)
-            asyncio.run(run_load(label, url, MODEL, concurrency=8, per_worker=1, max_tokens=8))
+        for url in targets.values():  # warm both (JIT, allocator, connection setup)
+            asyncio.run(completion_streams(url, 8, 1, 8, model=MODEL))
         results: list[dict] = []
         for i in range(rounds):
             order = ["stock", "serve"] if i % 2 == 0 else ["serve", "stock"]
             for label in order:
                 time.sleep(pause)
-                result = asyncio.run(run_load(label, targets[label], MODEL, concurrency=concurrency,
-                                              per_worker=per_worker, max_tokens=max_tokens))
-                results.append({"round": i, **result.as_dict()})
-                print(f"round {i} {label:5s} {result.tokens_per_s:8.0f} tok/s  ttft p50 {result.ttft_median_ms:6.0f} ms"
-                      f"  errors {result.errors}", flush=True)
+                result = asyncio.run(completion_streams(targets[label], concurrency, per_worker, max_tokens,
+                                                        model=MODEL))
+                results.append({"round": i, "label": label, **result})
+                print(f"round {i} {label:5s} {result['tokens_per_s']:8.0f} tok/s  ttft p50 {result['ttft_median_ms'] or float('nan'):6.0f} ms"
+                      f"  errors {result['errors']}", flush=True)
         return results
     finally:
         cluster.stop()
@@ -120,7 +119,7 @@ def main() -> int:
     parser.add_argument("--haproxy", action="store_true",
                         help="Serve's HAProxy ingress (binds stats/metrics on all interfaces: run inside "
                              "`unshare -n`, see loadtests/README.md)")
-    parser.add_argument("--out", type=Path, default=ROOT / "loadtests" / "results" / "bench_engine.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "bench_engine.json")
     args = parser.parse_args()
     stop_on_sigterm()
     workdir = Path(tempfile.mkdtemp(prefix="bench-engine-"))

@@ -4,7 +4,7 @@ Starts the local stack exactly as a user does (``ray-serve-cai up``, which print
 stock ``python -m vllm.entrypoints.openai.api_server`` on the same built tiny model (``--enforce-eager``,
 ``VLLM_CPU_KVCACHE_SPACE=1``), then runs, in alternating rounds (the order flips every round), with
 two clients -- ``httpx`` (one ``AsyncClient`` per worker: the transport the ``openai`` SDK uses) and the
-lean raw-socket client of ``bench_router_lib``:
+lean raw-socket client of ``loadtests.client`` and ``loadtests.streamload``:
 
 - ``streams``: ``--streams`` concurrent chat streams x ``--tokens`` tokens (ignore_eos): tokens/s, TTFT;
 - ``short``: concurrency 64, ``max_tokens`` 1, for ``--seconds``: requests/s;
@@ -18,7 +18,7 @@ where the CPU went (per process) as well as how fast it was. Also records how lo
 print ``ready:`` and to exit after SIGTERM, and whether any process outlived it. Loopback only;
 bounded in time; everything it starts is stopped, also on Ctrl-C / SIGTERM.
 
-    .venv/bin/python loadtests/bench_frontdoor.py [--rounds 6] [--config serve_configs/local-tiny.yaml]
+    .venv/bin/python -m loadtests.bench_frontdoor [--rounds 6] [--config serve_configs/local-tiny.yaml]
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import json
 import os
 import signal
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,23 +37,15 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_router_lib import (
-    ROOT,
-    StreamTally,
-    chat_body,
-    closed_loop,
-    interleaved,
-    lean_streams,
-    process_cpu_seconds,
-    start_vllm,
-    stop_on_sigterm,
-    timed_streams,
-    write_result,
-)
-from upstack import UpStack, moved_to_free_ports, process_name
-
 from launchers.procs import descendants
+from loadtests.client import chat_body
+from loadtests.load import closed_loop, interleaved
+from loadtests.output import write_result
+from loadtests.paths import ROOT
+from loadtests.processes import process_cpu_seconds, stop_on_sigterm
+from loadtests.servers import start_vllm
+from loadtests.streamload import StreamTally, lean_streams, timed_streams
+from loadtests.upstack import UpStack, moved_to_free_ports, process_name
 
 if TYPE_CHECKING:
     from ray_serve_cai.bench.results import BenchOutput, BenchSettings

@@ -23,8 +23,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from loadtests.bench_router_lib import ROOT, free_port, start_router, start_vllm, stop_on_sigterm, write_output
+from launchers.local import free_port
+from loadtests.output import write_output
+from loadtests.paths import ROOT
+from loadtests.processes import stop_on_sigterm
+from loadtests.servers import start_router, start_vllm
 from ray_serve_cai.bench.results import BenchOutput, BenchSettings, Row, TimelinePoint, headline
 
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"

@@ -12,7 +12,7 @@ replies at once, no inference (``EchoClient``). p50/p95 per round, medians over 
 p50 overhead over the direct path, and what is left of it once the echo path's p50 (the homeserver's
 floor) is taken off. Results: loadtests/results/bench_matrix.json.
 
-    .venv/bin/python loadtests/bench_matrix.py [--rounds 6] [--commands 50] [--users 5] [--max-tokens 16]
+    .venv/bin/python -m loadtests.bench_matrix [--rounds 6] [--commands 50] [--users 5] [--max-tokens 16]
 """
 
 from __future__ import annotations
@@ -29,10 +29,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from bench_router_lib import ROOT, LocalCluster, free_port, poll_until, stop_on_sigterm, wait_http, write_result
-from matrix_people import Person
-from matrix_synapse import SERVER_NAME, Synapse
 
+from launchers.local import LocalCluster, free_port
+from launchers.polling import poll_until
+from loadtests.matrix_people import Person
+from loadtests.matrix_synapse import SERVER_NAME, Synapse
+from loadtests.output import write_result
+from loadtests.paths import ROOT
+from loadtests.processes import stop_on_sigterm
+from loadtests.servers import wait_http
 from serve_apps.matrix.replies import DONE_KEY
 
 MODEL = "tiny-chat"

@@ -19,25 +19,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from loadtests.bench_router_lib import (
-    bench_body,
-    closed_loop,
-    cpu_seconds,
-    free_port,
-    interleaved,
-    start_litellm,
-    start_router,
-    start_vllm,
-    stop_on_sigterm,
-    write_result,
-)
+from launchers.local import free_port
+from loadtests.client import bench_body
+from loadtests.load import closed_loop, interleaved
+from loadtests.output import write_result
+from loadtests.processes import cpu_seconds, stop_on_sigterm
+from loadtests.servers import start_litellm, start_router, start_vllm
 from ray_serve_cai.bench.results import BenchOutput, BenchSettings, Row, headline
 
 # Processes whose CPU per request each c=64 run reports (matched on the command line).

@@ -16,24 +16,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from loadtests.bench_router_lib import (
-    Connection,
-    cdf_sample,
-    free_port,
-    split_url,
-    start_router,
-    start_vllm,
-    stop_on_sigterm,
-    write_result,
-)
+from launchers.local import free_port
+from loadtests.client import Connection, split_url
+from loadtests.output import write_result
+from loadtests.processes import stop_on_sigterm
+from loadtests.servers import start_router, start_vllm
+from loadtests.stats import cdf_sample
 from ray_serve_cai.bench.results import BenchOutput, BenchSettings, Row, TimelinePoint, headline
 
 

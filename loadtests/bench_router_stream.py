@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import tempfile
 import time
 import urllib.request
@@ -27,19 +26,14 @@ from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from launchers.local import LocalCluster, free_port
 from launchers.polling import PollTimeout, poll_until
-from loadtests.bench_router_lib import (
-    ROOT,
-    LocalCluster,
-    free_port,
-    lean_streams,
-    progress,
-    stop_on_sigterm,
-    wait_http,
-    worker_token,
-    write_result,
-)
+from loadtests.engine_workers import worker_token
+from loadtests.output import progress, write_result
+from loadtests.paths import ROOT
+from loadtests.processes import stop_on_sigterm
+from loadtests.servers import wait_http
+from loadtests.streamload import lean_streams
 from ray_serve_cai.bench.results import BenchOutput, BenchSettings, Row, headline
 
 

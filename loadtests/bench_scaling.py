@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,23 +23,14 @@ from typing import Any
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from loadtests.bench_router_lib import (
-    LITELLM_VENV,
-    ROOT,
-    LocalCluster,
-    bench_body,
-    closed_loop,
-    cpu_seconds,
-    free_port,
-    progress,
-    start_litellm,
-    start_vllm,
-    stop_on_sigterm,
-    wait_http,
-    write_output,
-)
-from loadtests.streamload import run_load
+from launchers.local import LocalCluster, free_port
+from loadtests.client import bench_body
+from loadtests.load import closed_loop
+from loadtests.output import progress, write_output
+from loadtests.paths import LITELLM_VENV, ROOT
+from loadtests.processes import cpu_seconds, stop_on_sigterm
+from loadtests.servers import start_litellm, start_vllm, wait_http
+from loadtests.streamload import completion_streams
 from ray_serve_cai.bench.results import BenchOutput, BenchSettings, Row, headline
 
 LEVELS = (1, 4, 16, 64, 128)
@@ -94,7 +84,7 @@ def measure(workdir: Path, rounds: int, levels: tuple[int, ...], max_tokens: int
             note = "LiteLLM skipped: run loadtests/setup_litellm_venv.sh"
             print(note, flush=True)
         for url, headers in targets.values():  # warm every path
-            asyncio.run(run_load("warm", url, "tiny-chat", concurrency=4, per_worker=1, max_tokens=4, headers=headers))
+            asyncio.run(completion_streams(url, 4, 1, 4, headers))
         names = list(targets)
         for index in range(rounds):
             for step, concurrency in enumerate(levels):
@@ -102,13 +92,13 @@ def measure(workdir: Path, rounds: int, levels: tuple[int, ...], max_tokens: int
                 for name in names[rotation:] + names[:rotation]:
                     url, headers = targets[name]
                     time.sleep(pause)
-                    result = asyncio.run(run_load(name, url, "tiny-chat", concurrency=concurrency,
-                                                  per_worker=per_worker(concurrency, tiny), max_tokens=max_tokens,
-                                                  headers=headers))
-                    curves.append({"round": index, "concurrency": concurrency, **result.as_dict()})
-                    print(f"round {index} c={concurrency:<4} {name:11} {result.requests_per_s:7.1f} req/s  "
-                          f"TTFT p50 {result.ttft_median_ms:7.1f} p95 {result.ttft_p95_ms:7.1f} ms  "
-                          f"errors {result.errors}", flush=True)
+                    result = asyncio.run(completion_streams(url, concurrency, per_worker(concurrency, tiny),
+                                                            max_tokens, headers))
+                    curves.append({"round": index, "concurrency": concurrency, "label": name, **result})
+                    print(f"round {index} c={concurrency:<4} {name:11} {result['requests_per_s']:7.1f} req/s  "
+                          f"TTFT p50 {result['ttft_median_ms'] or float('nan'):7.1f} "
+                          f"p95 {result['ttft_p95_ms'] or float('nan'):7.1f} ms  "
+                          f"errors {result['errors']}", flush=True)
             for count in BACKEND_COUNTS:
                 time.sleep(pause)
                 before = cpu_seconds(f"ServeReplica:r{count}:")

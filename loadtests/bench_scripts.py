@@ -1,5 +1,5 @@
 """P4 (``bench_batch.py``) and the Matrix benchmark (``bench_matrix.py``) for ``ray-serve-cai bench``: each
-script runs as it does standalone, writing its JSON into the benchmark's scratch folder, and its rounds
+script runs as it does standalone (``python -m loadtests.<name>`` from the checkout), writing its JSON into the benchmark's scratch folder, and its rounds
 become rows. (They run as scripts rather than imported functions because each is one long ``main``
 that their own CLI options shape.)
 """
@@ -12,14 +12,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from loadtests.paths import ROOT
 from ray_serve_cai.bench.results import BenchOutput, BenchSettings, Row, headline
-
-HERE = Path(__file__).resolve().parent
 
 
 def _script(name: str, args: list[str], out: Path) -> dict[str, Any]:
-    """Run ``loadtests/<name>`` (its output streams to this terminal); its results JSON, read from ``out``."""
-    done = subprocess.run([sys.executable, str(HERE / name), *args], stdin=subprocess.DEVNULL)
+    """Run ``python -m loadtests.<name>`` in the checkout (its output streams to this terminal); its results
+    JSON, read from ``out``."""
+    done = subprocess.run([sys.executable, "-m", f"loadtests.{name}", *args], cwd=ROOT, stdin=subprocess.DEVNULL)
     if done.returncode != 0 or not out.exists():
         raise RuntimeError(f"{name} exited with code {done.returncode}")
     return json.loads(out.read_text())
@@ -28,7 +28,7 @@ def _script(name: str, args: list[str], out: Path) -> dict[str, Any]:
 def run_batch(settings: BenchSettings) -> BenchOutput:
     prompts = 64 if settings.tiny else 2000
     # an absolute --name puts the JSON in the scratch folder, not in loadtests/results/
-    data = _script("bench_batch.py", ["--prompts", str(prompts), "--rounds", str(settings.rounds),
+    data = _script("bench_batch", ["--prompts", str(prompts), "--rounds", str(settings.rounds),
                                       "--name", str(settings.workdir / "batch")], settings.workdir / "batch.json")
     rows, headlines = [], []
     for part, ours, base in (("offline", "ours", "baseline"), ("online", "batch", "client")):
@@ -58,7 +58,7 @@ def run_batch(settings: BenchSettings) -> BenchOutput:
 
 def run_matrix(settings: BenchSettings) -> BenchOutput:
     commands, users = (10, 5) if settings.tiny else (50, 5)
-    data = _script("bench_matrix.py", ["--rounds", str(settings.rounds), "--commands", str(commands), "--users",
+    data = _script("bench_matrix", ["--rounds", str(settings.rounds), "--commands", str(commands), "--users",
                                        str(users), "--name", str(settings.workdir / "matrix")],
                    settings.workdir / "matrix.json")
     rows = [Row(round=r["round"], target=path, latencies_ms=r[path]["latencies_ms"],

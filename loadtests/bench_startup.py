@@ -29,7 +29,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loadtests.bench_router_lib import ROOT, free_port, start_vllm, stop_on_sigterm, write_result
+from launchers.local import free_port
+from loadtests.output import write_result
+from loadtests.paths import ROOT
+from loadtests.processes import stop_on_sigterm
+from loadtests.servers import start_vllm
 from loadtests.upstack import UpStack
 
 if TYPE_CHECKING:

@@ -15,7 +15,6 @@ from typing import Any
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from launchers.local import free_port
 from launchers.procs import descendants, running
 

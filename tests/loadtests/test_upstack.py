@@ -4,15 +4,13 @@ or by ``ray-serve-cai bench``; benchmarks are not tests.)"""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "loadtests"))
+from loadtests.upstack import moved_to_free_ports, startup_phases
 
-from upstack import moved_to_free_ports, startup_phases  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_startup_phases_read_ups_own_progress_lines():

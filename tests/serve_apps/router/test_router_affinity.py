@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from launchers.procs import descendants
-from loadtests.bench_router_lib import vllm_counters, worker_endpoints
+from loadtests.engine_workers import vllm_counters, worker_endpoints
 from tests.serve_apps.router.helpers import backends, wait_for
 
 pytestmark = pytest.mark.engine

@@ -1,4 +1,4 @@
-"""``StreamTally``: a benchmark's streamed tokens come from usage, not from counting events.
+"""``StreamTally`` (``loadtests.streamload``): a benchmark's streamed tokens come from usage, not from counting events.
 ``run_contained``: nothing a benchmark's child started outlives it."""
 
 from __future__ import annotations
@@ -7,17 +7,14 @@ import json
 import subprocess
 import sys
 from functools import partial
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "loadtests"))
-
-from bench_router_lib import StreamTally, chat_body, run_contained  # noqa: E402
-
-from launchers.polling import poll_until  # noqa: E402
-from launchers.procs import running  # noqa: E402
+from launchers.polling import poll_until
+from launchers.procs import running
+from loadtests.client import chat_body, completion_body
+from loadtests.processes import run_contained
+from loadtests.streamload import StreamTally
 
 
 def sse(*events: dict) -> bytes:
@@ -55,6 +52,17 @@ def test_streaming_benchmark_requests_ask_for_usage():
     body = json.loads(chat_body(64, stream=True))
     assert body["stream_options"] == {"include_usage": True} and body["ignore_eos"] is True
     assert "stream_options" not in json.loads(chat_body(1, stream=False))
+    completion = json.loads(completion_body(64))  # the engine benchmarks' request
+    assert completion["stream_options"] == {"include_usage": True} and completion["ignore_eos"] is True
+
+
+def test_a_completion_stream_counts_its_usage_tokens():
+    """Completion streams (``bench_engine``, ``bench_scaling``) carry ``text``, not ``content``: tokens and
+    TTFT still come from usage and [DONE]."""
+    tally = StreamTally()
+    tally.add(200, sse({"choices": [{"index": 0, "text": "def"}]}, {"choices": [], "usage": {"completion_tokens": 64}}),
+              0.05)
+    assert (tally.tokens, tally.errors, tally.ttfts) == (64, 0, [0.05])
 
 
 def gone(pid: int) -> bool:
