@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="each conversation its own system prompt (many long prefixes) instead of one shared")
     parser.add_argument("--tiny", action="store_true",
                         help="smoke setting: 1 round, 4 conversations x 2 turns, 200-token system prompt")
-    parser.add_argument("--output", default="bench_affinity", help="results file name under loadtests/results/")
+    parser.add_argument("--output", default="bench_affinity", help="results file: loadtests/results/<date>-<commit>-NAME.json")
     return parser
 
 

@@ -240,7 +240,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=6, help="alternating rounds per part (default 6)")
     parser.add_argument("--concurrency", type=int, default=64, help="online clients' concurrency (the batch runs at the router's default)")
     parser.add_argument("--part", choices=["offline", "online", "both"], default="both")
-    parser.add_argument("--name", default="bench_batch_p4", help="results file name under loadtests/results/")
+    parser.add_argument("--name", default="bench_batch_p4", help="results file: loadtests/results/<date>-<commit>-NAME.json")
     args = parser.parse_args()
     stop_on_sigterm()
     texts = prompts(args.prompts)

@@ -5,7 +5,7 @@
 Both serve the built-in tiny model with the same vLLM args (enforce_eager, same KV cache). Rounds
 alternate (a, b, b, a, ...) with a pause between them, because a just-finished engine busy-polls the
 core the next one needs. Prints every round and the ratio of means b/a; writes JSON to
-loadtests/results/bench_engine.json. Everything binds 127.0.0.1 and stops by itself. ``run`` is the same
+loadtests/results/<date>-<commit>-bench_engine.json. Everything binds 127.0.0.1 and stops by itself. ``run`` is the same
 measurement for ``ray-serve-cai bench``.
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from launchers.local import LocalCluster, free_port
-from loadtests.paths import RESULTS
+from loadtests.output import result_path
 from loadtests.processes import stop_on_sigterm
 from loadtests.servers import start_vllm
 from loadtests.streamload import completion_streams
@@ -119,7 +119,7 @@ def main() -> int:
     parser.add_argument("--haproxy", action="store_true",
                         help="Serve's HAProxy ingress (binds stats/metrics on all interfaces: run inside "
                              "`unshare -n`, see loadtests/README.md)")
-    parser.add_argument("--out", type=Path, default=RESULTS / "bench_engine.json")
+    parser.add_argument("--out", type=Path, default=result_path("bench_engine"))
     args = parser.parse_args()
     stop_on_sigterm()
     workdir = Path(tempfile.mkdtemp(prefix="bench-engine-"))

@@ -222,7 +222,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--also", type=Path, action="append", default=[], metavar="CONFIG",
                         help="also start `up` on this config (ports moved to free ones) and measure its door as a "
                              "third target, e.g. the previous release's serve_configs/local.yaml")
-    parser.add_argument("--name", default="bench_frontdoor", help="results file name (loadtests/results/NAME.json)")
+    parser.add_argument("--name", default="bench_frontdoor", help="results file: loadtests/results/<date>-<commit>-NAME.json")
     return parser
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from launchers.local import free_port
-from loadtests.output import write_output
+from loadtests.output import result_path, write_output
 from loadtests.paths import ROOT
 from loadtests.processes import stop_on_sigterm
 from loadtests.servers import start_router, start_vllm
@@ -155,7 +155,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=12)
     parser.add_argument("--rate-per-user", type=float, default=1.0)
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--out", type=Path, default=ROOT / "loadtests" / "results" / "bench_locust_p5.json")
+    parser.add_argument("--out", type=Path, default=result_path("bench_locust_p5"))
     args = parser.parse_args()
     stop_on_sigterm()
     workdir = Path(tempfile.mkdtemp(prefix="bench-locust-"))

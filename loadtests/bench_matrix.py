@@ -10,7 +10,7 @@ long-poll; direct latency is from the request to ``data: [DONE]``. A third path 
 homeserver alone: the same people send the same commands in a second room to an echo client that
 replies at once, no inference (``EchoClient``). p50/p95 per round, medians over rounds, the bot path's
 p50 overhead over the direct path, and what is left of it once the echo path's p50 (the homeserver's
-floor) is taken off. Results: loadtests/results/bench_matrix.json.
+floor) is taken off. Results: loadtests/results/<date>-<commit>-bench_matrix.json.
 
     .venv/bin/python -m loadtests.bench_matrix [--rounds 6] [--commands 50] [--users 5] [--max-tokens 16]
 """
@@ -151,7 +151,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=5)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--pause", type=float, default=2.0, help="seconds between runs (engine busy-poll)")
-    parser.add_argument("--name", default="bench_matrix", help="results file name under loadtests/results/")
+    parser.add_argument("--name", default="bench_matrix", help="results file: loadtests/results/<date>-<commit>-NAME.json")
     parser.add_argument("--profile", action="store_true",
                         help="unbuffered Serve logs, and the bot's per-step timings (from its log) in the results")
     parser.add_argument("--synapse-dir", type=Path, default=None, metavar="DIR",

@@ -26,7 +26,7 @@ import yaml
 from launchers.local import LocalCluster, free_port
 from loadtests.client import bench_body
 from loadtests.load import closed_loop
-from loadtests.output import progress, write_output
+from loadtests.output import progress, result_path, write_output
 from loadtests.paths import LITELLM_VENV, ROOT
 from loadtests.processes import cpu_seconds, stop_on_sigterm
 from loadtests.servers import start_litellm, start_vllm, wait_http
@@ -156,7 +156,7 @@ def main() -> None:
     parser.add_argument("--levels", default=",".join(map(str, LEVELS)), help="concurrency levels, comma-separated")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--pause", type=float, default=3.0)
-    parser.add_argument("--out", type=Path, default=ROOT / "loadtests" / "results" / "bench_scaling.json")
+    parser.add_argument("--out", type=Path, default=result_path("bench_scaling"))
     args = parser.parse_args()
     stop_on_sigterm()
     levels = tuple(int(x) for x in args.levels.split(","))

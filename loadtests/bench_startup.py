@@ -204,7 +204,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=6, help="alternating rounds (default 6)")
     parser.add_argument("--config", type=Path, default=ROOT / "serve_configs" / "local-tiny.yaml",
                         help="serve config `up` runs (default: serve_configs/local-tiny.yaml, the stock server's model)")
-    parser.add_argument("--name", default="bench_startup", help="results file name (loadtests/results/NAME.json)")
+    parser.add_argument("--name", default="bench_startup", help="results file: loadtests/results/<date>-<commit>-NAME.json")
     args = parser.parse_args()
     stop_on_sigterm()
     result = measure(args.rounds, args.config, Path(tempfile.mkdtemp(prefix="bench-startup-")))

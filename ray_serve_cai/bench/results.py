@@ -117,7 +117,13 @@ class BenchResults(StrictModel):
 
     def stem(self) -> str:
         """``<date>-<commit>``: the name of the JSON, markdown and plot files of this run."""
-        return f"{self.started.strftime('%Y-%m-%d')}-{self.commit}"
+        return run_stem(self.started, self.commit)
+
+
+def run_stem(started: dt.datetime, commit: str) -> str:
+    """``<date>-<commit>``, how every results file is named: a harness run's files are ``<stem>.json``
+    (``.md``, ``-<plot>.png``), a standalone benchmark script's ``<stem>-<name>.json``."""
+    return f"{started.strftime('%Y-%m-%d')}-{commit}"
 
 
 def write_results(results: BenchResults, out_dir: Path) -> Path:
