@@ -152,28 +152,8 @@ class LocalCluster:
         return self
 
     def deploy(self, config_path: str | Path) -> None:
-        """Deploy a serve config file onto this cluster, exactly as ``serve deploy`` does (Serve's schema,
-        then a PUT to the dashboard's Serve API), without starting a ``serve`` CLI process: that
-        process's imports cost seconds of a start-up users wait for."""
-        import yaml
-        from pydantic import ValidationError
-        from ray.serve.schema import ServeDeploySchema
-
-        try:
-            config = ServeDeploySchema.model_validate(yaml.safe_load(Path(config_path).read_text()) or {})
-        except (OSError, yaml.YAMLError, ValidationError) as exc:
-            raise ClusterError(f"serve deploy failed: {config_path}: {str(exc).splitlines()[0]}") from None
-        body = json.dumps(config.model_dump(mode="json", exclude_unset=True)).encode()
-        request = urllib.request.Request(f"{self.dashboard_url}/api/serve/applications/", data=body, method="PUT",
-                                         headers={"content-type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=120):
-                return
-        except urllib.error.HTTPError as exc:
-            lines = exc.read().decode(errors="replace").strip().splitlines()
-            raise ClusterError(f"serve deploy failed ({exc.code}): {lines[-1] if lines else exc.reason}") from None
-        except OSError as exc:
-            raise ClusterError(f"serve deploy failed: dashboard unreachable ({exc})") from None
+        """Deploy a serve config file onto this cluster (see ``deploy_config``)."""
+        deploy_config(self.dashboard_url, config_path)
 
     def raise_if_crash_looping(self) -> None:
         """Fail when a process of this cluster (an engine, typically) keeps dying of the same fatal
@@ -226,15 +206,49 @@ class LocalCluster:
         if self.process is None or self.process.poll() is not None:
             return
         (progress or (lambda _: None))("stopping Ray and every process it started")
-        tree = descendants(self.process.pid)
-        os.killpg(self.process.pid, signal.SIGTERM)
-        _signal_all(tree, signal.SIGTERM)
-        try:
-            poll_until(lambda: self.process.poll() is not None and not running(tree), grace_s, 0.1)
-        except PollTimeout:
-            pass
-        _signal_all([self.process.pid, *tree], signal.SIGKILL)
-        self.process.wait(10)
+        stop_tree(self.process, grace_s)
+
+
+def stop_tree(process: subprocess.Popen, grace_s: float = 4) -> None:
+    """Stop a ``ray start --block`` started in a process group of its own and everything below it:
+    SIGTERM to its group and to its tree (snapshotted first: Ray workers run in groups of their own),
+    SIGKILL to what is left after ``grace_s``. Never ``ray stop``: that stops every Ray of the user."""
+    if process.poll() is not None:
+        return
+    tree = descendants(process.pid)
+    os.killpg(process.pid, signal.SIGTERM)
+    _signal_all(tree, signal.SIGTERM)
+    try:
+        poll_until(lambda: process.poll() is not None and not running(tree), grace_s, 0.1)
+    except PollTimeout:
+        pass
+    _signal_all([process.pid, *tree], signal.SIGKILL)
+    process.wait(10)
+
+
+def deploy_config(dashboard_url: str, config_path: str | Path) -> None:
+    """Deploy a serve config file onto the cluster of ``dashboard_url``, exactly as ``serve deploy`` does
+    (Serve's schema, then a PUT to the dashboard's Serve API), without starting a ``serve`` CLI process:
+    that process's imports cost seconds of a start-up users wait for."""
+    import yaml
+    from pydantic import ValidationError
+    from ray.serve.schema import ServeDeploySchema
+
+    try:
+        config = ServeDeploySchema.model_validate(yaml.safe_load(Path(config_path).read_text()) or {})
+    except (OSError, yaml.YAMLError, ValidationError) as exc:
+        raise ClusterError(f"serve deploy failed: {config_path}: {str(exc).splitlines()[0]}") from None
+    body = json.dumps(config.model_dump(mode="json", exclude_unset=True)).encode()
+    request = urllib.request.Request(f"{dashboard_url}/api/serve/applications/", data=body, method="PUT",
+                                     headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120):
+            return
+    except urllib.error.HTTPError as exc:
+        lines = exc.read().decode(errors="replace").strip().splitlines()
+        raise ClusterError(f"serve deploy failed ({exc.code}): {lines[-1] if lines else exc.reason}") from None
+    except OSError as exc:
+        raise ClusterError(f"serve deploy failed: dashboard unreachable ({exc})") from None
 
 
 def _signal_all(pids: list[int], sig: int) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import subprocess
 import sys
 import tempfile
@@ -35,14 +36,15 @@ TTFT = "TTFT"
 
 
 def locust(url: str, prefix: Path, duration: float, users: int, rate_per_user: float, max_tokens: int,
-           kill_at: float | None = None, kill=None) -> None:
-    """One headless locust run; with ``kill_at``, ``kill()`` is called that many seconds in."""
+           kill_at: float | None = None, kill=None, model: str = "tiny-chat", env: dict[str, str] | None = None) -> None:
+    """One headless locust run; with ``kill_at``, ``kill()`` is called that many seconds in. ``env`` adds
+    variables (``OPENAI_API_KEY``: a key the locustfile sends, never on the command line)."""
     cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", url, "-u", str(users),
            "-r", str(users), "-t", f"{int(duration)}s", "--csv", str(prefix), "--csv-full-history", "--only-summary",
            "--stop-timeout", "10", "--mix", "chat:1,stream:1", "--max-tokens", str(max_tokens),
-           "--rate-per-user", str(rate_per_user), "--loglevel", "WARNING"]
+           "--rate-per-user", str(rate_per_user), "--model", model, "--loglevel", "WARNING"]
     process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=open(f"{prefix}.log", "wb"))
+                               stderr=open(f"{prefix}.log", "wb"), env={**os.environ, **(env or {})})
     try:
         if kill_at is not None:
             time.sleep(kill_at)

@@ -66,6 +66,9 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
               "loadtests.bench_scripts:run_matrix", 1800),
     Benchmark("p5", "P5 seed targets under locust through the front door (+ backend killed at 1 min)",
               "the stock vLLM server under the same locust load", "loadtests.bench_locust:run", 2700),
+    Benchmark("kcl1-fit", "kcl1-dev on a head and its worker nodes under P5 load: peak RSS of each node's "
+              "process tree", "the pods' memory limits in k8s/overlays/kcl1/dev (head 1 Gi, worker 1.2 Gi)",
+              "loadtests.bench_kcl1_fit:run", 2400),
     Benchmark("scaling", "throughput and TTFT vs concurrency; router CPU per request vs backends",
               "stock vLLM server; LiteLLM proxy", "loadtests.bench_scaling:run", 2400),
 )}
