@@ -189,23 +189,29 @@ def one_round(index: int, manifests: Manifests, stand: StandIns, secrets_env: di
                env={"OPENAI_API_KEY": secrets_env["ROUTER_API_KEYS"]})
         memory.mark("load_end")
         load = read_stats(prefix)
+    except BaseException:
+        progress(f"round {index} failed; the nodes' logs stay in {temp}")
+        raise
     finally:
         memory.stop()
         for node in [*workers, head]:
             node.stop()
         left = kill_all(memory.leftovers())
-        shutil.rmtree(temp, ignore_errors=True)
+    shutil.rmtree(temp, ignore_errors=True)  # a round that worked: its session dirs (sockets, logs) go
     progress(f"round {index}: {load['rps']:.1f} req/s, errors {load['failures']}/{load['requests']}; peaks "
              + ", ".join(f"{n.name} {memory.peak(n.name)} MiB" for n in [head, *workers]))
     rows = [{"round": index, "target": "front door", **load}]
     for node in [head, *workers]:
         limit = manifests.head_limit_mib if node is head else manifests.worker_limit_mib
         rows.append({"round": index, "target": node.name, "peak_rss_mib": memory.peak(node.name),
+                     "peak_pss_mib": memory.peak(node.name, pss=True),
+                     "peak_pss_under_load_mib": memory.peak(node.name, "load_start", "load_end", pss=True),
                      "peak_rss_under_load_mib": memory.peak(node.name, "load_start", "load_end"),
                      "rss_when_ready_mib": memory.peak(node.name, "ready", "load_start"),
                      "limit_mib": limit, "samples": len(memory.series.get(node.name, [])),
                      "processes_at_peak": memory.at_peak.get(node.name, {}),
-                     "series": memory.series.get(node.name, []), "marks": memory.marks,
+                     "series": memory.series.get(node.name, []), "pss_series": memory.pss_series.get(node.name, []),
+                     "marks": memory.marks,
                      "leftovers_killed": left})
     return rows
 
@@ -236,9 +242,11 @@ def measure(workdir: Path, rounds: int, duration: float, users: int, pause: floa
                "head_limit_mib": manifests.head_limit_mib, "worker_limit_mib": manifests.worker_limit_mib,
                "substitutions": notes, "duration_s": duration, "users": users, "rate_per_user": 1.0,
                "max_tokens": 32, "mix": "chat:1,stream:1", "sample_interval_s": 0.5,
-               "memory": "RSS summed over each node's `ray start` and every process below it (and any that "
-                         "left its tree while running), sampled every 0.5 s with psutil; shared pages count "
-                         "once per process, as a pod's cgroup would not (an upper bound of the pod's usage)"}
+               "memory": "RSS and PSS summed over each node's `ray start` and every process below it (and any "
+                         "that left its tree while running), sampled every 0.5 s with psutil. The RSS sum counts "
+                         "shared pages (Python, Ray's libraries) once per process: an upper bound of what the "
+                         "pod's cgroup is charged; the PSS sum splits them between their sharers and is close "
+                         "to it"}
     return rows, details
 
 
@@ -248,10 +256,15 @@ def to_output(rows: list[dict], details: dict[str, Any]) -> BenchOutput:
 
     worker_peaks = [r["peak_rss_mib"] for r in rows if r["target"].startswith("worker-") and r["peak_rss_mib"]]
     head_peaks = [p for p in values("head", "peak_rss_mib") if p]
+    pss = {t: [r["peak_pss_mib"] for r in rows if r["target"].startswith(t) and r["peak_pss_mib"]]
+           for t in ("head", "worker-")}
     headlines = [
         headline("head peak RSS (whole node)", max(head_peaks, default=None), "MiB",
                  at_most=details["head_limit_mib"]),
         headline("worker peak RSS (largest node)", max(worker_peaks, default=None), "MiB", at_most=details["worker_limit_mib"]),
+        headline("head peak PSS (whole node)", max(pss["head"], default=None), "MiB", at_most=details["head_limit_mib"]),
+        headline("worker peak PSS (largest node)", max(pss["worker-"], default=None), "MiB",
+                 at_most=details["worker_limit_mib"]),
         headline("front door req/s", values("front door", "rps"), at_least=10),
         headline("front door error rate", values("front door", "error_rate"), at_most=0.01),
         headline("front door TTFT p50", values("front door", "ttft_p50_ms"), "ms", at_most=500),
@@ -260,7 +273,7 @@ def to_output(rows: list[dict], details: dict[str, Any]) -> BenchOutput:
     table = [Row(round=r["round"], target=r["target"],
                  metrics={k: v for k, v in r.items() if isinstance(v, int | float | None) and k != "round"})
              for r in rows]
-    per_node = {f"r{r['round']}-{r['target']}": {k: r[k] for k in ("processes_at_peak", "series", "marks",
+    per_node = {f"r{r['round']}-{r['target']}": {k: r[k] for k in ("processes_at_peak", "series", "pss_series", "marks",
                                                                     "leftovers_killed")}
                 for r in rows if r["target"] != "front door"}
     return BenchOutput(rows=table, headlines=headlines, details={**details, "nodes": per_node})

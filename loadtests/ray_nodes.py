@@ -10,7 +10,10 @@ with ``ray stop``, which stops every Ray of the user on the machine.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -98,8 +101,12 @@ class RayNode:
         return self
 
     def stop(self) -> None:
-        if self.process is not None:
-            stop_tree(self.process)
+        if self.process is None:
+            return
+        if self.process.poll() is not None:  # ray start gave up: what it started may still run in its group
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+        stop_tree(self.process)
 
 
 def head_up(head: RayNode) -> bool:
@@ -129,8 +136,11 @@ class TreeMemory:
 
     nodes: list[RayNode]
     interval: float = 0.5
-    series: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # node -> [(t, MiB)]
-    at_peak: dict[str, dict[str, float]] = field(default_factory=dict)  # node -> {process kind: MiB}
+    series: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # node -> [(t, RSS MiB)]
+    # PSS: shared pages split between the processes sharing them; summed over a tree it is close to what a
+    # pod's cgroup is charged, where the RSS sum counts every shared library once per process
+    pss_series: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    at_peak: dict[str, dict[str, float]] = field(default_factory=dict)  # node -> {process kind: RSS MiB}
     marks: dict[str, float] = field(default_factory=dict)
     _known: dict[str, dict[int, psutil.Process]] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -152,15 +162,18 @@ class TreeMemory:
                 except psutil.NoSuchProcess:
                     pass
             parts: dict[str, float] = {}
+            pss = 0.0
             for pid, proc in list(known.items()):
                 try:
                     if not proc.is_running():  # gone, or its pid reused by another process
                         raise psutil.NoSuchProcess(pid)
-                    rss, label = proc.memory_info().rss, _label(proc)
+                    full, label = proc.memory_full_info(), _label(proc)
                 except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
                     del known[pid]
                     continue
-                parts[label] = parts.get(label, 0.0) + rss / MIB
+                parts[label] = parts.get(label, 0.0) + full.rss / MIB
+                pss += full.pss / MIB
+            self.pss_series.setdefault(node.name, []).append((now, round(pss, 1)))
             total = sum(parts.values())
             series = self.series.setdefault(node.name, [])
             if total > max((mib for _, mib in series), default=0.0):
@@ -171,9 +184,9 @@ class TreeMemory:
         """Processes of the nodes still running (to kill after the nodes' own stop)."""
         return [p for known in self._known.values() for p in known.values() if p.is_running()]
 
-    def peak(self, node: str, start: str | None = None, end: str | None = None) -> float | None:
+    def peak(self, node: str, start: str | None = None, end: str | None = None, pss: bool = False) -> float | None:
         lo, hi = self.marks.get(start or "", float("-inf")), self.marks.get(end or "", float("inf"))
-        values = [mib for t, mib in self.series.get(node, []) if lo <= t <= hi]
+        values = [mib for t, mib in (self.pss_series if pss else self.series).get(node, []) if lo <= t <= hi]
         return max(values) if values else None
 
     def _loop(self) -> None:
