@@ -47,14 +47,22 @@ app = Hello.bind()
 class Cluster:
     def __init__(self, cml: CMLEmulator, project: str, workdir: Path) -> None:
         self.cml, self.project, self.workdir = cml, project, workdir
-        self.serve_port = free_port()
+        self.serve_port, self.router_port, self.dead_port = free_port(), free_port(), free_port()
         self.temp = f"/tmp/rsc-cai-{uuid.uuid4().hex[:8]}"
         self.config = self.write_config("cluster.yaml", cluster_name="rsc-test", num_workers=2)
         self.serve_config = workdir / "serve.yaml"
         self.serve_config.write_text(yaml.safe_dump({
             "proxy_location": "HeadOnly",  # three nodes share one host: one proxy, one port
             "http_options": {"host": "127.0.0.1", "port": self.serve_port},
-            "applications": [{"name": "hello", "route_prefix": "/", "import_path": "hello_app:app"}],
+            "applications": [
+                {"name": "hello", "route_prefix": "/", "import_path": "hello_app:app"},
+                # the project's router, its own listener the front door (its backend is down: the
+                # listener and its /metrics answer regardless)
+                {"name": "router", "route_prefix": "/router", "import_path": "serve_apps.router.app:build_router_app",
+                 "args": {"router": {"listen": {"host": "127.0.0.1", "port": self.router_port}},
+                          "backends": [{"name": "down", "kind": "openai", "url": f"http://127.0.0.1:{self.dead_port}",
+                                        "models": ["m"]}]}},
+            ],
         }))
         self.env = {**os.environ, "CML_API_KEY": cml.api_key}
 
@@ -138,6 +146,29 @@ def test_serve_app_deployed_on_it_answers(cluster: Cluster, started: subprocess.
     assert last.json()["node_ip"].startswith("127.0.0.")
 
 
+def test_output_says_where_the_front_door_and_its_metrics_are(cluster: Cluster,
+                                                                started: subprocess.CompletedProcess[str]) -> None:
+    info = json.loads(started.stdout)
+    assert json.loads((cluster.workdir / "info.json").read_text())["serve"] == info["serve"]
+    door = f"http://127.0.0.1:{cluster.router_port}"
+    assert info["serve"] == {"config": str(cluster.serve_config), "serve_proxy_url": f"http://127.0.0.1:{cluster.serve_port}",
+                             "front_doors": [{"app": "router", "url": f"{door}/v1", "metrics_url": f"{door}/metrics"}]}
+    assert f"front door: {door}/v1" in started.stderr and f"metrics:   {door}/metrics" in started.stderr
+    assert f"dashboard: {info['dashboard_url']}" in started.stderr
+    deadline, last = time.monotonic() + 180, None
+    while time.monotonic() < deadline:  # `serve deploy` returns before the rollout
+        try:
+            last = httpx.get(info["serve"]["front_doors"][0]["metrics_url"], timeout=10)
+            if last.status_code == 200 and "backend_health_status" in last.text:
+                break
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(1)
+    assert isinstance(last, httpx.Response) and last.status_code == 200, last
+    assert last.headers["content-type"].startswith("text/plain")
+    assert 'backend_health_status{' in last.text and 'backend="down"' in last.text
+
+
 def test_second_start_finds_the_running_cluster(cluster: Cluster, started: subprocess.CompletedProcess[str]) -> None:
     before = sorted(a.id for a in cluster.apps())
     again = cluster.run(*CLI, "cai", "start", "--config", str(cluster.config), "--info-file", "info2.json")
@@ -175,6 +206,11 @@ def test_status_through_cli_and_seed_alias(cluster: Cluster, started: subprocess
     assert status.returncode == 0, status.stderr
     body = json.loads(status.stdout)
     assert body["running"] and all(n["ready"] and n["status"] == "APPLICATION_RUNNING" for n in body["nodes"])
+    assert body["serve"] is None  # no serve config named
+    with_serve = cluster.run(*CLI, "cai", "status", "--config", str(cluster.config), "--serve-config",
+                             str(cluster.serve_config))
+    assert with_serve.returncode == 0, with_serve.stderr
+    assert json.loads(with_serve.stdout)["serve"] == json.loads(started.stdout)["serve"]
     alias = cluster.run(*ALIAS, "--config", str(cluster.config), "status-cai")
     assert alias.returncode == 0 and json.loads(alias.stdout)["head_address"] == body["head_address"]
 
