@@ -39,7 +39,7 @@ from launchers.polling import PollTimeout, poll_until
 from launchers.reaper import guard
 from loadtests.bench_locust import locust, read_stats
 from loadtests.matrix_synapse import Synapse
-from loadtests.output import progress, write_output
+from loadtests.output import progress, result_path, write_output
 from loadtests.paths import ROOT
 from loadtests.processes import stop_on_sigterm
 from loadtests.ray_nodes import RayNode, TreeMemory, get_json, head_up, kill_all, node_alive
@@ -290,7 +290,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of load per round")
     parser.add_argument("--users", type=int, default=12, help="locust users at 1 req/s each")
-    parser.add_argument("--out", type=Path, default=ROOT / "loadtests" / "results" / "bench_kcl1_fit.json")
+    parser.add_argument("--out", type=Path, default=result_path("bench_kcl1_fit"))
     args = parser.parse_args()
     stop_on_sigterm()
     workdir = Path(tempfile.mkdtemp(prefix="bench-kcl1-"))
