@@ -22,6 +22,7 @@ from serve_apps.engines.registry import get_registry
 from serve_apps.guard import EngineGuard, EngineState, RequireToken
 from serve_apps.heap import freeze_startup_heap
 from serve_apps.listener import Listener, start_listener
+from serve_apps.logflush import start_log_flusher
 from serve_apps.openai_api import build_openai_app
 
 logger = logging.getLogger("ray.serve")
@@ -72,6 +73,7 @@ class LocalEngine:
 
 class _EngineReplica:
     async def __init__(self, config: dict[str, Any]) -> None:
+        start_log_flusher()  # Serve buffers this replica's log (serve_apps/logflush.py)
         self.local = LocalEngine(config)
         self.config, self.engine, self.state, self.guard = (
             self.local.config, self.local.engine, self.local.state, self.local.guard)

@@ -15,6 +15,7 @@ from typing import Any
 
 from ray import serve
 
+from serve_apps.logflush import start_log_flusher
 from serve_apps.matrix.bot import MatrixBot
 from serve_apps.matrix.config import MatrixConfig
 from serve_apps.matrix.inference import RouterClient
@@ -27,6 +28,7 @@ ROUTER_DEPLOYMENT = "MultiBackendRouter"
 @serve.deployment(name="MatrixInferenceBot", max_ongoing_requests=16, health_check_period_s=5)
 class MatrixInferenceBot:
     async def __init__(self, config: dict[str, Any], router_deployment: str = ROUTER_DEPLOYMENT) -> None:
+        start_log_flusher()  # Serve buffers this replica's log (serve_apps/logflush.py)
         self.config = MatrixConfig.model_validate(config)
         context = serve.get_replica_context()
         router = serve.get_deployment_handle(router_deployment, app_name=context.app_name)

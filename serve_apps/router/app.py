@@ -22,6 +22,7 @@ from serve_apps.checks import parse_router_args
 from serve_apps.config import EngineConfig
 from serve_apps.heap import freeze_startup_heap
 from serve_apps.listener import Listener, start_listener
+from serve_apps.logflush import start_log_flusher
 from serve_apps.router.asgi import RouterASGI
 from serve_apps.router.backends import Backend, create_backend
 from serve_apps.router.backends.inprocess import InProcessBackend
@@ -36,6 +37,7 @@ class MultiBackendRouter:
     async def __init__(self, config: dict[str, Any], engines: dict[str, Any] | None = None,
                        listen: dict[str, Any] | None = None, batch: dict[str, Any] | None = None,
                        companions: list[Any] | None = None, local_engines: list[dict[str, Any]] | None = None) -> None:
+        start_log_flusher()  # Serve buffers this replica's log (serve_apps/logflush.py)
         parsed = RouterConfig.model_validate(config)
         handles = engines or {}
         # router.colocate: the engines live in this replica (they start loading now, in the background)
