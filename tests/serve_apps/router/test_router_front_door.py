@@ -7,7 +7,8 @@ transports (``serve``: the engine worker's own port; ``openai``: the engine app 
 - a client that goes away stops its generation: on ``up``'s own topology (the router's listener, then
   the engine worker's port; an engine that runs one sequence at a time, so a generation left running
   would hold the next request for seconds), the next request is answered at idle latency, streaming or
-  not, directly and through an ``openai`` backend in front of it;
+  not, directly, through an ``openai`` backend in front of it, over a Serve handle (``transport:
+  handle``) and through Serve's HTTP proxy door;
 - ``/ready`` is 503 while a configured model has no backend that can generate, ``/health`` stays 200;
 - every error the router makes itself says so (``x-backend: router``);
 - the Responses and Anthropic Messages APIs (and embeddings) answer through the router as the engine's
@@ -53,30 +54,38 @@ def door(serve_stack, tmp_path_factory) -> dict[str, str]:
     gated_engine = {"name": GATED, "model": "builtin:tiny-chat", "kv_cache_gb": 1, "num_cpus": 0,
                     "engine_kwargs": {"max_num_seqs": 1}}
     gated = {"name": "gated", "kind": "serve", "engine": GATED, **timeouts}
-    ports = {name: free_port() for name in ("door", "doorhttp", "doordown", "doorbudget", "doorgate", "doorchain")}
+    # the gated engine over a Serve handle (not its worker's port), from another app's router
+    gated_by_handle = {"name": "gated-handle", "kind": "serve", "app": "doorgate", "deployment": f"engine-{GATED}",
+                       "models": [GATED], "transport": "handle", **timeouts}
+    ports = {name: free_port() for name in ("door", "doorhttp", "doordown", "doorbudget", "doorgate", "doorchain",
+                                            "doorhandle")}
     bounded = {"name": "bounded", "kind": "serve", "app": "doorgate", "deployment": f"engine-{GATED}", "models": [GATED],
                "timeouts": {"first_byte": FIRST_BYTE, "response": 1.0}, "health": {"interval": 0.5},
                "breaker": {"failure_threshold": 1}}
     chained = {"name": "chained", "kind": "openai", "url": f"http://127.0.0.1:{ports['doorgate']}", "models": [GATED],
                **timeouts}
     apps = {"door": [replica], "doorhttp": [over_http], "doordown": [replica, closed, ollama], "doorbudget": [bounded],
-            "doorgate": [gated], "doorchain": [chained]}
+            "doorgate": [gated], "doorchain": [chained], "doorhandle": [gated_by_handle]}
     for name, listed in apps.items():
         config["applications"].append({
             "name": name, "route_prefix": f"/{name}", "import_path": "serve_apps.router.app:build_router_app",
             "args": {"backends": listed, "batch": {"enabled": False}, **({"engines": [gated_engine]} if name == "doorgate" else {}),
-                     "router": {"listen": {"host": "127.0.0.1", "port": ports[name]}}}})
+                     "router": {"listen": {"host": "127.0.0.1", "port": ports[name]}}},
+            # the disconnect tests' apps run as every shipped serve config does
+            **({"runtime_env": {"env_vars": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}}}
+               if name in ("doorgate", "doorchain", "doorhandle") else {})})
     path = tmp / "with-door.yaml"
     path.write_text(yaml.safe_dump(config))
     serve_stack.cluster.deploy(path)
     urls = {"listener": f"http://127.0.0.1:{ports['door']}", "http": f"http://127.0.0.1:{ports['doorhttp']}",
             "down": f"http://127.0.0.1:{ports['doordown']}", "budget": f"http://127.0.0.1:{ports['doorbudget']}",
             "gate": f"http://127.0.0.1:{ports['doorgate']}", "chain": f"http://127.0.0.1:{ports['doorchain']}",
+            "handle": f"http://127.0.0.1:{ports['doorhandle']}", "gate-serve": f"{serve_stack.base_url}/doorgate",
             "serve": f"{serve_stack.base_url}/door",
             "engine": serve_stack.base_url}
-    for name in ("listener", "http", "down", "budget", "gate", "chain", "serve"):
+    for name in ("listener", "http", "down", "budget", "gate", "chain", "handle", "serve", "gate-serve"):
         serve_stack.cluster.wait_ready(f"{urls[name]}/health", timeout_s=300)
-    for name in ("listener", "http", "gate", "chain", "budget"):
+    for name in ("listener", "http", "gate", "chain", "handle", "budget"):
         serve_stack.cluster.wait_ready(f"{urls[name]}/ready", timeout_s=300)
     return urls
     return urls
@@ -139,7 +148,7 @@ def _give_up(url: str, body: dict, after: float) -> None:
     raise AssertionError("the request finished before the client gave up: make it longer")
 
 
-@pytest.mark.parametrize("name", ["gate", "chain"])
+@pytest.mark.parametrize("name", ["gate", "chain", "handle", "gate-serve"])
 @pytest.mark.parametrize("streamed", [False, True], ids=["non-streaming", "streaming"])
 def test_client_disconnect_frees_the_engine_within_a_second(door, name, streamed):
     idle = min(next_request_seconds(door[name]) for _ in range(3))
