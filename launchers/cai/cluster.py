@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from launchers.cai import nodes
 from launchers.cai.client import CMLClient
 from launchers.cai.config import ClusterConfig, load_config
-from launchers.cai.endpoints import ServeEndpoints, serve_addresses, serve_endpoints
+from launchers.cai.endpoints import ServeEndpoints, probe_readiness, serve_addresses, serve_endpoints
 from launchers.cai.errors import CAIError, CAITimeoutError, CMLNotFoundError
 from launchers.cai.models import APP_FAILED, APP_RUNNING, APP_STARTING, APP_STOPPED, Application
 from launchers.cai.runtimes import choose_runtime
@@ -62,7 +62,8 @@ def _locations(status: ClusterStatus) -> list[str]:
     if status.serve is not None:
         for door in status.serve.front_doors:
             lines += [f"front door: {door.url}  (app {door.app}; the rollout: serve status --address "
-                      f"{status.dashboard_url})", f"  metrics:   {door.metrics_url} (the router's series)"]
+                      f"{status.dashboard_url})", f"  metrics:   {door.metrics_url} (the router's series)",
+                      f"  readiness: {door.ready_url} (200 once every model can generate; `cai status` asks it)"]
         if status.serve.serve_proxy_url:
             lines.append(f"  also Serve's HTTP proxy (slower, one more hop): {status.serve.serve_proxy_url}")
     if status.dashboard_url:
@@ -154,7 +155,8 @@ class CAIClusterManager:
         serve_path = serve_config or self.config.serve.config
         return ClusterStatus(cluster_name=self.config.cai.cluster_name, project_id=self.project_id,
                              running=running, head_address=head_address, dashboard_url=dashboard, nodes=states,
-                             serve=serve_endpoints(serve_path, head_ip) if serve_path and head_ip else None)
+                             serve=probe_readiness(serve_endpoints(serve_path, head_ip)) if serve_path and head_ip
+                             else None)
 
     def stop_cluster(self, timeout_s: float = 300) -> list[str]:
         """Stop and delete every application of this cluster, workers first. Returns their ids.

@@ -32,6 +32,8 @@ class FrontDoor(BaseModel):
     app: str
     url: str  # the OpenAI base URL, as `up` prints after `ready:`
     metrics_url: str  # the router's Prometheus series (needs an API key when the router has keys)
+    ready_url: str  # 200 only while every configured model has a backend that can generate
+    ready: bool | None = None  # what ready_url answered (``cai status``); None: not asked or no answer
 
 
 class ServeEndpoints(BaseModel):
@@ -93,6 +95,21 @@ def serve_endpoints(path: str | Path, head_ip: str) -> ServeEndpoints:
     doors = []
     for app, host, port in found.front_doors:
         base = _url(host, port, head_ip)
-        doors.append(FrontDoor(app=app, url=f"{base}/v1", metrics_url=f"{base}/metrics"))
+        doors.append(FrontDoor(app=app, url=f"{base}/v1", metrics_url=f"{base}/metrics", ready_url=f"{base}/ready"))
     proxy = _url(*found.serve_proxy, head_ip) if found.serve_proxy else None
     return ServeEndpoints(config=str(path), front_doors=doors, serve_proxy_url=proxy)
+
+
+def probe_readiness(endpoints: ServeEndpoints, timeout_s: float = 3.0) -> ServeEndpoints:
+    """``endpoints`` with each front door's ``ready`` as its ``GET /ready`` answers now (the router's
+    readiness, as the k8s readiness probe reads it); a door that does not answer is ``None``."""
+    import httpx
+
+    doors = []
+    for door in endpoints.front_doors:
+        try:
+            ready: bool | None = httpx.get(door.ready_url, timeout=timeout_s).status_code == 200
+        except httpx.HTTPError:
+            ready = None
+        doors.append(door.model_copy(update={"ready": ready}))
+    return endpoints.model_copy(update={"front_doors": doors})

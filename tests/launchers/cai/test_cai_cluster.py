@@ -152,7 +152,8 @@ def test_output_says_where_the_front_door_and_its_metrics_are(cluster: Cluster,
     assert json.loads((cluster.workdir / "info.json").read_text())["serve"] == info["serve"]
     door = f"http://127.0.0.1:{cluster.router_port}"
     assert info["serve"] == {"config": str(cluster.serve_config), "serve_proxy_url": f"http://127.0.0.1:{cluster.serve_port}",
-                             "front_doors": [{"app": "router", "url": f"{door}/v1", "metrics_url": f"{door}/metrics"}]}
+                             "front_doors": [{"app": "router", "url": f"{door}/v1", "metrics_url": f"{door}/metrics",
+                                              "ready_url": f"{door}/ready", "ready": None}]}
     assert f"front door: {door}/v1" in started.stderr and f"metrics:   {door}/metrics" in started.stderr
     assert f"dashboard: {info['dashboard_url']}" in started.stderr
     deadline, last = time.monotonic() + 180, None
@@ -210,7 +211,11 @@ def test_status_through_cli_and_seed_alias(cluster: Cluster, started: subprocess
     with_serve = cluster.run(*CLI, "cai", "status", "--config", str(cluster.config), "--serve-config",
                              str(cluster.serve_config))
     assert with_serve.returncode == 0, with_serve.stderr
-    assert json.loads(with_serve.stdout)["serve"] == json.loads(started.stdout)["serve"]
+    served = json.loads(with_serve.stdout)["serve"]
+    # status asks the router's readiness: its only backend is down, so no model can generate
+    assert [door["ready"] for door in served["front_doors"]] == [False]
+    started_serve = json.loads(started.stdout)["serve"]
+    assert served == {**started_serve, "front_doors": [{**d, "ready": False} for d in started_serve["front_doors"]]}
     alias = cluster.run(*ALIAS, "--config", str(cluster.config), "status-cai")
     assert alias.returncode == 0 and json.loads(alias.stdout)["head_address"] == body["head_address"]
 
