@@ -142,17 +142,20 @@ def apply_env(raw: dict, env: Mapping[str, str]) -> dict:
     return raw
 
 
+def read_yaml(path: str | Path, what: str) -> object:
+    """The YAML document at ``path`` (``{}`` if empty); a ``CAIError`` naming ``what`` and the cause."""
+    try:
+        return yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as exc:
+        raise CAIError(f"cannot read {what} {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise CAIError(f"{what} {path} is not valid YAML: {' '.join(str(exc).split())}") from None
+
+
 def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> ClusterConfig:
     """Read YAML, apply env overrides, validate; errors name the bad key (``cai.num_workers``)."""
     env = os.environ if env is None else env
-    raw: object = {}
-    if path is not None:
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except OSError as exc:
-            raise CAIError(f"cannot read config {path}: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            raise CAIError(f"config {path} is not valid YAML: {exc}") from None
+    raw = read_yaml(path, "config") if path is not None else {}
     if not isinstance(raw, dict):
         raise CAIError(f"config {path}: top level must be a mapping with a 'cai' section")
     try:

@@ -12,12 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
+from launchers.cai.config import read_yaml
 from launchers.cai.errors import CAIError
-from serve_apps.checks import ARG_PARSERS, ConfigError, validate_app_args
-from serve_apps.router.config import RouterAppArgs
 from serve_apps.validation import format_validation_error
 
 if TYPE_CHECKING:
@@ -52,12 +50,7 @@ def load_serve_config(path: str | Path) -> ServeDeploySchema:
     """The config as Serve validates it, for ``serve_endpoints``; a ``CAIError`` names what is wrong."""
     from ray.serve.schema import ServeDeploySchema
 
-    try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    except OSError as exc:
-        raise CAIError(f"cannot read serve config {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise CAIError(f"serve config {path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    raw = read_yaml(path, "serve config")
     try:
         return ServeDeploySchema.model_validate(raw)
     except ValidationError as exc:
@@ -73,6 +66,10 @@ class Addresses(BaseModel):
 
 def serve_addresses(path: str | Path) -> Addresses:
     """Parse and validate the config at ``path``; raise ``CAIError`` before anything is started."""
+    # the serve apps' parsers only here: the CLI path stays light (test_launchers_stay_light_and_apart)
+    from serve_apps.checks import ARG_PARSERS, ConfigError, validate_app_args
+    from serve_apps.router.config import RouterAppArgs
+
     schema = load_serve_config(path)
     doors = []
     for app in schema.applications:

@@ -1,5 +1,6 @@
-"""A router app with batch enabled, next to the session's one vLLM engine (``serve_stack``), and
-helpers to find and SIGKILL the processes of a batch job and of the router replica."""
+"""A router app with batch enabled, next to the session's one vLLM engine (``serve_stack``), helpers to
+find and SIGKILL the processes of a batch job and of the router replica, and ``fake``: one OpenAI fake
+backend process per test module (no engine)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import pytest
 import yaml
 
 from tests.conftest import MODEL, write_serve_config
+from tests.serve_apps.router.conftest import FakeBackend
 from tests.serve_apps.router.helpers import backends, wait_for
 
 APP = "batchrouter"
@@ -30,6 +33,15 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeBackend]:
+    server = FakeBackend("openai").start()
+    try:
+        yield server
+    finally:
+        server.kill()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +36,6 @@ SECRETS = {"narrow": "sk-narrow-0123456789", "slow": "sk-slow-0123456789", "wide
            "other": "sk-other-0123456789"}
 TPM = 10  # an answer below costs 3 prompt + 4 completion tokens: two answers per window, the third waits
 WINDOW_S = 1.0  # the limiter's window, a minute in production
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeBackend]:
-    server = FakeBackend("openai").start()
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
 @pytest.fixture

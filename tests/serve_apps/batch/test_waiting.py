@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +31,6 @@ from serve_apps.router.router import Router
 from tests.serve_apps.batch.test_job_runner import make_batch, read_file
 from tests.serve_apps.router.conftest import FakeBackend
 from tests.serve_apps.router.fake_backend import MODEL, plan
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeBackend]:
-    server = FakeBackend("openai").start()
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
 @pytest.fixture
